@@ -1,0 +1,140 @@
+"""The cartridges parquet format (DESIGN §4): schema and a streaming row-group writer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TOP_LOGPROBS_TYPE = pa.struct(
+    [
+        ("token_idx", pa.list_(pa.int64())),
+        ("token_id", pa.list_(pa.int64())),
+        ("logprobs", pa.list_(pa.float32())),
+        ("shape", pa.list_(pa.int64())),
+    ]
+)
+MESSAGE_TYPE = pa.struct(
+    [
+        ("content", pa.string()),
+        ("role", pa.string()),
+        ("token_ids", pa.list_(pa.int64())),
+        ("top_logprobs", TOP_LOGPROBS_TYPE),
+    ]
+)
+SCHEMA = pa.schema(
+    [
+        ("messages", pa.list_(MESSAGE_TYPE)),
+        ("system_prompt", pa.string()),
+        ("metadata", pa.string()),
+        ("type", pa.string()),
+    ]
+)
+
+
+@dataclass(slots=True)
+class OutMessage:
+    role: str
+    content: str
+    token_ids: np.ndarray  # int64
+    top: "OutTop | None" = None
+
+
+@dataclass(slots=True)
+class OutTop:
+    token_idx: np.ndarray  # int64 [N]
+    token_id: np.ndarray  # int64 [N]
+    logprobs: np.ndarray  # float32 [N]
+    shape: tuple[int, int]
+
+
+@dataclass(slots=True)
+class OutRow:
+    messages: list[OutMessage]
+    system_prompt: str
+    metadata_json: str
+    type: str
+
+
+def _offsets(lengths: list[int]) -> pa.Array:
+    return pa.array(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int32), type=pa.int32())
+
+
+def _list_of(arrays: list[np.ndarray], value_type: pa.DataType) -> pa.Array:
+    values = np.concatenate(arrays) if arrays else np.array([], dtype=value_type.to_pandas_dtype())
+    return pa.ListArray.from_arrays(_offsets([len(a) for a in arrays]), pa.array(values, type=value_type))
+
+
+def rows_to_table(rows: list[OutRow]) -> pa.Table:
+    """Build the columns from flat numpy buffers and offsets; no per-token Python objects."""
+    messages = [m for row in rows for m in row.messages]
+    tops = [m.top for m in messages if m.top is not None]
+    top_struct = pa.StructArray.from_arrays(
+        [
+            _list_of([t.token_idx for t in tops], pa.int64()),
+            _list_of([t.token_id for t in tops], pa.int64()),
+            _list_of([t.logprobs for t in tops], pa.float32()),
+            _list_of([np.asarray(t.shape, dtype=np.int64) for t in tops], pa.int64()),
+        ],
+        fields=list(TOP_LOGPROBS_TYPE),
+    )
+    # Spread the dense top structs over all messages, null where a message has none.
+    has_top = np.array([m.top is not None for m in messages], dtype=bool)
+    positions = np.cumsum(has_top) - 1
+    take = pa.array(np.where(has_top, positions, 0), type=pa.int64())
+    if len(tops):
+        spread = top_struct.take(take)
+        spread = pa.StructArray.from_arrays(
+            [spread.field(i) for i in range(spread.type.num_fields)],
+            fields=list(TOP_LOGPROBS_TYPE),
+            mask=pa.array(~has_top),
+        )
+    else:
+        spread = pa.nulls(len(messages), type=TOP_LOGPROBS_TYPE)
+    message_struct = pa.StructArray.from_arrays(
+        [
+            pa.array([m.content for m in messages], type=pa.string()),
+            pa.array([m.role for m in messages], type=pa.string()),
+            _list_of([m.token_ids for m in messages], pa.int64()),
+            spread,
+        ],
+        fields=list(MESSAGE_TYPE),
+    )
+    messages_column = pa.ListArray.from_arrays(_offsets([len(r.messages) for r in rows]), message_struct)
+    return pa.Table.from_arrays(
+        [
+            messages_column,
+            pa.array([r.system_prompt for r in rows], type=pa.string()),
+            pa.array([r.metadata_json for r in rows], type=pa.string()),
+            pa.array([r.type for r in rows], type=pa.string()),
+        ],
+        schema=SCHEMA,
+    )
+
+
+class CartridgesWriter:
+    """Streams rows into a parquet file in row groups, so memory stays bounded by one group."""
+
+    def __init__(self, path: Path, rows_per_group: int = 256, compression: str = "zstd") -> None:
+        self.rows_per_group = rows_per_group
+        self._writer = pq.ParquetWriter(str(path), SCHEMA, compression=compression)
+        self._pending: list[OutRow] = []
+        self.rows_written = 0
+
+    def write(self, row: OutRow) -> None:
+        self._pending.append(row)
+        if len(self._pending) >= self.rows_per_group:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(rows_to_table(self._pending))
+            self.rows_written += len(self._pending)
+            self._pending = []
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()

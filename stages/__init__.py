@@ -1,0 +1,1 @@
+"""The pipeline's stages: what dvc.yaml runs and what the `memdistill` CLI subcommands call."""

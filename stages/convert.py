@@ -1,0 +1,56 @@
+"""convert stage: dataset.jsonl -> dataset.parquet in the cartridges format."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from memdistill import params
+from memdistill.conversion import ConvertSummary, convert_file
+from memdistill.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConvertConfig:
+    model: str | None = None
+    min_prob_mass: float = 0.99
+    strict: bool = False
+    max_unmapped_rate: float = 0.01
+    rows_per_group: int = 256
+
+    def validate(self) -> None:
+        if not 0.0 < float(self.min_prob_mass) <= 1.0:
+            raise UserError(f"min_prob_mass: must be in (0, 1], got {self.min_prob_mass}")
+        if self.rows_per_group < 1:
+            raise UserError(f"rows_per_group: must be at least 1, got {self.rows_per_group}")
+
+
+def run(config: ConvertConfig, input_path: Path, output: Path) -> ConvertSummary:
+    config.validate()
+    summary = convert_file(
+        input_path, output, config.model, float(config.min_prob_mass), config.strict,
+        config.max_unmapped_rate, config.rows_per_group,
+    )
+    log.info("convert: %s", ", ".join(f"{k}={v}" for k, v in summary.to_dict().items()))
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, type=Path, help="intermediate dataset.jsonl from generate")
+    parser.add_argument("--output", required=True, type=Path, help="where to write the cartridges parquet")
+    parser.add_argument("--model", help="tokenizer: hub id, local folder, or smollm2-135m-instruct (default: the teacher recorded in the dataset)")
+    parser.add_argument("--min-prob-mass", type=float, help="keep per token the fewest top-k entries reaching this mass (default 0.99)")
+    parser.add_argument("--strict", action="store_true", default=None, help="fail on assistant messages without logprobs instead of counting them")
+    parser.add_argument("--params", type=Path, help="params.yaml to read the 'convert' section from")
+
+
+def main(args: argparse.Namespace) -> int:
+    flags = {"model": args.model, "min_prob_mass": args.min_prob_mass, "strict": args.strict}
+    source = f"{args.params} [convert]" if args.params else "convert flags"
+    merged = params.merge(asdict(ConvertConfig()), params.load_section(args.params, "convert"), flags)
+    run(params.build_config(ConvertConfig, merged, source), args.input, args.output)
+    return 0

@@ -1,0 +1,141 @@
+"""generate stage: prompts.jsonl -> dataset.jsonl (teacher completions with top-k logprobs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from memdistill import fileio, params
+from memdistill.errors import UserError
+from memdistill.generation import generate_dataset
+from memdistill.models import EMBEDDED_MODEL
+from memdistill.prompt_file import read_prompts
+from memdistill.teachers.base import SamplingParams, Teacher
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("local", "openai")
+FLAVORS = ("tokasaurus", "vllm", "openai")
+
+
+@dataclass
+class GenerateConfig:
+    backend: str = "local"
+    model: str = EMBEDDED_MODEL
+    base_url: list[str] = field(default_factory=list)
+    flavor: str = "openai"
+    api_key_env: str = "OPENAI_API_KEY"
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_logprobs: int = 20
+    seed: int = 0
+    concurrency: int = 16
+    batch_size: int = 8
+    timeout: float = 120.0
+    max_retries: int = 5
+    max_failure_rate: float = 0.0
+    cache_dir: str = ".memdistill/responses"
+    use_cache: bool = True
+    metrics: str | None = None
+
+    def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise UserError(f"backend: expected one of {', '.join(BACKENDS)}, got '{self.backend}'")
+        if self.flavor not in FLAVORS:
+            raise UserError(f"flavor: expected one of {', '.join(FLAVORS)}, got '{self.flavor}'")
+        if self.max_tokens < 1:
+            raise UserError(f"max_tokens: must be at least 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise UserError(f"temperature: must be >= 0, got {self.temperature}")
+        if not 0 <= self.top_logprobs <= 20 and self.backend == "openai" and self.flavor == "openai":
+            raise UserError(f"top_logprobs: OpenAI servers accept 0..20, got {self.top_logprobs}")
+        if self.top_logprobs < 0:
+            raise UserError(f"top_logprobs: must be >= 0, got {self.top_logprobs}")
+        if self.concurrency < 1:
+            raise UserError(f"concurrency: must be at least 1, got {self.concurrency}")
+        if not 0 <= self.max_failure_rate <= 1:
+            raise UserError(f"max_failure_rate: must be within 0..1, got {self.max_failure_rate}")
+        if self.backend == "openai" and not self.base_url:
+            raise UserError("base_url: the openai backend needs at least one server URL (--base-url)")
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.max_tokens, self.temperature, self.top_p, self.top_logprobs, self.seed)
+
+
+def make_teacher(config: GenerateConfig) -> Teacher:
+    if config.backend == "local":
+        from memdistill.teachers.local import LocalTeacher
+
+        return LocalTeacher(config.model, config.sampling, config.batch_size)
+    from memdistill.teachers.openai_compat import OpenAITeacher
+
+    return OpenAITeacher(
+        model=config.model,
+        base_urls=config.base_url,
+        flavor=config.flavor,
+        sampling=config.sampling,
+        api_key_env=config.api_key_env,
+        concurrency=config.concurrency,
+        timeout=config.timeout,
+        max_retries=config.max_retries,
+    )
+
+
+def run(config: GenerateConfig, input_path: Path, output: Path) -> dict:
+    config.validate()
+    fileio.ensure_parent(output)
+    prompts = read_prompts(input_path)
+    teacher = make_teacher(config)
+    summary = generate_dataset(
+        prompts, teacher, output, Path(config.cache_dir), config.use_cache, config.max_failure_rate
+    )
+    metrics = summary.to_metrics()
+    log.info("generate: %s", ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    if config.metrics:
+        with fileio.atomic_output(config.metrics) as handle:
+            json.dump(metrics, handle, indent=2)
+            handle.write("\n")
+    return metrics
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, type=Path, help="prompts.jsonl from the snapshots stage")
+    parser.add_argument("--output", required=True, type=Path, help="where to write dataset.jsonl")
+    parser.add_argument("--backend", choices=BACKENDS, help="local: embedded SmolLM2 on CPU; openai: a chat-completions server")
+    parser.add_argument("--base-url", nargs="+", help="server URL(s), e.g. http://localhost:8000/v1; requests spread across them")
+    parser.add_argument("--flavor", choices=FLAVORS, help="how the server returns token ids and logprobs")
+    parser.add_argument("--model", help=f"teacher model name (local backend: {EMBEDDED_MODEL})")
+    parser.add_argument("--top-logprobs", type=int, help="K alternatives recorded per generated token")
+    parser.add_argument("--max-tokens", type=int, help="maximum tokens generated per sample")
+    parser.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
+    parser.add_argument("--concurrency", type=int, help="requests in flight (openai backend)")
+    parser.add_argument("--metrics", help="write the run summary (requests, cache hits, tokens/s) as JSON here")
+    parser.add_argument("--no-cache", action="store_true", help="ignore cached responses and ask the teacher again")
+    parser.add_argument("--params", type=Path, help="params.yaml to read the 'generate' section from")
+
+
+def main(args: argparse.Namespace) -> int:
+    flags = {
+        "backend": args.backend,
+        "base_url": args.base_url,
+        "flavor": args.flavor,
+        "model": args.model,
+        "top_logprobs": args.top_logprobs,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "concurrency": args.concurrency,
+        "metrics": args.metrics,
+        "use_cache": False if args.no_cache else None,
+    }
+    source = f"{args.params} [generate]" if args.params else "generate flags"
+    merged = params.merge(asdict(GenerateConfig()), params.load_section(args.params, "generate"), flags)
+    if isinstance(merged.get("base_url"), str):
+        merged["base_url"] = [merged["base_url"]]
+    config = params.build_config(GenerateConfig, merged, source)
+    run(config, args.input, args.output)
+    return 0
