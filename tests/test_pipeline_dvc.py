@@ -1,0 +1,114 @@
+"""The DVC pipeline for real: repro in a temporary copy of the repository, partial re-runs, remotes.
+
+These run the embedded teacher on a few samples, so they take a little while; they are the proof that
+`dvc repro` and `dvc exp run` behave as the README says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+OUTPUTS = ["data/prompts.jsonl", "data/dataset.jsonl", "data/dataset.parquet"]
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def dvc(*args: str, cwd: Path) -> str:
+    return run([sys.executable, "-m", "dvc", *args], cwd)
+
+
+def project_files() -> list[str]:
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    return [name for name in listed if (REPO_ROOT / name).is_file()]
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh git + DVC repository holding the project, reproduced once with a small configuration."""
+    repo = tmp_path_factory.mktemp("repo")
+    for name in project_files():
+        target = repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, target)
+    for name in ("dvc.lock", *OUTPUTS):
+        (repo / name).unlink(missing_ok=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["snapshots"].update(max_samples=3, max_prompt_tokens=256)
+    params["generate"].update(max_tokens=6, batch_size=3)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    run(["git", "init", "-q"], repo)
+    run(["git", "config", "user.email", "ci@example.invalid"], repo)
+    run(["git", "config", "user.name", "ci"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "project"], repo)
+    dvc("repro", cwd=repo)
+    return repo
+
+
+def test_repro_produces_every_declared_output(pipeline_repo: Path) -> None:
+    prompts = [json.loads(line) for line in (pipeline_repo / "data/prompts.jsonl").read_text().splitlines()]
+    assert [row["sample_idx"] for row in prompts] == [0, 1, 2]
+    rows = [json.loads(line) for line in (pipeline_repo / "data/dataset.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assistant = row["messages"][-1]
+        assert assistant["role"] == "assistant"
+        assert len(assistant["token_ids"]) == len(assistant["logprobs"]["content"]) >= 1
+    table = pq.read_table(pipeline_repo / "data/dataset.parquet")
+    assert table.num_rows == 3
+    assert set(table.column_names) == {"messages", "system_prompt", "metadata", "type"}
+    stats = json.loads((pipeline_repo / "metrics/stats.json").read_text())
+    assert stats["samples"] == 3
+    assert (pipeline_repo / "dvc.lock").is_file()
+    status = dvc("status", cwd=pipeline_repo)
+    assert "up to date" in status.lower()
+
+
+def test_changing_min_prob_mass_reruns_only_convert_and_stats(pipeline_repo: Path) -> None:
+    before = (pipeline_repo / "data/dataset.jsonl").read_bytes()
+    before_stats = json.loads((pipeline_repo / "metrics/stats.json").read_text())
+    run(["git", "add", "-A"], pipeline_repo)
+    run(["git", "commit", "-qm", "reproduced", "--allow-empty"], pipeline_repo)
+    output = dvc("exp", "run", "-S", "convert.min_prob_mass=0.5", cwd=pipeline_repo)
+    assert "Running stage 'convert'" in output
+    assert "Running stage 'stats'" in output
+    assert "Running stage 'snapshots'" not in output
+    assert "Running stage 'generate'" not in output
+    assert (pipeline_repo / "data/dataset.jsonl").read_bytes() == before
+    after_stats = json.loads((pipeline_repo / "metrics/stats.json").read_text())
+    # A lower mass threshold never keeps more entries per token.
+    assert after_stats["kept_entries"] < before_stats["kept_entries"]
+
+
+def test_push_and_pull_through_a_local_remote(pipeline_repo: Path, tmp_path: Path) -> None:
+    dvc("checkout", "--force", cwd=pipeline_repo)
+    originals = {name: (pipeline_repo / name).read_bytes() for name in OUTPUTS}
+    remote = tmp_path / "remote"
+    dvc("remote", "add", "--force", "-d", "store", str(remote), cwd=pipeline_repo)
+    dvc("push", cwd=pipeline_repo)
+    for name in OUTPUTS:
+        (pipeline_repo / name).unlink()
+    shutil.rmtree(pipeline_repo / ".dvc" / "cache")
+    dvc("pull", cwd=pipeline_repo)
+    for name, content in originals.items():
+        assert (pipeline_repo / name).read_bytes() == content, name
