@@ -64,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"memdistill {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # Disk full, read-only folder, file too large: the environment, not a bug; outputs stay untouched.
+        if args.verbose:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"memdistill {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"memdistill {args.command}: interrupted; outputs were left as they were", file=sys.stderr)
         return 130

@@ -20,6 +20,27 @@ def ensure_parent(path: Path) -> None:
         raise UserError(f"{path}: output folder {parent} does not exist")
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable: the directory entry itself must reach the disk."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _temporary_beside(target: Path) -> str:
+    """A new temporary file next to `target`, after removing ones a killed earlier run left behind."""
+    ensure_parent(target)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return tmp_name
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
     """Write to a temporary file beside `path` and rename it into place only on success.
@@ -28,15 +49,15 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[
     the complete new content appears.
     """
     target = Path(path)
-    ensure_parent(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    tmp_name = _temporary_beside(target)
     encoding = None if "b" in mode else "utf-8"
     try:
-        with os.fdopen(fd, mode, encoding=encoding) as handle:
+        with open(tmp_name, mode, encoding=encoding) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
+        _fsync_dir(target.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
@@ -47,14 +68,13 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Like `atomic_output`, for writers that want a path (pyarrow, polars) instead of a handle."""
     target = Path(path)
-    ensure_parent(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    os.close(fd)
+    tmp_name = _temporary_beside(target)
     try:
         yield Path(tmp_name)
         with open(tmp_name, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
+        _fsync_dir(target.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
