@@ -6,6 +6,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from memdistill.errors import UserError
+
 DEFAULT_FAILURE_PATTERNS: tuple[str, ...] = (
     r"\bincorrect\b",
     r"\bwrong\b",
@@ -14,27 +16,54 @@ DEFAULT_FAILURE_PATTERNS: tuple[str, ...] = (
     r"\bnot (correct|right)\b",
 )
 
-_FALSE_FLAGS = ("correct", "success", "passed")
+# Boolean verdicts: false means failed. Numeric scores: <= 0 means failed. Checked in this order.
+_FLAG_KEYS = ("correct", "success", "passed")
 _SCORE_KEYS = ("reward", "score")
 
 
-def is_failure(content: str | dict[str, Any] | None, failure_patterns: Sequence[str] = DEFAULT_FAILURE_PATTERNS) -> bool:
+def compile_failure_patterns(patterns: Sequence[str] | None) -> tuple[re.Pattern[str], ...]:
+    """Compile `failure_patterns` case-insensitively (null = none); a bad regex is a UserError naming the field."""
+    if patterns is None:
+        return ()
+    if not isinstance(patterns, (list, tuple)):
+        raise UserError(f"failure_patterns: expected a list of regular expressions, got {patterns!r}")
+    compiled = []
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise UserError(f"failure_patterns: expected strings, got {pattern!r}")
+        try:
+            compiled.append(re.compile(pattern, flags=re.IGNORECASE))
+        except re.error as exc:
+            raise UserError(f"failure_patterns: '{pattern}' is not a valid regular expression ({exc})") from None
+    return tuple(compiled)
+
+
+def is_failure(
+    content: str | dict[str, Any] | None,
+    failure_patterns: Sequence[str | re.Pattern[str]] = DEFAULT_FAILURE_PATTERNS,
+) -> bool:
     """True when feedback says the action failed.
 
-    Dict feedback: any of correct/success/passed is false, or reward/score is <= 0. Text feedback (and a
-    dict without those keys) is matched case-insensitively against `failure_patterns`.
+    Dict feedback: the first of correct/success/passed that holds a boolean decides (false = failed);
+    else the first of reward/score that holds a number decides (<= 0 = failed). Text feedback, and a
+    dict with none of those keys, is matched case-insensitively against `failure_patterns`. Missing
+    feedback is not a failure: nothing says it went wrong.
     """
     if content is None:
         return False
     if isinstance(content, dict):
         lowered = {str(key).lower(): value for key, value in content.items()}
-        for key in _FALSE_FLAGS:
-            if key in lowered and isinstance(lowered[key], bool):
+        for key in _FLAG_KEYS:
+            if isinstance(lowered.get(key), bool):
                 return not lowered[key]
         for key in _SCORE_KEYS:
-            if key in lowered and isinstance(lowered[key], (int, float)) and not isinstance(lowered[key], bool):
-                return lowered[key] <= 0
+            value = lowered.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return value <= 0
         text = " ".join(str(value) for value in content.values())
     else:
         text = content
-    return any(re.search(pattern, text, flags=re.IGNORECASE) for pattern in failure_patterns)
+    return any(
+        (pattern.search(text) if isinstance(pattern, re.Pattern) else re.search(pattern, text, flags=re.IGNORECASE))
+        for pattern in failure_patterns
+    )

@@ -1,11 +1,13 @@
-"""The HistoryAgent prompt shape: teacher view (memory + observation) and student view (no memory)."""
+"""The HistoryAgent prompt shape (teacher view: memory + observation; student view: no memory) and the
+token budget that trims the memory to fit `max_prompt_tokens`."""
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from memdistill.snapshot import MemoryEntry
 
@@ -17,15 +19,24 @@ MEMORY_HEADER = "Here is a list of your previous experiences:"
 EMPTY_MEMORY = "No previous experiences."
 CURRENT_HEADER = "Here is the current observation:"
 
+# Without a tokenizer, each chat message costs about this many template tokens (role markers, end of turn).
+TEMPLATE_TOKENS_PER_MESSAGE = 5
+
 TokenCounter = Callable[[str], int]
 
 
 def estimate_tokens(text: str) -> int:
-    """Fallback when the teacher's tokenizer is unknown: about four characters per token, rounded up."""
+    """Fallback when the teacher's tokenizer is unknown: about four characters per token, rounded up.
+
+    English BPE tokenizers average 3.5–4.5 characters per token, so this errs slightly towards long
+    prompts for prose and short ones for digits and non-ASCII text; name the teacher's tokenizer
+    (`tokenizer:` in params.yaml) when the budget must hold exactly.
+    """
     return (len(text) + 3) // 4
 
 
 def render_content(content: str | dict[str, Any]) -> str:
+    """Strings as they are; objects as compact JSON with non-ASCII kept readable."""
     if isinstance(content, dict):
         return json.dumps(content, ensure_ascii=False, separators=(",", ":"))
     return content
@@ -64,19 +75,80 @@ def student_messages(agent_system_prompt: str, observation: str) -> list[Message
     return [Message("system", agent_system_prompt), Message("user", observation)]
 
 
-def fit_to_budget(
-    line_tokens: Sequence[int], fixed_tokens: int, max_prompt_tokens: int | None
-) -> int:
-    """How many of the oldest memory lines to drop so the prompt fits `max_prompt_tokens`.
+class PromptCounter(Protocol):
+    """Counts tokens the way the teacher will see them."""
 
-    `line_tokens[i]` is the cost of memory line i (its newline included); `fixed_tokens` is everything
-    else. Returns the count dropped from the front; the observation itself is never dropped.
+    name: str
+
+    def texts(self, texts: Sequence[str]) -> list[int]: ...
+
+    def messages(self, messages: Sequence[Message]) -> int: ...
+
+
+@dataclass(frozen=True)
+class FunctionCounter:
+    """A plain `str -> int` counter (the estimate, or one injected by tests) plus a per-message template cost."""
+
+    count: TokenCounter
+    name: str = "estimate"
+    per_message: int = TEMPLATE_TOKENS_PER_MESSAGE
+
+    def texts(self, texts: Sequence[str]) -> list[int]:
+        return [self.count(text) for text in texts]
+
+    def messages(self, messages: Sequence[Message]) -> int:
+        return sum(self.count(m.content) + self.per_message for m in messages)
+
+
+@dataclass(frozen=True)
+class TokenizerCounter:
+    """Counts with a transformers tokenizer; whole prompts go through its chat template when it has one,
+    which is exactly what the embedded teacher feeds the model."""
+
+    tokenizer: Any
+    name: str
+    batch_size: int = 1024
+
+    def texts(self, texts: Sequence[str]) -> list[int]:
+        counts: list[int] = []
+        # Batches keep the fast tokenizer busy in Rust while bounding the id lists held at once.
+        for start in range(0, len(texts), self.batch_size):
+            batch = list(texts[start : start + self.batch_size])
+            counts.extend(len(ids) for ids in self.tokenizer(batch, add_special_tokens=False)["input_ids"])
+        return counts
+
+    def messages(self, messages: Sequence[Message]) -> int:
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(
+                [m.to_dict() for m in messages], tokenize=False, add_generation_prompt=True
+            )
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return sum(self.texts([m.content for m in messages])) + TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
+
+
+def view_cost(ranges: Sequence[tuple[int, int]], cumulative: Sequence[int]) -> int:
+    """Total cost of the entries in half-open `ranges`; `cumulative[j]` is the cost of entries [0, j)."""
+    return sum(cumulative[stop] - cumulative[start] for start, stop in ranges)
+
+
+def entries_to_drop(ranges: Sequence[tuple[int, int]], cumulative: Sequence[int], allowed: int) -> int:
+    """How many of the oldest entries of a view to drop so the rest costs at most `allowed`.
+
+    `ranges` are the view's sorted half-open ranges of entry indices; `cumulative` is the running sum of
+    per-entry costs (non-decreasing, costs >= 0), so each range is searched by bisection instead of
+    entry by entry. Returns the number of entries in the view when even an empty memory is over.
     """
-    if max_prompt_tokens is None:
+    excess = view_cost(ranges, cumulative) - allowed
+    if excess <= 0:
         return 0
-    total = fixed_tokens + sum(line_tokens)
     dropped = 0
-    while total > max_prompt_tokens and dropped < len(line_tokens):
-        total -= line_tokens[dropped]
-        dropped += 1
+    for start, stop in ranges:
+        cost = cumulative[stop] - cumulative[start]
+        if cost < excess:
+            excess -= cost
+            dropped += stop - start
+            continue
+        # Smallest cut j in (start, stop] whose prefix [start, j) covers the excess.
+        cut = bisect.bisect_left(cumulative, cumulative[start] + excess, lo=start + 1, hi=stop + 1)
+        return dropped + (cut - start)
     return dropped

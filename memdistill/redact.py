@@ -18,16 +18,27 @@ class Redactor:
     marker: str = REDACTION_MARKER
 
     @classmethod
-    def compile(cls, patterns: Sequence[str], marker: str = REDACTION_MARKER) -> "Redactor":
+    def compile(cls, patterns: Sequence[str] | None, marker: str = REDACTION_MARKER) -> "Redactor":
+        if patterns is None:  # `redact_patterns: null` in params.yaml means no redaction
+            return cls((), marker)
+        if not isinstance(patterns, (list, tuple)):
+            raise UserError(f"redact_patterns: expected a list of regular expressions, got {patterns!r}")
         compiled = []
         for pattern in patterns:
+            if not isinstance(pattern, str):
+                raise UserError(f"redact_patterns: expected strings, got {pattern!r}")
             try:
-                compiled.append(re.compile(pattern))
+                regex = re.compile(pattern)
             except re.error as exc:
                 raise UserError(f"redact_patterns: '{pattern}' is not a valid regular expression ({exc})") from None
+            # A pattern that matches the empty string would put a marker between every character.
+            if regex.fullmatch(""):
+                raise UserError(f"redact_patterns: '{pattern}' matches the empty string")
+            compiled.append(regex)
         return cls(tuple(compiled), marker)
 
     def text(self, value: str) -> tuple[str, int]:
+        """The redacted text and how many spans were replaced (patterns apply in order)."""
         count = 0
         for pattern in self.patterns:
             value, n = pattern.subn(self.marker, value)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from memdistill.errors import UserError
 
 SNAPSHOT_PATTERN = re.compile(r"^memory_(\d+)\.jsonl$")
-EPISODE_PATTERN = re.compile(r"^ep_\d+$")
+SAMPLE_KINDS = ("observation", "action", "feedback")
 
 
 @dataclass(frozen=True, slots=True)
 class MemoryEntry:
-    """One line of a snapshot. `kind` is the lower-cased type used for matching; `type` is kept as written."""
+    """One line of a snapshot. `type` is kept as written; `kind` is its lower-cased form used for matching."""
 
     index: int
     type: str
@@ -30,14 +30,27 @@ class MemoryEntry:
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """An Observation with the Action and Feedback that follow it before the next Observation."""
+    """An Observation with the Action and Feedback that follow it before the next Observation.
+
+    `start`/`stop` bound the half-open range of entry indices that belong to the sample: the observation
+    through the entry before the next observation (other entry types in between belong to it too).
+    """
 
     sample_idx: int
     observation: MemoryEntry
     action: MemoryEntry | None
     feedback: MemoryEntry | None
-    entry_indices: tuple[int, ...] = field(default=())
-    """Every entry index that belongs to this sample (observation through the entry before the next observation)."""
+    start: int
+    stop: int
+
+    @property
+    def entry_indices(self) -> range:
+        return range(self.start, self.stop)
+
+    @property
+    def missing(self) -> list[str]:
+        """Which of action/feedback the sample lacks (a checkpoint written mid-step has no feedback yet)."""
+        return [name for name, entry in (("action", self.action), ("feedback", self.feedback)) if entry is None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,32 +61,54 @@ class Snapshot:
     samples: tuple[Sample, ...]
 
 
+def _snapshot_id(path: Path) -> int:
+    match = SNAPSHOT_PATTERN.match(path.name)
+    assert match is not None  # callers only pass names that matched
+    return int(match.group(1))
+
+
+def _snapshots_in(folder: Path) -> dict[str, Path]:
+    return {p.name: p for p in folder.iterdir() if p.is_file() and SNAPSHOT_PATTERN.match(p.name)}
+
+
 def find_snapshot(checkpoint_dir: str | Path, which: str = "latest") -> Path:
-    """Return the snapshot file in an episode folder: the highest numeric id, or the named file."""
+    """Return the snapshot file in an episode folder: the highest numeric id, or the named file.
+
+    Ids compare as numbers, so memory_100.jsonl is later than memory_99.jsonl whatever the zero padding.
+    """
     folder = Path(checkpoint_dir)
     if not folder.exists():
-        raise UserError(f"{folder}: checkpoint folder does not exist")
+        raise UserError(f"{folder}: checkpoint folder does not exist (checkpoint_dir)")
     if not folder.is_dir():
-        raise UserError(f"{folder}: expected a checkpoint folder, found a file")
-    snapshots = {p.name: p for p in folder.iterdir() if p.is_file() and SNAPSHOT_PATTERN.match(p.name)}
+        raise UserError(f"{folder}: expected a checkpoint folder, found a file (checkpoint_dir)")
+    snapshots = _snapshots_in(folder)
     if not snapshots:
-        episodes = sorted(p.name for p in folder.iterdir() if p.is_dir() and EPISODE_PATTERN.match(p.name))
+        # A folder of episode checkpoints (ep_000100/, ep_000200/, ...) is the commonest mistake.
+        episodes = sorted(
+            (p for p in folder.iterdir() if p.is_dir() and _snapshots_in(p)),
+            key=lambda p: (int(m.group(1)) if (m := re.search(r"(\d+)$", p.name)) else -1, p.name),
+        )
         if episodes:
             raise UserError(
-                f"{folder}: holds episode folders ({', '.join(episodes)}), not snapshots: "
-                f"point checkpoint_dir at one of them, e.g. {folder / episodes[-1]}"
+                f"{folder}: holds episode folders ({', '.join(p.name for p in episodes)}), not memory_*.jsonl "
+                f"snapshots: point checkpoint_dir at one of them, e.g. {episodes[-1]}"
             )
         raise UserError(
             f"No memory snapshots found in {folder}: point checkpoint_dir at an episode checkpoint such as ep_000200"
         )
     if which == "latest":
-        return max(snapshots.values(), key=lambda p: int(SNAPSHOT_PATTERN.match(p.name).group(1)))  # type: ignore[union-attr]
-    if which in snapshots:
-        return snapshots[which]
-    raise UserError(f"{folder}: snapshot '{which}' not found; available: {', '.join(sorted(snapshots))}")
+        # Ties (memory_0100 and memory_100) are broken by name so the choice never depends on listing order.
+        return max(snapshots.values(), key=lambda p: (_snapshot_id(p), p.name))
+    name = Path(which).name
+    if name in snapshots:
+        return snapshots[name]
+    raise UserError(
+        f"{folder}: snapshot '{which}' not found (snapshot); expected 'latest' or one of {', '.join(sorted(snapshots))}"
+    )
 
 
 def parse_entry(raw: Any, index: int, where: str) -> MemoryEntry:
+    """Validate one decoded line; `where` is 'file:line' for the error message."""
     if not isinstance(raw, dict):
         raise UserError(f"{where}: expected an object with 'type' and 'content', got {type(raw).__name__}")
     if "type" not in raw:
@@ -88,11 +123,16 @@ def parse_entry(raw: Any, index: int, where: str) -> MemoryEntry:
     return MemoryEntry(index=index, type=entry_type, content=content)
 
 
-def read_entries(path: Path) -> tuple[tuple[MemoryEntry, ...], str]:
-    """Parse every non-blank line of a snapshot; returns the entries and the file's sha256."""
-    data = path.read_bytes()
+def parse_entries(data: bytes, path: Path) -> tuple[MemoryEntry, ...]:
+    """Parse every non-blank line of a snapshot's bytes; errors name `path` and the 1-based line."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     entries: list[MemoryEntry] = []
-    for lineno, line in enumerate(data.decode("utf-8", errors="strict").splitlines(), start=1):
+    # Split on '\n' only: str.splitlines() would also split inside JSON strings holding U+2028 or U+0085,
+    # which json.dumps(ensure_ascii=False) writes raw.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -100,7 +140,7 @@ def read_entries(path: Path) -> tuple[tuple[MemoryEntry, ...], str]:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         entries.append(parse_entry(raw, len(entries), f"{path}:{lineno}"))
-    return tuple(entries), hashlib.sha256(data).hexdigest()
+    return tuple(entries)
 
 
 def split_samples(entries: tuple[MemoryEntry, ...]) -> tuple[Sample, ...]:
@@ -108,28 +148,25 @@ def split_samples(entries: tuple[MemoryEntry, ...]) -> tuple[Sample, ...]:
     starts = [e.index for e in entries if e.kind == "observation"]
     samples = []
     for number, start in enumerate(starts):
-        end = starts[number + 1] if number + 1 < len(starts) else len(entries)
-        group = entries[start:end]
-        action = next((e for e in group[1:] if e.kind == "action"), None)
-        feedback = next((e for e in group[1:] if e.kind == "feedback"), None)
+        stop = starts[number + 1] if number + 1 < len(starts) else len(entries)
+        rest = entries[start + 1 : stop]
         samples.append(
             Sample(
                 sample_idx=number,
-                observation=group[0],
-                action=action,
-                feedback=feedback,
-                entry_indices=tuple(e.index for e in group),
+                observation=entries[start],
+                action=next((e for e in rest if e.kind == "action"), None),
+                feedback=next((e for e in rest if e.kind == "feedback"), None),
+                start=start,
+                stop=stop,
             )
         )
     return tuple(samples)
 
 
 def load_snapshot(path: Path) -> Snapshot:
-    try:
-        entries, digest = read_entries(path)
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    data = path.read_bytes()
+    entries = parse_entries(data, path)
     samples = split_samples(entries)
     if not samples:
         raise UserError(f"{path}: no Observation entries, so there is nothing to distil")
-    return Snapshot(path=path, sha256=digest, entries=entries, samples=samples)
+    return Snapshot(path=path, sha256=hashlib.sha256(data).hexdigest(), entries=entries, samples=samples)

@@ -1,37 +1,52 @@
-"""snapshots stage: checkpoint folder -> prompts.jsonl (teacher and student prompts per sample)."""
+"""snapshots stage: checkpoint folder -> prompts.jsonl (teacher and student prompts per sample).
+
+Finds the snapshot (`snapshot: latest` = highest numeric id), splits it into samples, redacts, applies
+the memory-formation strategy, trims the memory to `max_prompt_tokens` and streams one JSON line per
+selected sample. Same inputs and params give a byte-identical file.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from memdistill import fileio, params
 from memdistill.errors import UserError
-from memdistill.feedback import DEFAULT_FAILURE_PATTERNS, is_failure
+from memdistill.feedback import DEFAULT_FAILURE_PATTERNS, compile_failure_patterns, is_failure
 from memdistill.prompts import (
+    EMPTY_MEMORY,
+    FunctionCounter,
+    Message,
+    PromptCounter,
     TokenCounter,
+    TokenizerCounter,
+    entries_to_drop,
     estimate_tokens,
     render_content,
     render_entry,
     student_messages,
     teacher_messages,
+    view_cost,
 )
-from memdistill.prompts import fit_to_budget
 from memdistill.redact import Redactor
-from memdistill.snapshot import MemoryEntry, Snapshot, find_snapshot, load_snapshot
-from memdistill.strategies import StrategyParams, build_memory_view, get_strategy
+from memdistill.snapshot import MemoryEntry, Snapshot, find_snapshot, load_snapshot, split_samples
+from memdistill.strategies import MemoryView, StrategyParams, get_strategy
 
 log = logging.getLogger(__name__)
 
 STUDENT_VIEWS = ("observation_only", "teacher")
 SELECTIONS = ("first", "last", "random")
-# Chat-template tokens around each message (role markers, end-of-turn); a small constant is enough.
-TEMPLATE_TOKENS_PER_MESSAGE = 5
+# Tokens by which a memory line's cost counted alone may exceed its cost inside the prompt.
+GIVE_BACK_SLACK = 8
 
 
 @dataclass
@@ -51,141 +66,243 @@ class SnapshotsConfig:
     seed: int = 0
     redact_patterns: list[str] = field(default_factory=list)
 
+    def strategy_params(self) -> StrategyParams:
+        return StrategyParams(self.window_k, self.max_memory_samples, tuple(self.failure_patterns or ()))
+
     def validate(self) -> None:
-        get_strategy(self.strategy)
-        if self.window_k < 1:
-            raise UserError(f"window_k: must be at least 1, got {self.window_k}")
+        """Reject bad parameters before reading anything; each error names the field."""
+        for name in ("checkpoint_dir", "snapshot", "strategy", "system_prompt", "student_view", "sample_selection"):
+            if not isinstance(getattr(self, name), str):
+                raise UserError(f"{name}: expected a string, got {getattr(self, name)!r}")
+        _check_int("window_k", self.window_k, 1)
+        _check_int("max_memory_samples", self.max_memory_samples, 0)
+        _check_int("seed", self.seed, None)
+        if self.max_samples is not None:
+            _check_int("max_samples", self.max_samples, 1)
+        if self.max_prompt_tokens is not None:
+            _check_int("max_prompt_tokens", self.max_prompt_tokens, 1)
+        if self.tokenizer is not None and not isinstance(self.tokenizer, str):
+            raise UserError(f"tokenizer: expected a name or null, got {self.tokenizer!r}")
+        compile_failure_patterns(self.failure_patterns)
+        Redactor.compile(self.redact_patterns)
+        strategy = get_strategy(self.strategy)
+        strategy.check(self.strategy_params())
         if self.student_view not in STUDENT_VIEWS:
             raise UserError(f"student_view: expected one of {', '.join(STUDENT_VIEWS)}, got '{self.student_view}'")
         if self.sample_selection not in SELECTIONS:
             raise UserError(f"sample_selection: expected one of {', '.join(SELECTIONS)}, got '{self.sample_selection}'")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise UserError(f"max_samples: must be at least 1, got {self.max_samples}")
-        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
-            raise UserError(f"max_prompt_tokens: must be at least 1, got {self.max_prompt_tokens}")
 
 
-def token_counter(tokenizer_name: str | None) -> TokenCounter:
-    if not tokenizer_name:
-        return estimate_tokens
+def _check_int(name: str, value: Any, minimum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{name}: expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise UserError(f"{name}: must be at least {minimum}, got {value}")
+
+
+@dataclass
+class SnapshotsSummary:
+    """What a run did, for the log line (and tests)."""
+
+    samples_in_snapshot: int = 0
+    rows: int = 0
+    dropped_for_budget: int = 0
+    over_budget: int = 0
+    redactions: int = 0
+    """Spans replaced in the whole snapshot (each row's metadata counts those in its own prompt)."""
+
+
+def make_counter(config: SnapshotsConfig, count_tokens: TokenCounter | None = None) -> PromptCounter | None:
+    """The token counter for the budget: injected, the named tokenizer, or the estimate; None without a budget."""
+    if config.max_prompt_tokens is None:
+        return None
+    if count_tokens is not None:
+        return FunctionCounter(count_tokens, name=getattr(count_tokens, "__name__", "custom"))
+    if not config.tokenizer:
+        return FunctionCounter(estimate_tokens, name="estimate")
     from memdistill.models import load_tokenizer
 
-    tokenizer = load_tokenizer(tokenizer_name)
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return TokenizerCounter(load_tokenizer(config.tokenizer), name=config.tokenizer)
 
 
 def select_samples(count: int, max_samples: int | None, selection: str, seed: int) -> list[int]:
-    indices = list(range(count))
+    """Which sample numbers to keep, always in ascending order so the output order is stable."""
     if max_samples is None or max_samples >= count:
-        return indices
+        return list(range(count))
     if selection == "first":
-        return indices[:max_samples]
+        return list(range(max_samples))
     if selection == "last":
-        return indices[-max_samples:]
-    return sorted(random.Random(seed).sample(indices, max_samples))
+        return list(range(count - max_samples, count))
+    return sorted(random.Random(seed).sample(range(count), max_samples))
 
 
-def as_ranges(indices: tuple[int, ...]) -> list[list[int]]:
-    """[0,1,2,5,6] -> [[0,2],[5,6]] (inclusive ranges), compact enough for 20,000-entry views."""
-    ranges: list[list[int]] = []
-    for index in indices:
-        if ranges and ranges[-1][1] == index - 1:
-            ranges[-1][1] = index
-        else:
-            ranges.append([index, index])
-    return ranges
-
-
-def redact_snapshot(snapshot: Snapshot, redactor: Redactor) -> tuple[Snapshot, dict[int, int]]:
-    """Apply redaction to every entry; returns the new snapshot and the count replaced per entry."""
+def redact_snapshot(snapshot: Snapshot, redactor: Redactor) -> tuple[Snapshot, list[int]]:
+    """Apply redaction to every entry; returns the new snapshot and the spans replaced per entry."""
+    counts = [0] * len(snapshot.entries)
     if not redactor.patterns:
-        return snapshot, {}
-    counts: dict[int, int] = {}
+        return snapshot, counts
     entries = []
     for entry in snapshot.entries:
-        content, n = redactor.content(entry.content)
-        if n:
-            counts[entry.index] = n
+        content, counts[entry.index] = redactor.content(entry.content)
         entries.append(MemoryEntry(entry.index, entry.type, content))
-    from memdistill.snapshot import split_samples
-
     new_entries = tuple(entries)
     return Snapshot(snapshot.path, snapshot.sha256, new_entries, split_samples(new_entries)), counts
 
 
-def build_prompts(snapshot: Snapshot, config: SnapshotsConfig, count_tokens: TokenCounter) -> list[dict[str, Any]]:
-    redactor = Redactor.compile(config.redact_patterns)
-    snapshot, redactions = redact_snapshot(snapshot, redactor)
-    failed = [is_failure(s.feedback.content if s.feedback else None, config.failure_patterns) for s in snapshot.samples]
-    strategy_params = StrategyParams(config.window_k, config.max_memory_samples, tuple(config.failure_patterns))
-    lines = [render_entry(entry) for entry in snapshot.entries]
-    line_tokens: list[int] | None = None
-    if config.max_prompt_tokens is not None:
-        line_tokens = [count_tokens(line + "\n") for line in lines]
-    system_for_count = teacher_messages(config.system_prompt, [], "")[0].content
-    system_tokens = count_tokens(system_for_count) if config.max_prompt_tokens is not None else 0
+def _running_sum(values: Sequence[int]) -> list[int]:
+    return [0, *itertools.accumulate(values)]
 
-    rows = []
+
+def _memory_lines(lines: Sequence[str], view: MemoryView) -> list[str]:
+    return list(itertools.chain.from_iterable(lines[start:stop] for start, stop in view.ranges))
+
+
+def _render_teacher(system_prompt: str, lines: Sequence[str], observation: str, view: MemoryView) -> list[Message]:
+    return teacher_messages(system_prompt, _memory_lines(lines, view), observation)
+
+
+def fit_to_budget(
+    view: MemoryView,
+    render: Callable[[MemoryView], list[Message]],
+    counter: PromptCounter,
+    tokens_before: Sequence[int],
+    limit: int,
+    fixed: int,
+) -> tuple[MemoryView, list[Message], int, int]:
+    """Drop the fewest oldest entries of `view` so the rendered teacher prompt counts at most `limit` tokens.
+
+    First cut from the per-line costs (`tokens_before` is their running sum; `fixed` the rest of the
+    prompt), then measure the rendered prompt, since the chat template and merges across line ends
+    shift the count by a few tokens: drop more while it is over, give entries back while it still fits.
+    Returns (kept view, teacher messages, prompt tokens, entries dropped); the prompt is still over the
+    limit only when even an empty memory is.
+    """
+
+    def measure(drop: int) -> tuple[MemoryView, list[Message], int]:
+        kept = view.without_oldest(drop)
+        messages = render(kept)
+        return kept, messages, counter.messages(messages)
+
+    dropped = entries_to_drop(view.ranges, tokens_before, limit - fixed)
+    kept, teacher, tokens = measure(dropped)
+    while tokens > limit and len(kept) > 0:
+        allowed = view_cost(kept.ranges, tokens_before) - (tokens - limit)
+        dropped += max(1, entries_to_drop(kept.ranges, tokens_before, allowed))
+        kept, teacher, tokens = measure(dropped)
+    while dropped > 0:
+        # Skip the costly re-count when the entry to give back clearly cannot fit: in context a line costs
+        # within a token or two of its cost alone, far less than GIVE_BACK_SLACK.
+        newest_dropped = view.without_oldest(dropped - 1).ranges[0][0]
+        line_cost = tokens_before[newest_dropped + 1] - tokens_before[newest_dropped]
+        if limit - tokens < line_cost - GIVE_BACK_SLACK:
+            break
+        wider = measure(dropped - 1)
+        if wider[2] > limit:
+            break
+        dropped -= 1
+        kept, teacher, tokens = wider
+    return kept, teacher, tokens, dropped
+
+
+def iter_prompt_rows(
+    snapshot: Snapshot,
+    config: SnapshotsConfig,
+    counter: PromptCounter | None,
+    summary: SnapshotsSummary | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield one prompts.jsonl row per selected sample; holds the snapshot, never all the rows."""
+    summary = summary if summary is not None else SnapshotsSummary()
+    snapshot, redaction_counts = redact_snapshot(snapshot, Redactor.compile(config.redact_patterns))
+    redactions_before = _running_sum(redaction_counts)
+    patterns = compile_failure_patterns(config.failure_patterns)
+    failed = [is_failure(s.feedback.content if s.feedback else None, patterns) for s in snapshot.samples]
+    strategy = get_strategy(config.strategy)
+    strategy_params = config.strategy_params()
+    strategy.check(strategy_params)
+    view_of = strategy.prepare(snapshot, strategy_params, failed)
+    lines = [render_entry(entry) for entry in snapshot.entries]
+    chars_before = _running_sum([len(line) + 1 for line in lines])
+    limit = config.max_prompt_tokens
+    tokens_before: list[int] = []
+    empty_memory_tokens = 0
+    if counter is not None and limit is not None:
+        # Each line costs its tokens plus the newline that joins it to the next; counted once per snapshot.
+        tokens_before = _running_sum(counter.texts([line + "\n" for line in lines]))
+        empty_memory_tokens = counter.texts([EMPTY_MEMORY])[0]
+
     chosen = select_samples(len(snapshot.samples), config.max_samples, config.sample_selection, config.seed)
-    for sample_idx in chosen:
+    summary.samples_in_snapshot = len(snapshot.samples)
+    summary.redactions = sum(redaction_counts)
+    for sample_idx in tqdm(chosen, desc="snapshots", unit="sample", disable=None):
         sample = snapshot.samples[sample_idx]
-        view = build_memory_view(config.strategy, snapshot, sample, strategy_params, failed)
+        view = view_of(sample)
         observation = render_content(sample.observation.content)
-        dropped = 0
-        if line_tokens is not None:
-            fixed = system_tokens + count_tokens(teacher_messages("", [], observation)[1].content)
-            fixed += 2 * TEMPLATE_TOKENS_PER_MESSAGE
-            dropped = fit_to_budget([line_tokens[i] for i in view], fixed, config.max_prompt_tokens)
-            view = view[dropped:]
-        memory_lines = [lines[i] for i in view]
-        teacher = teacher_messages(config.system_prompt, memory_lines, observation)
-        if config.student_view == "teacher":
-            student = teacher
+        dropped, prompt_tokens, over = 0, None, False
+        if counter is not None and limit is not None:
+            fixed = counter.messages(teacher_messages(config.system_prompt, [], observation)) - empty_memory_tokens
+            render = functools.partial(_render_teacher, config.system_prompt, lines, observation)
+            view, teacher, prompt_tokens, dropped = fit_to_budget(view, render, counter, tokens_before, limit, fixed)
+            over = prompt_tokens > limit
+            if over:
+                log.warning("sample %d: %d tokens even without memory (max_prompt_tokens %d)", sample_idx, prompt_tokens, limit)
         else:
-            student = student_messages(config.system_prompt, observation)
-        missing = [name for name, entry in (("action", sample.action), ("feedback", sample.feedback)) if entry is None]
+            teacher = _render_teacher(config.system_prompt, lines, observation, view)
+        student = teacher if config.student_view == "teacher" else student_messages(config.system_prompt, observation)
+        memory_redactions = sum(redactions_before[b] - redactions_before[a] for a, b in view.ranges)
+        reference = [e for e in (sample.action, sample.feedback) if e is not None]
+        redactions = {
+            "memory": memory_redactions,
+            "observation": redaction_counts[sample.observation.index],
+            "reference": sum(redaction_counts[e.index] for e in reference),
+        }
         metadata = {
             "strategy": config.strategy,
-            "strategy_params": {
-                "window_k": config.window_k,
-                "max_memory_samples": config.max_memory_samples,
-                "max_prompt_tokens": config.max_prompt_tokens,
-            },
+            "strategy_params": strategy.describe(strategy_params),
             "snapshot": snapshot.path.name,
             "snapshot_sha256": snapshot.sha256,
-            "memory_entries": as_ranges(view),
+            "sample_entries": [sample.start, sample.stop - 1],
+            "memory_entries": view.inclusive_ranges(),
             "memory_size_entries": len(view),
-            "memory_size_chars": sum(len(line) for line in memory_lines),
+            # The memory block's length in the user prompt: the lines plus the newlines between them.
+            "memory_size_chars": max(0, view_cost(view.ranges, chars_before) - 1),
+            "max_prompt_tokens": limit,
+            "token_counter": counter.name if counter is not None else None,
+            "prompt_tokens": prompt_tokens,
             "dropped_for_budget": dropped,
+            "over_budget": over,
             "reference_action": render_content(sample.action.content) if sample.action else None,
             "reference_feedback": render_content(sample.feedback.content) if sample.feedback else None,
             "failed": failed[sample_idx],
-            "missing": missing,
-            "redactions": sum(redactions.get(i, 0) for i in set(view) | set(sample.entry_indices)),
+            "missing": sample.missing,
+            "redactions": redactions,
         }
-        rows.append(
-            {
-                "sample_idx": sample_idx,
-                "teacher_messages": [m.to_dict() for m in teacher],
-                "student_messages": [m.to_dict() for m in student],
-                "metadata": metadata,
-            }
-        )
-    return rows
+        summary.rows += 1
+        summary.dropped_for_budget += dropped
+        summary.over_budget += over
+        yield {
+            "sample_idx": sample_idx,
+            "teacher_messages": [m.to_dict() for m in teacher],
+            "student_messages": [m.to_dict() for m in student],
+            "metadata": metadata,
+        }
 
 
-def run(config: SnapshotsConfig, output: Path, count_tokens: Callable[[str], int] | None = None) -> int:
+def run(config: SnapshotsConfig, output: Path, count_tokens: TokenCounter | None = None) -> SnapshotsSummary:
+    """Validate, read the snapshot, stream the rows into `output` atomically (nothing is left on error)."""
     config.validate()
     fileio.ensure_parent(output)
     path = find_snapshot(config.checkpoint_dir, config.snapshot)
     snapshot = load_snapshot(path)
-    counter = count_tokens or (token_counter(config.tokenizer) if config.max_prompt_tokens is not None else estimate_tokens)
-    rows = build_prompts(snapshot, config, counter)
+    counter = make_counter(config, count_tokens)
+    summary = SnapshotsSummary()
     with fileio.atomic_output(output) as handle:
-        for row in rows:
+        for row in iter_prompt_rows(snapshot, config, counter, summary):
             handle.write(fileio.dump_json_line(row))
-    log.info("wrote %d prompts from %s (%s) to %s", len(rows), path, config.strategy, output)
-    return len(rows)
+    log.info(
+        "wrote %d of %d samples from %s (%s) to %s; %d memory entries dropped for the token budget, %d redactions",
+        summary.rows, summary.samples_in_snapshot, path, config.strategy, output, summary.dropped_for_budget, summary.redactions,
+    )
+    return summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -195,6 +312,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window-k", type=int, help="entries kept by rolling_window")
     parser.add_argument("--max-samples", type=int, help="keep at most N samples (see sample_selection)")
     parser.add_argument("--snapshot", help="'latest' (highest id) or a file name such as memory_000100.jsonl")
+    parser.add_argument("--max-prompt-tokens", type=int, help="longest teacher prompt; the oldest memory entries are dropped to fit")
     parser.add_argument("--params", type=Path, help="params.yaml to read the 'snapshots' section from")
 
 
@@ -205,6 +323,7 @@ def main(args: argparse.Namespace) -> int:
         "window_k": args.window_k,
         "max_samples": args.max_samples,
         "snapshot": args.snapshot,
+        "max_prompt_tokens": args.max_prompt_tokens,
     }
     source = f"{args.params} [snapshots]" if args.params else "snapshots flags"
     merged = params.merge(asdict(SnapshotsConfig()), params.load_section(args.params, "snapshots"), flags)

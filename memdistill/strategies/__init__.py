@@ -1,10 +1,18 @@
 """Memory-formation strategies: which memory entries the teacher sees for each sample.
 
-Each strategy is a function in its own module, registered by name with `@register`. Adding one is one
+Each strategy is a small class in its own module, registered by name with `@register`. Adding one is one
 new file here plus its import below.
 """
 
-from memdistill.strategies.base import MemoryView, StrategyParams, build_memory_view, get_strategy, register, strategy_names
+from memdistill.strategies.base import (
+    MemoryView,
+    Strategy,
+    StrategyParams,
+    build_memory_view,
+    get_strategy,
+    register,
+    strategy_names,
+)
 from memdistill.strategies import exclude_current, failure_focus, full_memory, rolling_window  # noqa: F401  (registration)
 
-__all__ = ["MemoryView", "StrategyParams", "build_memory_view", "get_strategy", "register", "strategy_names"]
+__all__ = ["MemoryView", "Strategy", "StrategyParams", "build_memory_view", "get_strategy", "register", "strategy_names"]

@@ -1,16 +1,68 @@
-"""The strategy interface and registry."""
+"""The strategy interface, the memory view it returns, and the registry that selects a strategy by name."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
 from memdistill.errors import UserError
 from memdistill.feedback import DEFAULT_FAILURE_PATTERNS
 from memdistill.snapshot import Sample, Snapshot
 
-MemoryView = tuple[int, ...]
-"""Indices of the snapshot entries the teacher sees, in their original order."""
+
+@dataclass(frozen=True, slots=True)
+class MemoryView:
+    """The snapshot entries the teacher sees for one sample, in their original order.
+
+    Stored as sorted, disjoint, non-adjacent half-open ranges `[start, stop)` of entry indices, so a view
+    of a 20,000-entry memory costs a few integers and budget arithmetic runs per range, not per entry.
+    """
+
+    ranges: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def of(cls, ranges: Iterable[tuple[int, int]]) -> MemoryView:
+        """Normalise any ranges: drop empty ones, sort, merge overlapping or touching ones."""
+        merged: list[list[int]] = []
+        for start, stop in sorted((a, b) for a, b in ranges if b > a):
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], stop)
+            else:
+                merged.append([start, stop])
+        return cls(tuple((a, b) for a, b in merged))
+
+    @classmethod
+    def from_indices(cls, indices: Iterable[int]) -> MemoryView:
+        return cls.of((i, i + 1) for i in indices)
+
+    def __iter__(self) -> Iterator[int]:
+        for start, stop in self.ranges:
+            yield from range(start, stop)
+
+    def __len__(self) -> int:
+        return sum(stop - start for start, stop in self.ranges)
+
+    def __contains__(self, index: object) -> bool:
+        return any(start <= index < stop for start, stop in self.ranges)  # type: ignore[operator]
+
+    def indices(self) -> list[int]:
+        return list(self)
+
+    def without_oldest(self, count: int) -> MemoryView:
+        """The view with its first `count` entries removed."""
+        kept: list[tuple[int, int]] = []
+        for start, stop in self.ranges:
+            if count >= stop - start:
+                count -= stop - start
+                continue
+            kept.append((start + count, stop))
+            count = 0
+        return MemoryView(tuple(kept))
+
+    def inclusive_ranges(self) -> list[list[int]]:
+        """[[first, last], ...] with both ends included: the form written to prompts.jsonl metadata."""
+        return [[start, stop - 1] for start, stop in self.ranges]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,18 +72,33 @@ class StrategyParams:
     failure_patterns: Sequence[str] = field(default=DEFAULT_FAILURE_PATTERNS)
 
 
-Strategy = Callable[[Snapshot, Sample, StrategyParams, Sequence[bool]], MemoryView]
-"""(snapshot, sample, params, failed flag per sample) -> memory view."""
+ViewFunction = Callable[[Sample], MemoryView]
+
+
+class Strategy(Protocol):
+    """A memory-formation strategy.
+
+    `check` rejects bad parameters before any work; `prepare` does the per-snapshot work once (ranking,
+    say) and returns the function that gives sample i its view; `describe` lists the parameters that
+    shaped the views, for the output metadata.
+    """
+
+    name: ClassVar[str]
+
+    def check(self, params: StrategyParams) -> None: ...
+
+    def prepare(self, snapshot: Snapshot, params: StrategyParams, failed: Sequence[bool]) -> ViewFunction: ...
+
+    def describe(self, params: StrategyParams) -> dict[str, Any]: ...
+
 
 _REGISTRY: dict[str, Strategy] = {}
 
 
-def register(name: str) -> Callable[[Strategy], Strategy]:
-    def decorate(function: Strategy) -> Strategy:
-        _REGISTRY[name] = function
-        return function
-
-    return decorate
+def register(cls: type) -> type:
+    """Class decorator: make the strategy selectable by its `name`."""
+    _REGISTRY[cls.name] = cls()
+    return cls
 
 
 def strategy_names() -> list[str]:
@@ -47,5 +114,7 @@ def get_strategy(name: str) -> Strategy:
 def build_memory_view(
     name: str, snapshot: Snapshot, sample: Sample, params: StrategyParams, failed: Sequence[bool]
 ) -> MemoryView:
-    view = get_strategy(name)(snapshot, sample, params, failed)
-    return tuple(sorted(view))
+    """One sample's view; convenient for tests and single samples (the stage prepares once per snapshot)."""
+    strategy = get_strategy(name)
+    strategy.check(params)
+    return strategy.prepare(snapshot, params, failed)(sample)

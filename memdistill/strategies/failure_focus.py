@@ -1,21 +1,46 @@
 """failure_focus: failed samples first, then the most recent others, within `max_memory_samples` samples.
 
-The sample itself is never included. Entries before the first observation (agent notes) are kept.
+Sample i itself is never included. Entries before the first observation (agent notes, a task
+description) belong to no sample and are always kept, as they are context rather than experiences.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
 from memdistill.errors import UserError
-from memdistill.strategies.base import register
+from memdistill.snapshot import Sample, Snapshot
+from memdistill.strategies.base import MemoryView, StrategyParams, ViewFunction, register
 
 
-@register("failure_focus")
-def failure_focus(snapshot, sample, params, failed):
-    if params.max_memory_samples < 0:
-        raise UserError(f"max_memory_samples: must be at least 0, got {params.max_memory_samples}")
-    others = [s for s in snapshot.samples if s.sample_idx != sample.sample_idx]
-    failures = [s for s in others if failed[s.sample_idx]]
-    successes = [s for s in others if not failed[s.sample_idx]]
-    # Most recent first within each group, so a tight budget keeps the freshest lessons.
-    ranked = sorted(failures, key=lambda s: -s.sample_idx) + sorted(successes, key=lambda s: -s.sample_idx)
-    chosen = ranked[: params.max_memory_samples]
-    preamble = range(snapshot.samples[0].observation.index)
-    return tuple(preamble) + tuple(index for s in chosen for index in s.entry_indices)
+def rank_samples(failed: Sequence[bool]) -> list[int]:
+    """Sample numbers by priority: failed ones most recent first, then the others most recent first."""
+    newest_first = range(len(failed) - 1, -1, -1)
+    return [i for i in newest_first if failed[i]] + [i for i in newest_first if not failed[i]]
+
+
+@register
+class FailureFocus:
+    name = "failure_focus"
+
+    def check(self, params: StrategyParams) -> None:
+        value = params.max_memory_samples
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserError(f"max_memory_samples: must be an integer of at least 0, got {value!r}")
+
+    def prepare(self, snapshot: Snapshot, params: StrategyParams, failed: Sequence[bool]) -> ViewFunction:
+        # Ranked once per snapshot; each sample then takes the first max_memory_samples + 1 and skips itself.
+        ranked = rank_samples(failed)
+        limit = params.max_memory_samples
+        preamble = (0, snapshot.samples[0].start)
+
+        def view(sample: Sample) -> MemoryView:
+            chosen = [i for i in ranked[: limit + 1] if i != sample.sample_idx][:limit]
+            picked = [snapshot.samples[i] for i in chosen]
+            return MemoryView.of([preamble, *((s.start, s.stop) for s in picked)])
+
+        return view
+
+    def describe(self, params: StrategyParams) -> dict[str, Any]:
+        return {"max_memory_samples": params.max_memory_samples, "failure_patterns": list(params.failure_patterns)}

@@ -1,0 +1,126 @@
+"""Prompt rendering (DESIGN §2 shape) and the token-budget arithmetic (memdistill/prompts.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from memdistill.prompts import (
+    FunctionCounter,
+    Message,
+    TokenizerCounter,
+    entries_to_drop,
+    estimate_tokens,
+    render_content,
+    render_entry,
+    student_messages,
+    teacher_messages,
+    view_cost,
+)
+from memdistill.snapshot import MemoryEntry
+from memdistill.strategies import MemoryView
+
+
+def test_dict_content_renders_as_compact_json_with_unicode_kept() -> None:
+    assert render_content({"correct": False, "given": "€49.5", "n": [1, 2]}) == '{"correct":false,"given":"€49.5","n":[1,2]}'
+    assert render_content("Zoë\nline two") == "Zoë\nline two"
+
+
+def test_entry_lines_upper_case_the_type_as_written() -> None:
+    assert render_entry(MemoryEntry(0, "observation", "q")) == "OBSERVATION: q"
+    assert render_entry(MemoryEntry(1, " Feedback ", {"ok": True})) == 'FEEDBACK: {"ok":true}'
+    assert render_entry(MemoryEntry(2, "Tool result", "42")) == "TOOL RESULT: 42"
+
+
+def test_teacher_prompt_has_the_history_agent_shape() -> None:
+    system, user = teacher_messages("You are an agent.", ["OBSERVATION: q1", "ACTION: a1"], "q2")
+    assert system == Message(
+        "system",
+        "You are an agent.\n\nYou will be given the previous experiences you've had and their feedback. "
+        "You should use this feedback to improve your performance in the subsequent actions.",
+    )
+    assert user == Message(
+        "user",
+        "Here is a list of your previous experiences:\n\nOBSERVATION: q1\nACTION: a1\n\n"
+        "Here is the current observation:\n\nq2",
+    )
+
+
+def test_empty_memory_says_so() -> None:
+    _, user = teacher_messages("S", [], "q")
+    assert user.content == "Here is a list of your previous experiences:\n\nNo previous experiences.\n\nHere is the current observation:\n\nq"
+
+
+def test_student_sees_system_prompt_and_observation_only() -> None:
+    assert [m.to_dict() for m in student_messages("S", "q")] == [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "q"},
+    ]
+
+
+def test_estimate_is_four_characters_per_token_rounded_up() -> None:
+    assert [estimate_tokens("x" * n) for n in (0, 1, 4, 5, 8, 9)] == [0, 1, 1, 2, 2, 3]
+
+
+def test_function_counter_adds_a_template_cost_per_message() -> None:
+    counter = FunctionCounter(len, name="chars", per_message=3)
+    assert counter.texts(["ab", ""]) == [2, 0]
+    assert counter.messages([Message("system", "abc"), Message("user", "de")]) == 3 + 3 + 2 + 3
+
+
+class FakeTokenizer:
+    """One token per whitespace-separated word; a chat template that adds two marker tokens per message."""
+
+    chat_template = "fake"
+
+    def __call__(self, texts, add_special_tokens=False):  # noqa: ANN001 - mimics transformers' call
+        single = isinstance(texts, str)
+        ids = [[0] * len(text.split()) for text in ([texts] if single else texts)]
+        return {"input_ids": ids[0] if single else ids}
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):  # noqa: ANN001
+        assert tokenize is False and add_generation_prompt is True
+        return " ".join(f"<start> {m['role']} {m['content']} <end>" for m in messages) + " <start> assistant"
+
+
+def test_tokenizer_counter_counts_through_the_chat_template() -> None:
+    counter = TokenizerCounter(FakeTokenizer(), name="fake", batch_size=2)
+    assert counter.texts(["a b", "c", "", "d e f"]) == [2, 1, 0, 3]
+    # system: 3 + 2 words, user: 3 + 1 word, generation prompt: 2
+    assert counter.messages([Message("system", "x y"), Message("user", "z")]) == 5 + 4 + 2
+
+
+def running(costs: list[int]) -> list[int]:
+    return [0, *itertools.accumulate(costs)]
+
+
+def test_entries_to_drop_by_example() -> None:
+    cumulative = running([5, 1, 1, 4, 2, 3])  # entries 0..5
+    ranges = ((0, 2), (3, 6))  # entries 0, 1, 3, 4, 5: cost 5 + 1 + 4 + 2 + 3 = 15
+    assert view_cost(ranges, cumulative) == 15
+    assert entries_to_drop(ranges, cumulative, 15) == 0
+    assert entries_to_drop(ranges, cumulative, 14) == 1  # dropping entry 0 frees 5
+    assert entries_to_drop(ranges, cumulative, 10) == 1
+    assert entries_to_drop(ranges, cumulative, 9) == 2
+    assert entries_to_drop(ranges, cumulative, 5) == 3  # crosses into the second range
+    assert entries_to_drop(ranges, cumulative, 3) == 4
+    assert entries_to_drop(ranges, cumulative, 0) == 5
+    assert entries_to_drop(ranges, cumulative, -4) == 5
+
+
+@given(
+    st.lists(st.integers(0, 20), min_size=1, max_size=40),
+    st.lists(st.integers(0, 45), max_size=8),
+    st.integers(-5, 500),
+)
+def test_entries_to_drop_is_the_fewest_oldest_entries_that_fit(costs: list[int], cuts: list[int], allowed: int) -> None:
+    bounds = sorted({min(c, len(costs)) for c in cuts} | {0, len(costs)})
+    ranges = MemoryView.of(zip(bounds[0::2], bounds[1::2])).ranges
+    cumulative = running(costs)
+    indices = MemoryView(ranges).indices()
+    expected = next(
+        (drop for drop in range(len(indices) + 1) if sum(costs[i] for i in indices[drop:]) <= allowed), len(indices)
+    )
+    assert entries_to_drop(ranges, cumulative, allowed) == expected

@@ -1,0 +1,192 @@
+"""Memory-formation strategies on small hand-written histories, with the expected views written out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memdistill.errors import UserError
+from memdistill.feedback import DEFAULT_FAILURE_PATTERNS, is_failure
+from memdistill.snapshot import MemoryEntry, Snapshot, split_samples
+from memdistill.strategies import MemoryView, StrategyParams, build_memory_view, get_strategy, strategy_names
+from memdistill.strategies.failure_focus import rank_samples
+
+# index: entry                        sample
+HISTORY = [
+    ("Note", "Task: arithmetic"),  # 0  preamble (no sample)
+    ("Observation", "2+2?"),  # 1  sample 0
+    ("Action", "4"),  # 2
+    ("Feedback", {"correct": True}),  # 3
+    ("Observation", "3*3?"),  # 4  sample 1 (failed)
+    ("Action", "6"),  # 5
+    ("Feedback", "Wrong, expected 9"),  # 6
+    ("observation", "10-7?"),  # 7  sample 2
+    ("ACTION", "3"),  # 8
+    ("Thought", "double-check"),  # 9  other type: belongs to sample 2, starts none
+    ("feedback", {"reward": 1}),  # 10
+    ("Observation", "5/5?"),  # 11 sample 3 (no feedback yet)
+    ("Action", "1"),  # 12
+]
+FAILED = [False, True, False, False]
+
+
+def make_snapshot(history: list[tuple[str, object]]) -> Snapshot:
+    entries = tuple(MemoryEntry(i, kind, content) for i, (kind, content) in enumerate(history))  # type: ignore[arg-type]
+    return Snapshot(Path("memory_1.jsonl"), "0" * 64, entries, split_samples(entries))
+
+
+SNAPSHOT = make_snapshot(HISTORY)
+
+
+def view(name: str, sample_idx: int, **params: object) -> list[int]:
+    return build_memory_view(name, SNAPSHOT, SNAPSHOT.samples[sample_idx], StrategyParams(**params), FAILED).indices()  # type: ignore[arg-type]
+
+
+def test_history_splits_as_annotated() -> None:
+    assert [(s.start, s.stop) for s in SNAPSHOT.samples] == [(1, 4), (4, 7), (7, 11), (11, 13)]
+    assert [is_failure(s.feedback.content if s.feedback else None) for s in SNAPSHOT.samples] == FAILED
+
+
+def test_registry_lists_the_four_strategies() -> None:
+    assert strategy_names() == ["exclude_current", "failure_focus", "full_memory", "rolling_window"]
+
+
+def test_full_memory_sees_everything() -> None:
+    for sample_idx in range(4):
+        assert view("full_memory", sample_idx) == list(range(13))
+
+
+def test_exclude_current_removes_only_the_samples_own_entries() -> None:
+    assert view("exclude_current", 0) == [0, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    assert view("exclude_current", 1) == [0, 1, 2, 3, 7, 8, 9, 10, 11, 12]
+    assert view("exclude_current", 2) == [0, 1, 2, 3, 4, 5, 6, 11, 12]  # the Thought (9) goes with sample 2
+    assert view("exclude_current", 3) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+
+
+def test_rolling_window_takes_the_entries_just_before_the_observation() -> None:
+    assert view("rolling_window", 0, window_k=3) == [0]
+    assert view("rolling_window", 1, window_k=3) == [1, 2, 3]
+    assert view("rolling_window", 2, window_k=3) == [4, 5, 6]
+    assert view("rolling_window", 3, window_k=3) == [8, 9, 10]
+    assert view("rolling_window", 3, window_k=100) == list(range(11))
+    assert view("rolling_window", 2, window_k=1) == [6]
+
+
+def test_failure_focus_puts_failures_first_then_the_most_recent_others() -> None:
+    # Priority: failed sample 1, then 3, 2, 0 (newest first); the preamble (entry 0) is always kept.
+    assert rank_samples(FAILED) == [1, 3, 2, 0]
+    assert view("failure_focus", 0, max_memory_samples=2) == [0, 4, 5, 6, 11, 12]
+    assert view("failure_focus", 1, max_memory_samples=2) == [0, 7, 8, 9, 10, 11, 12]
+    assert view("failure_focus", 3, max_memory_samples=2) == [0, 4, 5, 6, 7, 8, 9, 10]
+    assert view("failure_focus", 2, max_memory_samples=1) == [0, 4, 5, 6]
+    assert view("failure_focus", 1, max_memory_samples=1) == [0, 11, 12]
+    assert view("failure_focus", 2, max_memory_samples=0) == [0]
+    assert view("failure_focus", 0, max_memory_samples=99) == [0, *range(4, 13)]
+
+
+def test_failure_focus_uses_the_failure_patterns_given() -> None:
+    params = StrategyParams(max_memory_samples=1, failure_patterns=[r"double"])
+    snapshot = make_snapshot(HISTORY[:7] + [("Observation", "x"), ("Feedback", "double trouble"), ("Observation", "y")])
+    failed = [is_failure(s.feedback.content if s.feedback else None, [r"double"]) for s in snapshot.samples]
+    assert failed == [False, False, True, False]
+    assert build_memory_view("failure_focus", snapshot, snapshot.samples[0], params, failed).indices() == [0, 7, 8]
+
+
+@pytest.mark.parametrize(
+    ("feedback", "failed"),
+    [
+        ({"correct": False, "message": "Well done"}, True),
+        ({"correct": True, "message": "wrong"}, False),  # an explicit verdict beats the text
+        ({"Success": False}, True),
+        ({"passed": True}, False),
+        ({"reward": 0}, True),
+        ({"reward": -1.5}, True),
+        ({"score": 0.2}, False),
+        ({"reward": "n/a", "message": "Incorrect."}, True),
+        ({"message": "Well done."}, False),
+        ("Incorrect. The expected answer was 220.", True),
+        ("That is not right", True),
+        ("Correct — 360 is right.", False),
+        ("The test FAILED", True),
+        ("No errors", False),  # \berror\b does not match 'errors'
+        (None, False),
+    ],
+)
+def test_is_failure(feedback: object, failed: bool) -> None:
+    assert is_failure(feedback, DEFAULT_FAILURE_PATTERNS) is failed  # type: ignore[arg-type]
+
+
+def test_unknown_strategy_names_the_choices() -> None:
+    with pytest.raises(UserError, match=r"strategy: unknown strategy 'newest'; expected one of exclude_current, failure_focus"):
+        get_strategy("newest")
+
+
+@pytest.mark.parametrize("window_k", [0, -3, True, "4"])
+def test_rolling_window_rejects_bad_window_k(window_k: object) -> None:
+    with pytest.raises(UserError, match=r"^window_k: must be an integer of at least 1"):
+        view("rolling_window", 1, window_k=window_k)
+
+
+def test_failure_focus_rejects_negative_max_memory_samples() -> None:
+    with pytest.raises(UserError, match=r"^max_memory_samples: must be an integer of at least 0, got -1"):
+        view("failure_focus", 1, max_memory_samples=-1)
+
+
+# --- MemoryView --------------------------------------------------------------------------------------
+
+
+def test_memory_view_normalises_and_trims() -> None:
+    memory = MemoryView.of([(7, 9), (0, 2), (2, 3), (5, 5), (8, 10)])
+    assert memory.ranges == ((0, 3), (7, 10))
+    assert memory.indices() == [0, 1, 2, 7, 8, 9] and len(memory) == 6
+    assert 8 in memory and 5 not in memory
+    assert memory.without_oldest(2).indices() == [2, 7, 8, 9]
+    assert memory.without_oldest(3).ranges == ((7, 10),)
+    assert memory.without_oldest(6).ranges == ()
+    assert memory.inclusive_ranges() == [[0, 2], [7, 9]]
+    assert MemoryView.from_indices([4, 2, 3, 9]).ranges == ((2, 5), (9, 10))
+
+
+@given(st.sets(st.integers(0, 60)), st.integers(0, 70))
+def test_memory_view_round_trips_indices(indices: set[int], drop: int) -> None:
+    memory = MemoryView.from_indices(indices)
+    assert memory.indices() == sorted(indices)
+    assert memory.without_oldest(drop).indices() == sorted(indices)[drop:]
+
+
+# --- property: the current sample never leaks --------------------------------------------------------
+
+KINDS = ["Observation", "Action", "Feedback", "Note", "observation", "ACTION", "feedback"]
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[Snapshot, list[bool]]:
+    kinds = draw(st.lists(st.sampled_from(KINDS), min_size=1, max_size=40))
+    kinds.insert(draw(st.integers(0, len(kinds))), "Observation")  # at least one sample
+    history = [(kind, f"{kind}-{i}") for i, kind in enumerate(kinds)]
+    snapshot = make_snapshot(history)
+    failed = draw(st.lists(st.booleans(), min_size=len(snapshot.samples), max_size=len(snapshot.samples)))
+    return snapshot, failed
+
+
+@settings(max_examples=300, deadline=None)
+@given(histories(), st.integers(1, 12), st.integers(0, 6), st.data())
+def test_no_strategy_but_full_memory_shows_sample_i_its_own_entries(
+    history: tuple[Snapshot, list[bool]], window_k: int, max_memory_samples: int, data: st.DataObject
+) -> None:
+    snapshot, failed = history
+    sample = snapshot.samples[data.draw(st.integers(0, len(snapshot.samples) - 1))]
+    params = StrategyParams(window_k=window_k, max_memory_samples=max_memory_samples)
+    own = set(sample.entry_indices)
+    for name in ("exclude_current", "rolling_window", "failure_focus"):
+        memory = build_memory_view(name, snapshot, sample, params, failed)
+        assert not own & set(memory), name
+        if sample.action is not None:
+            assert sample.action.index not in memory, name
+        assert memory.indices() == sorted(memory.indices())  # original order
+    # exclude_current is precisely everything else.
+    assert set(build_memory_view("exclude_current", snapshot, sample, params, failed)) == set(range(len(snapshot.entries))) - own
+    assert set(build_memory_view("full_memory", snapshot, sample, params, failed)) == set(range(len(snapshot.entries)))
