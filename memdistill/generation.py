@@ -14,7 +14,7 @@ from tqdm import tqdm
 from memdistill import fileio
 from memdistill.errors import UserError
 from memdistill.prompt_file import PromptRow
-from memdistill.response_store import ResponseStore, request_key
+from memdistill.response_store import ResponseStore, request_key, run_id
 from memdistill.teachers.base import Completion, Failure, Teacher, TeacherRequest
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class GenerateSummary:
     input_tokens: int = 0
     wall_seconds: float = 0.0
     failed_samples: list[int] = field(default_factory=list)
+    failures_file: str | None = None
 
     def to_metrics(self) -> dict[str, Any]:
         new_tokens_per_s = self.output_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
@@ -63,6 +64,9 @@ def dataset_row(prompt: PromptRow, completion: Completion, teacher: dict[str, An
         }
     )
     system_prompt = next((m["content"] for m in prompt.teacher_messages if m["role"] == "system"), "")
+    served_by = completion.extra.get("base_url")
+    # With several servers, the row names the one that answered it (credentials were stripped earlier).
+    row_teacher = {**teacher, "base_url": served_by} if served_by else teacher
     metadata = {
         "sample_idx": prompt.sample_idx,
         "metrics": {
@@ -70,28 +74,58 @@ def dataset_row(prompt: PromptRow, completion: Completion, teacher: dict[str, An
             "input_tokens": completion.input_tokens,
             "output_tokens": completion.output_tokens,
         },
-        "teacher": teacher,
+        "teacher": row_teacher,
         "finish_reason": completion.finish_reason,
         **{key: value for key, value in prompt.metadata.items() if key not in {"sample_idx", "metrics", "teacher"}},
     }
     return {"messages": messages, "system_prompt": system_prompt, "metadata": metadata, "type": DATASET_TYPE}
 
 
+def failures_path(output: Path) -> Path:
+    """Where the samples that failed after every retry are listed: beside the output."""
+    return output.with_name(output.name + ".failures.jsonl")
+
+
 async def _collect(
-    teacher: Teacher, pending: list[TeacherRequest], keys: dict[int, str], store: ResponseStore, summary: GenerateSummary
+    teacher: Teacher,
+    pending: list[TeacherRequest],
+    keys: dict[int, str],
+    store: ResponseStore,
+    summary: GenerateSummary,
+    run: str,
+    failures: list[Failure],
 ) -> None:
-    with tqdm(total=len(pending), desc="generate", unit="req", dynamic_ncols=True) as bar:
-        async for result in teacher.stream(pending):
-            if isinstance(result, Failure):
-                summary.failures += 1
-                summary.failed_samples.append(result.sample_idx)
-                log.warning("sample %d failed after %d attempt(s): %s", result.sample_idx, result.attempts, result.error)
-            else:
-                store.put(keys[result.sample_idx], result)
-                summary.output_tokens += result.output_tokens
-                summary.input_tokens += result.input_tokens
-            bar.update(1)
-    await teacher.aclose()
+    started = time.perf_counter()
+    try:
+        with tqdm(total=len(pending), desc="generate", unit="req", dynamic_ncols=True, smoothing=0.1) as bar:
+            async for result in teacher.stream(pending):
+                if isinstance(result, Failure):
+                    failures.append(result)
+                    summary.failures += 1
+                    summary.retries += max(0, result.attempts - 1)
+                    summary.failed_samples.append(result.sample_idx)
+                    log.warning("sample %d failed after %d attempt(s): %s", result.sample_idx, result.attempts, result.error)
+                else:
+                    store.put(keys[result.sample_idx], result, run)
+                    summary.retries += max(0, int(result.extra.get("attempts", 1)) - 1)
+                    summary.output_tokens += result.output_tokens
+                    summary.input_tokens += result.input_tokens
+                bar.update(1)
+                if bar.n % 16 == 0 or bar.n == len(pending):
+                    elapsed = max(1e-9, time.perf_counter() - started)
+                    bar.set_postfix(tok_s=f"{summary.output_tokens / elapsed:.1f}", retries=summary.retries,
+                                    failed=summary.failures, refresh=False)
+    finally:
+        await teacher.aclose()
+
+
+def _write_failures(path: Path, failures: list[Failure]) -> None:
+    if not failures:
+        path.unlink(missing_ok=True)  # a stale list from an earlier run would mislead
+        return
+    with fileio.atomic_output(path) as handle:
+        for failure in sorted(failures, key=lambda f: f.sample_idx):
+            handle.write(fileio.dump_json_line({"sample_idx": failure.sample_idx, "attempts": failure.attempts, "error": failure.error}))
 
 
 def generate_dataset(
@@ -102,35 +136,51 @@ def generate_dataset(
     use_cache: bool = True,
     max_failure_rate: float = 0.0,
 ) -> GenerateSummary:
+    """Ask `teacher` for every prompt not already answered, then write `output` in input order.
+
+    With `use_cache`, any stored response to the same request is reused. Without it, only responses
+    from an interrupted earlier attempt at this same run (same output, same requests) are reused, so
+    `--no-cache` still resumes after a crash but never reuses answers from other runs.
+    """
     fileio.ensure_parent(output)
     described = teacher.describe()
     keys = {row.sample_idx: request_key(described, row.teacher_messages) for row in prompts}
+    run = run_id(output, list(keys.values()))
     store = ResponseStore(store_dir).open()
     summary = GenerateSummary(samples=len(prompts))
+    failures: list[Failure] = []
     started = time.perf_counter()
     try:
+        reusable = None if use_cache else store.completed_by_run(run)
         pending = []
         for row in prompts:
-            if use_cache and store.get(keys[row.sample_idx]) is not None:
+            key = keys[row.sample_idx]
+            if store.get(key) is not None and (reusable is None or key in reusable):
                 summary.cache_hits += 1
             else:
                 pending.append(TeacherRequest(row.sample_idx, row.teacher_messages))
         summary.requests = len(pending)
-        log.info("%d prompts: %d from the cache, %d to request", len(prompts), summary.cache_hits, len(pending))
+        log.info("%d prompts: %d already answered, %d to request", len(prompts), summary.cache_hits, len(pending))
         if pending:
-            asyncio.run(_collect(teacher, pending, keys, store, summary))
+            asyncio.run(_collect(teacher, pending, keys, store, summary, run, failures))
+        summary.wall_seconds = time.perf_counter() - started
+        failed_file = failures_path(output)
+        _write_failures(failed_file, failures)
+        summary.failures_file = str(failed_file) if failures else None
+        if summary.failures and summary.failures / max(1, len(prompts)) > max_failure_rate:
+            raise UserError(
+                f"generate: {summary.failures} of {len(prompts)} samples failed (max_failure_rate {max_failure_rate}), "
+                f"e.g. sample {failures[0].sample_idx}: {failures[0].error}; all errors in {failed_file}; "
+                f"run again to retry only those"
+            )
+        failed = set(summary.failed_samples)
+        with fileio.atomic_output(output) as handle:
+            for row in prompts:
+                completion = store.get(keys[row.sample_idx])
+                if completion is None or row.sample_idx in failed:
+                    continue  # failed within the allowed rate; listed in the failures file
+                handle.write(fileio.dump_json_line(dataset_row(row, completion, described)))
+        store.finish_run(run)
     finally:
         store.close()
-    summary.wall_seconds = time.perf_counter() - started
-    if summary.failures and summary.failures / max(1, len(prompts)) > max_failure_rate:
-        raise UserError(
-            f"generate: {summary.failures} of {len(prompts)} samples failed (max_failure_rate {max_failure_rate}); "
-            f"failed sample_idx: {summary.failed_samples[:10]}; re-run to retry only those"
-        )
-    with fileio.atomic_output(output) as handle:
-        for row in prompts:
-            completion = store.get(keys[row.sample_idx])
-            if completion is None:
-                continue  # failed within the allowed rate; listed in the summary
-            handle.write(fileio.dump_json_line(dataset_row(row, completion, described)))
     return summary

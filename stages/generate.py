@@ -37,6 +37,7 @@ class GenerateConfig:
     batch_size: int = 8
     timeout: float = 120.0
     max_retries: int = 5
+    retry_backoff: float = 0.5
     max_failure_rate: float = 0.0
     cache_dir: str = ".memdistill/responses"
     use_cache: bool = True
@@ -57,6 +58,12 @@ class GenerateConfig:
             raise UserError(f"top_logprobs: must be >= 0, got {self.top_logprobs}")
         if self.concurrency < 1:
             raise UserError(f"concurrency: must be at least 1, got {self.concurrency}")
+        if self.timeout <= 0:
+            raise UserError(f"timeout: must be > 0 seconds, got {self.timeout}")
+        if self.max_retries < 0:
+            raise UserError(f"max_retries: must be >= 0, got {self.max_retries}")
+        if self.retry_backoff < 0:
+            raise UserError(f"retry_backoff: must be >= 0 seconds, got {self.retry_backoff}")
         if not 0 <= self.max_failure_rate <= 1:
             raise UserError(f"max_failure_rate: must be within 0..1, got {self.max_failure_rate}")
         if self.backend == "openai" and not self.base_url:
@@ -83,6 +90,7 @@ def make_teacher(config: GenerateConfig) -> Teacher:
         concurrency=config.concurrency,
         timeout=config.timeout,
         max_retries=config.max_retries,
+        retry_backoff=config.retry_backoff,
     )
 
 
@@ -114,8 +122,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, help="maximum tokens generated per sample")
     parser.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
     parser.add_argument("--concurrency", type=int, help="requests in flight (openai backend)")
+    parser.add_argument("--timeout", type=float, help="seconds before a request counts as timed out (openai backend)")
+    parser.add_argument("--max-retries", type=int, help="retries per sample on timeouts, connection errors, 429 and 5xx")
+    parser.add_argument("--max-failure-rate", type=float, help="share of samples allowed to fail before the stage fails")
+    parser.add_argument("--api-key-env", help="environment variable holding the API key (the key is never written)")
+    parser.add_argument("--cache-dir", help="request cache and resume journal folder")
     parser.add_argument("--metrics", help="write the run summary (requests, cache hits, tokens/s) as JSON here")
-    parser.add_argument("--no-cache", action="store_true", help="ignore cached responses and ask the teacher again")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="ask the teacher again instead of reusing cached responses (an interrupted --no-cache run still resumes its own work)",
+    )
     parser.add_argument("--params", type=Path, help="params.yaml to read the 'generate' section from")
 
 
@@ -129,6 +146,11 @@ def main(args: argparse.Namespace) -> int:
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
         "concurrency": args.concurrency,
+        "timeout": args.timeout,
+        "max_retries": args.max_retries,
+        "max_failure_rate": args.max_failure_rate,
+        "api_key_env": args.api_key_env,
+        "cache_dir": args.cache_dir,
         "metrics": args.metrics,
         "use_cache": False if args.no_cache else None,
     }

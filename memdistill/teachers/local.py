@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -23,6 +24,7 @@ class LocalTeacher:
         self.batch_size = batch_size
         self._tokenizer: Any = None
         self._model: Any = None
+        self._pieces: dict[int, str] = {}
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "local", "flavor": None, "model": self.model_name, "base_url": None,
@@ -30,9 +32,6 @@ class LocalTeacher:
 
     def _load(self) -> None:
         if self._model is None:
-            import torch
-
-            torch.set_num_threads(max(1, torch.get_num_threads()))
             self._tokenizer = load_tokenizer(self.model_name)
             self._model = load_embedded_model()
 
@@ -78,7 +77,8 @@ class LocalTeacher:
                 output_scores=True,
                 return_dict_in_generate=True,
             )
-        # scores[t] are the processed logits the sampler drew step t from: [batch, vocab] per step.
+        # scores[t] are the processed logits the sampler drew step t from (after temperature and top_p), so
+        # their log-softmax is exactly the distribution each token was sampled from: [batch, steps, vocab].
         scores = torch.stack(output.scores, dim=1).float()
         logprobs = torch.log_softmax(scores, dim=-1)
         k = max(1, sampling.top_logprobs)
@@ -91,23 +91,21 @@ class LocalTeacher:
             length, finish = len(ids), "length"
             for position, token in enumerate(ids):
                 if token in eos_ids:
-                    length, finish = position + 1, "stop"
+                    length, finish = position + 1, "stop"  # the EOS stays, with the row it was drawn from
                     break
             ids = ids[:length]
             chosen = logprobs[row, torch.arange(length), torch.tensor(ids, dtype=torch.long)].tolist() if length else []
             row_top_ids = top_indices[row, :length].tolist()
             row_top_values = top_values[row, :length].tolist()
-            pieces = [tokenizer.decode([token]) for token in ids]
             content = []
             for position, token in enumerate(ids):
-                entry: dict[str, Any] = {"token": pieces[position], "logprob": chosen[position], "token_id": token}
-                if sampling.top_logprobs > 0:
-                    entry["top_logprobs"] = [
-                        {"token": tokenizer.decode([tid]), "logprob": value, "token_id": tid}
-                        for tid, value in zip(row_top_ids[position], row_top_values[position])
-                    ]
-                else:
-                    entry["top_logprobs"] = []
+                entry: dict[str, Any] = {"token": self._piece(token), "logprob": chosen[position], "token_id": token}
+                # top_p masks tokens to -inf: they had no chance under the sampler, and JSON has no -inf.
+                entry["top_logprobs"] = [
+                    {"token": self._piece(tid), "logprob": value, "token_id": tid}
+                    for tid, value in zip(row_top_ids[position], row_top_values[position])
+                    if math.isfinite(value)
+                ] if sampling.top_logprobs > 0 else []
                 content.append(entry)
             text = tokenizer.decode(ids, skip_special_tokens=True)
             completions.append(
@@ -123,6 +121,13 @@ class LocalTeacher:
                 )
             )
         return completions
+
+    def _piece(self, token_id: int) -> str:
+        """The token's text, memoised: a dataset decodes the same few thousand ids over and over."""
+        piece = self._pieces.get(token_id)
+        if piece is None:
+            piece = self._pieces[token_id] = self._tokenizer.decode([token_id])
+        return piece
 
     def _eos_ids(self) -> set[int]:
         ids = {self._tokenizer.eos_token_id}

@@ -1,0 +1,290 @@
+"""A loopback chat-completions server that speaks each teacher flavor's wire shape, for tests and benchmarks.
+
+Plain asyncio streams rather than a web framework, so faults can be injected at the byte level (a reset
+connection, a truncated body, a body shorter than its Content-Length). Responses are a deterministic
+function of the request (`expected_response`), so tests can check that what the client recovered is
+exactly what was sent. Every value is float32-exact, so Tokasaurus' float32 packing round-trips exactly.
+
+Run standalone (the benchmark does): `python tests/fake_teacher_server.py --flavor vllm --port 0`
+prints `PORT <n>` once listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+EOS_ID = 2
+VOCAB_SIZE = 49152
+MAX_TOP_K = 20
+
+# (prompt key, attempt number starting at 1) -> fault name or None. Names: "500", "503", "429", "400",
+# "401", "timeout" (answer only after `hang` seconds), "reset" (drop the connection), "truncated" (200 with half a
+# JSON body), "short" (Content-Length larger than the body, then close).
+FaultPlan = Callable[[str, int], str | None]
+
+
+def prompt_key(messages: list[dict[str, Any]]) -> str:
+    """What identifies a prompt on the server: its last message (tests make them unique)."""
+    return str(messages[-1]["content"])
+
+
+def token_text(token_id: int) -> str:
+    # Every third token is non-ASCII so the `bytes` field carries something a string round-trip could break.
+    return f"é{token_id}" if token_id % 3 == 0 else f" w{token_id}"
+
+
+@dataclass(frozen=True)
+class ExpectedResponse:
+    ids: list[int]  # generated ids, EOS included when finish_reason is "stop"
+    chosen: list[float]
+    top_ids: list[list[int]]
+    top_logprobs: list[list[float]]
+    finish_reason: str
+
+    @property
+    def text(self) -> str:
+        return "".join(token_text(t) for t in self.ids if t != EOS_ID)
+
+
+def expected_response(messages: list[dict[str, Any]], max_tokens: int, top_k: int) -> ExpectedResponse:
+    seed = int.from_bytes(hashlib.sha256(prompt_key(messages).encode()).digest()[:8], "little")
+    rng = np.random.default_rng(seed)
+    natural = 3 + seed % 10
+    steps = min(max_tokens, natural)
+    ids = rng.integers(3, VOCAB_SIZE, size=steps).tolist()
+    finish = "length"
+    if natural <= max_tokens:
+        ids[-1] = EOS_ID
+        finish = "stop"
+    k = max(1, top_k)
+    # Sorted descending, float32-exact; the chosen token is the most likely one (greedy).
+    values = -np.sort(rng.uniform(0.0, 8.0, size=(steps, k)).astype(np.float32), axis=1)
+    top_ids = []
+    for t, chosen_id in enumerate(ids):
+        others = [int(x) for x in rng.choice(VOCAB_SIZE - 3, size=k + 1, replace=False) + 3 if x != chosen_id][: k - 1]
+        top_ids.append([chosen_id, *others])
+    top_values = values.astype(np.float64).tolist()
+    return ExpectedResponse(ids, [row[0] for row in top_values], top_ids, top_values, finish)
+
+
+def _token_entry(token_id: int, logprob: float, exact_ids: bool) -> dict[str, Any]:
+    text = token_text(token_id)
+    token = f"token_id:{token_id}" if exact_ids else text
+    return {"token": token, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
+def response_body(flavor: str, request: dict[str, Any], logprobs_enabled: bool = True) -> dict[str, Any]:
+    """The JSON body a real server of `flavor` sends for `request`."""
+    top_k = int(request.get("top_logprobs") or 0)
+    expected = expected_response(request["messages"], int(request.get("max_tokens") or 16), top_k)
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": {"role": "assistant", "content": expected.text},
+        "finish_reason": expected.finish_reason,
+        "logprobs": None,
+    }
+    fingerprint = None
+    wants_logprobs = bool(request.get("logprobs")) and logprobs_enabled
+    if wants_logprobs and flavor == "tokasaurus" and request.get("logprobs_in_fingerprint"):
+        pack = lambda array, dtype: base64.b64encode(np.asarray(array, dtype=dtype).tobytes()).decode()  # noqa: E731
+        fingerprint = json.dumps(
+            {
+                "completion_ids": [expected.ids],
+                "packed_chosen_logprobs": [pack(expected.chosen, np.float32)],
+                "packed_topk_indices": [pack(expected.top_ids, np.int32)],
+                "packed_topk_logprobs": [pack(expected.top_logprobs, np.float32)],
+            }
+        )
+    elif wants_logprobs:
+        exact = flavor == "vllm" and bool(request.get("return_tokens_as_token_ids"))
+        content = []
+        for t, token_id in enumerate(expected.ids):
+            entry = _token_entry(token_id, expected.chosen[t], exact)
+            entry["top_logprobs"] = [
+                _token_entry(tid, value, exact) for tid, value in zip(expected.top_ids[t], expected.top_logprobs[t])
+            ]
+            content.append(entry)
+        choice["logprobs"] = {"content": content}
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": request.get("model", "fake"),
+        "system_fingerprint": fingerprint,
+        "choices": [choice],
+        "usage": {
+            "prompt_tokens": sum(len(str(m["content"]).split()) for m in request["messages"]),
+            "completion_tokens": len(expected.ids),
+            "total_tokens": 0,
+        },
+    }
+
+
+@dataclass
+class FakeTeacherServer:
+    flavor: str = "openai"
+    faults: FaultPlan | None = None
+    delay: float = 0.0  # seconds before each answer, to keep requests in flight
+    hang: float = 5.0  # how long a "timeout" fault waits before answering
+    retry_after: str = "0"
+    logprobs_enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 0
+    received: collections.Counter = field(default_factory=collections.Counter)  # every request, per prompt key
+    served: collections.Counter = field(default_factory=collections.Counter)  # 200 OK with a full body
+    times: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    auth_headers: set[str] = field(default_factory=set)
+    keep_bodies: bool = True
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> "FakeTeacherServer":
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
+        return self
+
+    async def _listen(self) -> asyncio.AbstractServer:
+        server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = server.sockets[0].getsockname()[1]
+        return server
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            self._server.close()
+            # Handlers still waiting (hung requests, idle keep-alive connections) end here, not at garbage collection.
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> "FakeTeacherServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def reset_counts(self) -> None:
+        self.received.clear()
+        self.served.clear()
+        self.times.clear()
+        self.bodies.clear()
+        self.max_in_flight = 0
+
+    # -- HTTP ------------------------------------------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if self.keep_bodies:
+                    self.auth_headers.add(headers.get("authorization", ""))
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                try:
+                    keep_open = await self._respond(method, path, body, writer)
+                finally:
+                    self.in_flight -= 1
+                if not keep_open:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            return
+        finally:
+            writer.close()
+
+    async def _send(self, writer: asyncio.StreamWriter, status: int, payload: bytes, extra: dict[str, str] | None = None,
+                    declared_length: int | None = None) -> None:
+        reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
+                  503: "Service Unavailable"}[status]
+        headers = {"content-type": "application/json", "content-length": str(declared_length or len(payload)), **(extra or {})}
+        head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        writer.write(head.encode("latin-1") + payload)
+        await writer.drain()
+
+    async def _respond(self, method: str, path: str, raw: bytes, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; False closes the connection."""
+        if method != "POST" or not path.endswith("/chat/completions"):
+            await self._send(writer, 404, b'{"error": {"message": "not found"}}')
+            return True
+        request = json.loads(raw)
+        if self.keep_bodies:
+            self.bodies.append(request)
+        key = prompt_key(request["messages"])
+        self.received[key] += 1
+        self.times[key].append(time.monotonic())
+        fault = self.faults(key, self.received[key]) if self.faults else None
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if fault == "reset":
+            writer.transport.abort()
+            return False
+        if fault == "timeout":
+            await asyncio.sleep(self.hang)
+        if fault in {"500", "503", "400", "401"}:
+            await self._send(writer, int(fault), json.dumps({"error": {"message": f"injected {fault}"}}).encode())
+            return True
+        if fault == "429":
+            await self._send(writer, 429, b'{"error": {"message": "slow down"}}', {"retry-after": self.retry_after})
+            return True
+        payload = json.dumps(response_body(self.flavor, request, self.logprobs_enabled)).encode()
+        if fault == "truncated":
+            await self._send(writer, 200, payload[: len(payload) // 2])
+            return True
+        if fault == "short":
+            await self._send(writer, 200, payload[: len(payload) // 2], declared_length=len(payload))
+            return False
+        await self._send(writer, 200, payload)
+        if fault != "timeout":
+            self.served[key] += 1
+        return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--flavor", default="openai", choices=("tokasaurus", "vllm", "openai"))
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args()
+
+    async def serve() -> None:
+        server = FakeTeacherServer(flavor=args.flavor, delay=args.delay, port=args.port, keep_bodies=False)
+        listening = await server._listen()
+        print(f"PORT {server.port}", flush=True)
+        async with listening:
+            await listening.serve_forever()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
