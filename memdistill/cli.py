@@ -18,12 +18,26 @@ Pipeline: snapshots -> generate -> convert -> stats (see `dvc.yaml`; `dvc repro`
 def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="dataset.jsonl or dataset.parquet")
     parser.add_argument("--sample", type=int, default=0, help="record number to show (0-based, default 0)")
+    parser.add_argument("--summary", action="store_true", help="print file-level figures instead of a record")
+    parser.add_argument(
+        "--tokenizer",
+        help="parquet: tokenizer to decode token ids (default: the teacher recorded in the record's metadata; ids if it cannot load)",
+    )
+    parser.add_argument("--no-decode", action="store_true", help="parquet: show token ids, load no tokenizer")
+    parser.add_argument("--max-chars", type=int, default=2000, help="longest message text shown (default 2000)")
+    parser.add_argument("--max-alternatives", type=int, help="alternatives shown per token (default: all)")
 
 
 def _inspect_main(args: argparse.Namespace) -> int:
-    from memdistill.inspection import read_record, render_record
+    from memdistill.inspection import id_decoder, read_record, recorded_teacher, render_file_summary, render_record
 
-    print(render_record(read_record(args.file, args.sample)))
+    if args.summary:
+        print(render_file_summary(args.file))
+        return 0
+    record = read_record(args.file, args.sample)
+    needs_ids = any(isinstance(m, dict) and "logprobs" not in m and m.get("role") == "assistant" for m in record.get("messages") or [])
+    decode = None if args.no_decode or not needs_ids else id_decoder(args.tokenizer or recorded_teacher(record))
+    print(render_record(record, decode, max_chars=args.max_chars, max_alternatives=args.max_alternatives))
     return 0
 
 

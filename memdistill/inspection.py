@@ -1,9 +1,16 @@
-"""`memdistill inspect`: one record of a JSONL or parquet dataset, token by token."""
+"""`memdistill inspect`: one record of a JSONL or parquet dataset token by token, or file-level figures.
+
+Reading one record never loads the file: a JSONL is streamed line by line up to the record, a
+parquet is read one row group (found from the footer) in small batches.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,71 +18,225 @@ import pyarrow.parquet as pq
 
 from memdistill.errors import UserError
 
+log = logging.getLogger(__name__)
+
+MISSING_ID = -1
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    """One assistant token: what was chosen, how likely it was, and the alternatives recorded or kept."""
+
+    position: int
+    token: str  # decoded text (shown with repr), or the id when no tokenizer is available
+    token_id: int | None
+    prob: float | None  # None when the chosen token is not among the entries (parquet drops it then)
+    alternatives: list[tuple[str, float]]
+
+
+def _is_parquet(path: Path) -> bool:
+    if path.suffix == ".parquet":
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PAR1"
+
 
 def read_record(path: Path, sample: int) -> dict[str, Any]:
     """Record number `sample` (0-based) without loading the whole file."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    if path.suffix == ".parquet":
+    if sample < 0:
+        raise UserError(f"--sample must be 0 or more, got {sample}")
+    if _is_parquet(path):
+        return _parquet_record(path, sample)
+    return _jsonl_record(path, sample)
+
+
+def _parquet_record(path: Path, sample: int) -> dict[str, Any]:
+    try:
         parquet = pq.ParquetFile(path)
-        seen = 0
-        for group in range(parquet.num_row_groups):
-            rows = parquet.metadata.row_group(group).num_rows
-            if sample < seen + rows:
-                return parquet.read_row_group(group).slice(sample - seen, 1).to_pylist()[0]
-            seen += rows
-        raise UserError(f"{path}: --sample {sample} is out of range (the file has {seen} records)")
+    except Exception as exc:  # pyarrow raises several types for a damaged footer
+        raise UserError(f"{path}: not a readable parquet file ({exc})") from None
+    seen = 0
+    for group in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        if sample < seen + rows:
+            offset = sample - seen
+            for batch in parquet.iter_batches(batch_size=64, row_groups=[group]):
+                if offset < batch.num_rows:
+                    record = batch.slice(offset, 1).to_pylist()[0]
+                    if isinstance(record.get("metadata"), str):
+                        try:
+                            record["metadata"] = json.loads(record["metadata"])
+                        except json.JSONDecodeError:
+                            pass  # shown as the text it is
+                    return record
+                offset -= batch.num_rows
+        seen += rows
+    raise UserError(f"{path}: --sample {sample} is out of range (the file has {seen} records)")
+
+
+def _jsonl_record(path: Path, sample: int) -> dict[str, Any]:
+    number = -1
     with open(path, encoding="utf-8") as handle:
-        number = -1
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             number += 1
             if number == sample:
                 try:
-                    return json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                    raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+                    raise UserError(f"{path}:{lineno}: expected an object with a 'messages' list")
+                return record
     raise UserError(f"{path}: --sample {sample} is out of range (the file has {number + 1} records)")
 
 
-def token_table(message: dict[str, Any]) -> list[tuple[int, str, float, str]]:
-    """(position, chosen token, probability, alternatives) per assistant token, from either format."""
-    rows = []
+def recorded_teacher(record: dict[str, Any]) -> str | None:
+    teacher = (record.get("metadata") or {}).get("teacher") if isinstance(record.get("metadata"), dict) else None
+    return teacher.get("model") if isinstance(teacher, dict) else None
+
+
+def id_decoder(name: str | None) -> Callable[[int], str] | None:
+    """Per-id decoding with the named tokenizer; None (ids shown) when it cannot be loaded here."""
+    if not name:
+        return None
+    from memdistill.models import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(name)
+    except (UserError, OSError, ValueError) as exc:
+        log.warning("showing token ids: %s", exc)
+        return None
+    return lambda token_id: tokenizer.decode([token_id]) if token_id >= 0 else "<unmapped>"
+
+
+def _prob(logprob: Any) -> float | None:
+    return math.exp(logprob) if isinstance(logprob, (int, float)) and not isinstance(logprob, bool) else None
+
+
+def jsonl_token_rows(message: dict[str, Any]) -> list[TokenRow]:
+    """Token rows from the intermediate JSONL: the recorded strings and every recorded alternative."""
     logprobs = message.get("logprobs")
-    if isinstance(logprobs, dict) and logprobs.get("content"):
-        for t, item in enumerate(logprobs["content"]):
-            alternatives = ", ".join(
-                f"{alt.get('token')!r}={math.exp(alt['logprob']):.3f}" for alt in item.get("top_logprobs") or []
-            )
-            rows.append((t, repr(item.get("token")), math.exp(item.get("logprob", -math.inf)), alternatives))
-        return rows
-    top = message.get("top_logprobs")
-    if top:
-        ids = message.get("token_ids") or []
-        by_row: dict[int, list[str]] = {}
-        chosen_prob: dict[int, float] = {}
-        for row, token_id, logprob in zip(top["token_idx"], top["token_id"], top["logprobs"]):
-            by_row.setdefault(row, []).append(f"{token_id}={math.exp(logprob):.3f}")
-            if row < len(ids) and token_id == ids[row]:
-                chosen_prob[row] = math.exp(logprob)
-        for t, token_id in enumerate(ids):
-            rows.append((t, str(token_id), chosen_prob.get(t, float("nan")), ", ".join(by_row.get(t, []))))
+    items = logprobs.get("content") if isinstance(logprobs, dict) else logprobs if isinstance(logprobs, list) else None
+    rows = []
+    for t, item in enumerate(items or []):
+        if not isinstance(item, dict):
+            continue
+        alternatives = [
+            (str(alt.get("token")), _prob(alt.get("logprob")) or 0.0)
+            for alt in item.get("top_logprobs") or []
+            if isinstance(alt, dict)
+        ]
+        token_id = item.get("token_id")
+        rows.append(TokenRow(t, str(item.get("token")), token_id if isinstance(token_id, int) else None, _prob(item.get("logprob")), alternatives))
     return rows
 
 
-def render_record(record: dict[str, Any], max_chars: int = 2000) -> str:
+def parquet_token_rows(message: dict[str, Any], decode: Callable[[int], str] | None) -> list[TokenRow]:
+    """Token rows from the cartridges parquet: the kept entries of each row; text decoded when possible."""
+    ids = list(message.get("token_ids") or [])
+    top = message.get("top_logprobs")
+    if not top:
+        return []
+    name = decode or str
+    kept: list[list[tuple[int, float]]] = [[] for _ in ids]
+    for row, token_id, logprob in zip(top["token_idx"], top["token_id"], top["logprobs"]):
+        if 0 <= row < len(ids):
+            kept[row].append((token_id, math.exp(logprob)))
+    rows = []
+    for t, token_id in enumerate(ids):
+        chosen = next((p for i, p in kept[t] if i == token_id), None)
+        rows.append(TokenRow(t, name(token_id), token_id, chosen, [(name(i), p) for i, p in kept[t]]))
+    return rows
+
+
+def format_token_table(rows: Sequence[TokenRow], alternatives_title: str, max_alternatives: int | None = None) -> list[str]:
+    """An aligned table: position, chosen token, id, probability, alternatives with probabilities."""
+    shown = [repr(r.token) for r in rows]
+    width = max([len("token"), *map(len, shown)])
+    id_width = max([2, *(len(str(r.token_id)) for r in rows if r.token_id is not None)])
+    lines = [f"{'pos':>4}  {'token':<{width}}  {'id':>{id_width}}  {'prob':>6}  {alternatives_title}"]
+    for row, token in zip(rows, shown):
+        alts = row.alternatives if max_alternatives is None else row.alternatives[:max_alternatives]
+        text = "  ".join(f"{name!r} {p:.3f}" for name, p in alts)
+        if len(alts) < len(row.alternatives):
+            text += f"  … {len(row.alternatives) - len(alts)} more"
+        prob = "     —" if row.prob is None else f"{row.prob:6.3f}"
+        token_id = "" if row.token_id is None else str(row.token_id)
+        lines.append(f"{row.position:>4}  {token:<{width}}  {token_id:>{id_width}}  {prob}  {text}")
+    return lines
+
+
+def render_record(
+    record: dict[str, Any],
+    decode: Callable[[int], str] | None = None,
+    max_chars: int = 2000,
+    max_alternatives: int | None = None,
+) -> str:
+    """The messages, then per assistant message its token table; JSONL and parquet records alike."""
     lines = []
+    metadata = record.get("metadata")
+    if isinstance(metadata, dict):
+        keys = ("sample_idx", "strategy", "finish_reason", "failed", "memory_size_entries", "memory_size_chars")
+        lines.append("  ".join(f"{key}={metadata[key]}" for key in keys if key in metadata))
+        teacher = recorded_teacher(record)
+        if teacher:
+            lines.append(f"teacher={teacher}")
     for message in record.get("messages") or []:
         content = message.get("content") or ""
         shown = content if len(content) <= max_chars else content[:max_chars] + f"… [{len(content) - max_chars} more chars]"
-        lines.append(f"── {message.get('role')} ──")
-        lines.append(shown)
-        if message.get("role") == "assistant":
-            table = token_table(message)
-            if table:
-                width = max(len(chosen) for _, chosen, _, _ in table)
-                lines.append(f"{'pos':>4}  {'token':<{width}}  {'prob':>6}  kept alternatives")
-                for t, chosen, prob, alternatives in table:
-                    lines.append(f"{t:>4}  {chosen:<{width}}  {prob:6.3f}  {alternatives}")
+        lines += [f"── {message.get('role')} ──", shown]
+        if message.get("role") != "assistant":
+            continue
+        if "logprobs" in message:
+            rows, title = jsonl_token_rows(message), "recorded alternatives"
+        else:
+            rows, title = parquet_token_rows(message, decode), "kept alternatives"
+        if rows:
+            lines += ["", *format_token_table(rows, title, max_alternatives)]
+        else:
+            lines.append("(no logprobs recorded for this message)")
+    return "\n".join(lines)
+
+
+def render_file_summary(path: Path) -> str:
+    """File-level figures: the parquet's tokens and kept entries, or the JSONL's tokens and mass curve."""
+    from memdistill import stats
+
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    lines = [f"{path}  ({path.stat().st_size:,} bytes)"]
+    if _is_parquet(path):
+        figures = stats.parquet_figures(path)
+        samples, tokens = figures.samples, figures.assistant_tokens
+        rows = [
+            ("samples", samples.height),
+            ("assistant tokens", f"{tokens:,} (mean {samples['tokens'].mean() or 0:.1f}, max {samples['tokens'].max() or 0})"),
+            ("K", figures.top_k),
+            ("kept entries", f"{figures.kept_entries:,} ({figures.kept_entries / tokens if tokens else 0:.2f} per token)"),
+            ("mean probability mass kept", f"{figures.mean_mass_kept:.4f}"),
+            ("unmapped ids (-1)", figures.unmapped),
+            ("bytes per assistant token", f"{figures.file_bytes / tokens if tokens else 0:.1f}"),
+        ]
+    else:
+        figures = stats.jsonl_figures(path)
+        samples = figures.samples
+        rows = [
+            ("samples", samples.height),
+            ("assistant tokens", f"{int(samples['tokens'].sum()):,} ({figures.tokens_with_logprobs:,} with logprobs)"),
+            ("K", figures.top_k),
+            ("recorded top-K entries", f"{figures.recorded_entries:,}"),
+        ]
+    finish = samples.group_by("finish_reason").len().sort("finish_reason")
+    rows.append(("finish reasons", ", ".join(f"{r}: {n}" for r, n in finish.iter_rows()) or "—"))
+    rows.append(("failed reference samples", int(samples["failed"].sum())))
+    width = max(len(name) for name, _ in rows)
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    if not _is_parquet(path):
+        lines += ["", f"{'min_prob_mass':>13}  {'kept/token':>10}  {'rows below':>10}"]
+        for r in figures.mass_curve.iter_rows(named=True):
+            lines.append(f"{r['threshold']:>13}  {r['mean_kept_per_token']:>10.3f}  {r['share_rows_below']:>10.2%}")
     return "\n".join(lines)

@@ -1,83 +1,557 @@
-"""Dataset statistics with polars: figures for DVC metrics and data for DVC plots."""
+"""Dataset statistics with polars: figures for DVC metrics, data for DVC plots, a readable summary.
+
+Everything is a lazy polars query over the files (explicit schemas, list expressions, streaming
+collection), so a multi-gigabyte JSONL or parquet is never held whole and no Python loop runs over
+tokens. Two sources, each for what only it knows:
+
+- the parquet (what training sees): tokens, kept entries, kept mass, unmapped ids, bytes per entry;
+- the JSONL (the full recorded top-K): the mass curve, i.e. what any other `min_prob_mass` would keep.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
+
+from memdistill import fileio
+from memdistill.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MASS_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999)
+MISSING_ID = -1
+# Parquet columns whose size grows with the number of kept entries; the rest is the fixed part.
+ENTRY_COLUMNS = ("token_idx", "token_id", "logprobs")
+ENTRY_COLUMN_PREFIX = "messages.list.element.top_logprobs."
+
+# Only the fields stats reads: scan_ndjson parses nothing else, whatever else a line holds.
+METADATA_TYPE = pl.Struct(
+    {
+        "sample_idx": pl.Int64,
+        "finish_reason": pl.String,
+        "failed": pl.Boolean,
+        "memory_size_chars": pl.Int64,
+        "memory_size_entries": pl.Int64,
+        "teacher": pl.Struct({"model": pl.String, "top_logprobs": pl.Int64}),
+    }
+)
+_TOP_TYPE = pl.Struct({"logprob": pl.Float64})
+_ITEM_TYPE = pl.Struct({"logprob": pl.Float64, "top_logprobs": pl.List(_TOP_TYPE)})
+JSONL_SCHEMA = pl.Schema(
+    {
+        "messages": pl.List(
+            pl.Struct(
+                {
+                    "role": pl.String,
+                    "token_ids": pl.List(pl.Int64),
+                    "logprobs": pl.Struct({"content": pl.List(_ITEM_TYPE)}),
+                }
+            )
+        ),
+        "metadata": METADATA_TYPE,
+    }
+)
+SAMPLE_COLUMNS = ("row", "sample", "tokens", "finish_reason", "failed", "memory_size_chars", "memory_size_entries")
+
+
+@dataclass(frozen=True, slots=True)
+class ParquetFigures:
+    samples: pl.DataFrame  # SAMPLE_COLUMNS + unmapped_chosen, one row per record
+    top_k: int
+    kept_entries: int
+    unmapped_kept: int
+    mean_mass_kept: float
+    kept_histogram: pl.DataFrame  # kept, tokens
+    file_bytes: int
+    entry_bytes: int  # compressed bytes of the kept-entry columns
+
+    @property
+    def assistant_tokens(self) -> int:
+        return int(self.samples["tokens"].sum())
+
+    @property
+    def unmapped(self) -> int:
+        return int(self.samples["unmapped_chosen"].sum()) + self.unmapped_kept
+
+
+@dataclass(frozen=True, slots=True)
+class JsonlFigures:
+    samples: pl.DataFrame  # SAMPLE_COLUMNS, one row per record
+    tokens_with_logprobs: int
+    recorded_entries: int  # top-K entries recorded, before any sparsification
+    top_k: int
+    mass_curve: pl.DataFrame  # threshold, kept_entries, mean_kept_per_token, share_rows_below
+    file_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
 class StatsResult:
     metrics: dict[str, Any]
     plots: dict[str, pl.DataFrame]
+    samples: pl.DataFrame  # per record: sample, tokens, finish_reason, memory sizes
 
 
-def assistant_messages(parquet: Path) -> pl.LazyFrame:
-    """One row per assistant message: sample row, token count, kept entries per row as a list."""
-    return (
-        pl.scan_parquet(parquet)
-        .with_row_index("row")
-        .select("row", "messages")
+# ---------------------------------------------------------------------------------------------- queries
+
+
+def _parquet_samples(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per parquet record: SAMPLE_COLUMNS plus the -1 ids among its chosen assistant tokens."""
+    per_record = (
+        frame.select("row", "messages")
         .explode("messages")
         .unnest("messages")
         .filter(pl.col("role") == "assistant")
-        .select(
-            "row",
-            pl.col("token_ids").list.len().alias("tokens"),
-            pl.col("token_ids").list.count_matches(-1).alias("unmapped_chosen"),
-            pl.col("top_logprobs").struct.field("token_idx").alias("token_idx"),
-            pl.col("top_logprobs").struct.field("token_id").list.count_matches(-1).alias("unmapped_kept"),
-            pl.col("top_logprobs").struct.field("logprobs").alias("kept_logprobs"),
-            pl.col("top_logprobs").struct.field("shape").list.get(1, null_on_oob=True).alias("k"),
+        .group_by("row")
+        .agg(
+            pl.col("token_ids").list.len().sum().alias("tokens"),
+            pl.col("token_ids").list.count_matches(MISSING_ID).sum().cast(pl.Int64).alias("unmapped_chosen"),
         )
     )
-
-
-def compute_stats(jsonl: Path, parquet: Path) -> StatsResult:
-    messages = assistant_messages(parquet).collect()
-    per_token = (
-        messages.select("row", "token_idx", "kept_logprobs")
-        .explode("token_idx", "kept_logprobs")
-        .drop_nulls("token_idx")
-        .group_by("row", "token_idx")
-        .agg(pl.len().alias("kept"), pl.col("kept_logprobs").exp().sum().alias("mass"))
+    joined = frame.select("row", "metadata").join(per_record, on="row", how="left").sort("row")
+    return pl.concat(
+        [_sample_columns(joined), joined.select(pl.col("unmapped_chosen").fill_null(0))], how="horizontal"
     )
-    tokens = messages["tokens"]
-    meta = pl.scan_parquet(parquet).select("metadata").collect()["metadata"].str.json_decode(infer_schema_length=None)
-    finish = meta.struct.field("finish_reason") if "finish_reason" in meta.struct.fields else pl.Series([], dtype=pl.String)
-    failed = meta.struct.field("failed") if "failed" in meta.struct.fields else pl.Series([], dtype=pl.Boolean)
-    total_tokens = int(tokens.sum() or 0)
-    kept_total = int(per_token["kept"].sum() or 0)
-    parquet_bytes = parquet.stat().st_size
-    metrics: dict[str, Any] = {
-        "samples": messages["row"].n_unique(),
-        "failed_reference_samples": int(failed.fill_null(False).sum()) if len(failed) else 0,
-        "assistant_tokens": {
-            "total": total_tokens,
-            "mean": _round(tokens.mean()),
-            "p50": _round(tokens.quantile(0.5, "nearest")),
-            "p95": _round(tokens.quantile(0.95, "nearest")),
+
+
+def _collect(query: pl.LazyFrame | list[pl.LazyFrame], path: Path, what: str) -> Any:
+    """Run the query with the streaming engine; a file polars cannot read is one UserError naming it."""
+    try:
+        if isinstance(query, list):
+            return pl.collect_all(query, engine="streaming")
+        return query.collect(engine="streaming")
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        if path.suffix != ".parquet":
+            _locate_bad_line(path)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: cannot read it as {what}: {first}") from None
+
+
+def _locate_bad_line(path: Path) -> None:
+    """polars names no line: on the error path only, a plain pass finds the first line that is not
+    valid JSON or whose logprobs are not shaped as DESIGN §3 says, and raises naming it."""
+    for lineno, record in fileio.read_jsonl(path):
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not isinstance(messages, list):
+            raise UserError(f"{path}:{lineno}: expected an object with a 'messages' list")
+        for number, message in enumerate(messages):
+            logprobs = message.get("logprobs") if isinstance(message, dict) else None
+            if logprobs is not None and not (isinstance(logprobs, dict) and isinstance(logprobs.get("content"), (list, type(None)))):
+                raise UserError(f'{path}:{lineno}: messages[{number}].logprobs must be an object {{"content": [...]}} or null')
+
+
+def _require(path: Path) -> None:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+
+
+def scan_jsonl(path: Path) -> pl.LazyFrame:
+    """The intermediate JSONL as a lazy frame with row numbers, parsing only the fields stats needs."""
+    _require(path)
+    return pl.scan_ndjson(path, schema=JSONL_SCHEMA, ignore_errors=False).with_row_index("row")
+
+
+def scan_parquet(path: Path) -> pl.LazyFrame:
+    """The cartridges parquet with row numbers and `metadata` as a struct (it is stored as JSON text)."""
+    _require(path)
+    try:
+        frame = pl.scan_parquet(path)
+        schema = frame.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise UserError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+    if "messages" not in schema:
+        raise UserError(f"{path}: no 'messages' column; expected a cartridges parquet (DESIGN §4)")
+    if schema.get("metadata") == pl.String:
+        metadata = pl.col("metadata").str.json_decode(METADATA_TYPE)
+    elif "metadata" in schema:
+        # A struct written by another tool may have other fields; going through JSON picks ours.
+        metadata = pl.col("metadata").struct.json_encode().str.json_decode(METADATA_TYPE)
+    else:
+        metadata = pl.lit(None, dtype=METADATA_TYPE)
+    return frame.select("messages", metadata.alias("metadata")).with_row_index("row")
+
+
+def _token_probs(item: pl.Expr) -> pl.Expr:
+    """An assistant token's recorded top-K probabilities, sorted descending, from its logprobs item.
+
+    Mirrors convert: non-finite logprobs are padding, rounding errors above 0 count as 0, and a token
+    with no alternatives has its chosen token as the only entry.
+    """
+    top = item.struct.field("top_logprobs")
+    alternatives = top.list.eval(pl.element().struct.field("logprob"))
+    logprobs = pl.when(top.list.len().fill_null(0) > 0).then(alternatives).otherwise(pl.concat_list(item.struct.field("logprob")))
+    finite = pl.element().filter(pl.element().is_finite())
+    return logprobs.list.eval(finite.clip(upper_bound=0.0).exp()).list.sort(descending=True)
+
+
+def jsonl_records(frame: pl.LazyFrame, thresholds: Sequence[float]) -> pl.LazyFrame:
+    """One row per record, in a single pass over the file: the sample figures plus, per threshold, the
+    entries convert would keep (shortest sorted prefix reaching it, else all) and the token rows whose
+    whole top-K stays below it."""
+    assistant = pl.col("role") == "assistant"
+    content = pl.col("logprobs").struct.field("content")
+    tokens = (
+        frame.select("row", "metadata", "messages")
+        .explode("messages")
+        .unnest("messages")
+        .select(
+            "row",
+            "metadata",
+            pl.when(assistant).then(content).alias("item"),
+            # Assistant tokens recorded without logprobs still count as tokens of the sample.
+            pl.when(assistant & content.is_null()).then(pl.col("token_ids").list.len()).otherwise(0).alias("bare"),
+        )
+        .explode("item")
+        .select("row", "metadata", "bare", pl.col("item").is_not_null().alias("token"), _token_probs(pl.col("item")).alias("probs"))
+        .select(
+            "row",
+            "metadata",
+            "bare",
+            "token",
+            pl.col("probs").list.len().alias("n"),
+            pl.col("probs").list.sum().alias("mass"),
+            pl.col("probs").list.eval(pl.element().cum_sum()).alias("cum"),
+        )
+    )
+    per_threshold = []
+    for index, threshold in enumerate(thresholds):
+        below = pl.col("cum").list.eval(pl.element() < threshold).list.sum()
+        per_threshold += [
+            pl.min_horizontal(below + 1, pl.col("n")).filter(pl.col("token")).sum().alias(f"kept_{index}"),
+            (pl.col("mass") < threshold).filter(pl.col("token")).sum().alias(f"below_{index}"),
+        ]
+    return tokens.group_by("row").agg(
+        pl.col("metadata").first(),
+        (pl.col("token").sum() + pl.col("bare").sum()).alias("tokens"),
+        pl.col("token").sum().alias("tokens_with_logprobs"),
+        pl.col("n").filter(pl.col("token")).sum().alias("recorded"),
+        pl.col("n").filter(pl.col("token")).max().alias("k"),
+        *per_threshold,
+    )
+
+
+def _curve_frame(totals: dict[str, Any], thresholds: Sequence[float]) -> pl.DataFrame:
+    tokens = int(totals["tokens_with_logprobs"] or 0)
+    kept = [int(totals[f"kept_{i}"] or 0) for i in range(len(thresholds))]
+    below = [int(totals[f"below_{i}"] or 0) for i in range(len(thresholds))]
+    return pl.DataFrame(
+        {
+            "threshold": [float(t) for t in thresholds],
+            "kept_entries": kept,
+            "mean_kept_per_token": [round(k / tokens, 4) if tokens else 0.0 for k in kept],
+            "share_rows_below": [round(b / tokens, 6) if tokens else 0.0 for b in below],
         },
-        "top_k": int(messages["k"].max() or 0),
-        "kept_entries": kept_total,
-        "mean_kept_per_token": _round(kept_total / total_tokens if total_tokens else 0.0),
-        "mean_mass_kept": _round(per_token["mass"].mean()),
-        "unmapped_tokens": int(messages["unmapped_chosen"].sum() + messages["unmapped_kept"].sum()),
-        "finish_reasons": {str(k): int(v) for k, v in finish.value_counts().iter_rows()} if len(finish) else {},
-        "jsonl_bytes": jsonl.stat().st_size,
-        "parquet_bytes": parquet_bytes,
-        "parquet_bytes_per_token": _round(parquet_bytes / total_tokens if total_tokens else 0.0),
-    }
-    metrics["unmapped_rate"] = _round(metrics["unmapped_tokens"] / (total_tokens + kept_total) if total_tokens else 0.0, 6)
-    plots = {
-        "kept_per_token": per_token.group_by("kept").agg(pl.len().alias("tokens")).sort("kept"),
-        "tokens_per_sample": messages.select(pl.col("row").alias("sample"), "tokens").sort("sample"),
-    }
-    return StatsResult(metrics, plots)
+        schema={"threshold": pl.Float64, "kept_entries": pl.Int64, "mean_kept_per_token": pl.Float64, "share_rows_below": pl.Float64},
+    )
+
+
+def _sample_columns(frame: pl.DataFrame | pl.LazyFrame) -> Any:
+    """SAMPLE_COLUMNS from per-record rows holding `row`, `tokens` and the `metadata` struct."""
+    meta = pl.col("metadata").struct
+    return frame.select(
+        "row",
+        meta.field("sample_idx").fill_null(pl.col("row").cast(pl.Int64)).alias("sample"),
+        pl.col("tokens").fill_null(0).cast(pl.Int64),
+        meta.field("finish_reason").fill_null("unknown").alias("finish_reason"),
+        meta.field("failed").fill_null(False).alias("failed"),
+        meta.field("memory_size_chars"),
+        meta.field("memory_size_entries"),
+    )
+
+
+def jsonl_figures(path: Path, thresholds: Sequence[float] = DEFAULT_MASS_THRESHOLDS) -> JsonlFigures:
+    """What the intermediate JSONL holds: per-sample figures and the mass curve over `thresholds`."""
+    thresholds = _check_thresholds(thresholds, "thresholds")
+    records = _collect(jsonl_records(scan_jsonl(path), thresholds), path, "the intermediate JSONL (DESIGN §3)").sort("row")
+    totals = records.select(pl.exclude("row", "metadata", "k").sum(), pl.col("k").max()).row(0, named=True)
+    return JsonlFigures(
+        samples=_sample_columns(records),
+        tokens_with_logprobs=int(totals["tokens_with_logprobs"] or 0),
+        recorded_entries=int(totals["recorded"] or 0),
+        top_k=int(totals["k"] or 0),
+        mass_curve=_curve_frame(totals, thresholds),
+        file_bytes=path.stat().st_size,
+    )
+
+
+def parquet_entry_bytes(path: Path) -> int:
+    """Compressed bytes of the kept-entry columns (token_idx, token_id, logprobs), from the footer alone."""
+    metadata = pq.ParquetFile(path).metadata
+    wanted = {f"{ENTRY_COLUMN_PREFIX}{name}.list.element" for name in ENTRY_COLUMNS}
+    total = 0
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for column in range(row_group.num_columns):
+            chunk = row_group.column(column)
+            if chunk.path_in_schema in wanted:
+                total += chunk.total_compressed_size
+    return total
+
+
+def parquet_figures(path: Path) -> ParquetFigures:
+    """What the cartridges parquet holds: per-sample tokens, kept entries per token, kept mass, -1 ids."""
+    frame = scan_parquet(path)
+    assistant = (
+        frame.select("row", "messages")
+        .explode("messages")
+        .unnest("messages")
+        .filter(pl.col("role") == "assistant")
+        .with_row_index("message")
+        .select("message", "top_logprobs")
+    )
+    top = pl.col("top_logprobs").struct
+    entries = (
+        assistant.select(
+            "message",
+            top.field("token_idx").alias("token_idx"),
+            top.field("token_id").alias("token_id"),
+            top.field("logprobs").alias("logprobs"),
+        )
+        .explode("token_idx", "token_id", "logprobs")
+        .drop_nulls("token_idx")
+    )
+    per_token = entries.group_by("message", "token_idx").agg(
+        pl.len().alias("kept"), pl.col("logprobs").cast(pl.Float64).exp().sum().alias("mass")
+    )
+    histogram = per_token.group_by("kept").agg(pl.len().cast(pl.Int64).alias("tokens")).sort("kept")
+    totals = per_token.select(
+        pl.col("kept").sum().alias("kept"), pl.col("mass").mean().alias("mass"), pl.len().alias("tokens_with_entries")
+    )
+    unmapped = entries.select((pl.col("token_id") == MISSING_ID).sum().alias("unmapped"))
+    top_k = assistant.select(top.field("shape").list.get(1, null_on_oob=True).max().alias("k"))
+    samples, histogram, totals, unmapped, top_k = _collect(
+        [_parquet_samples(frame), histogram, totals, unmapped, top_k],
+        path,
+        "a cartridges parquet (DESIGN §4)",
+    )
+    row = totals.row(0, named=True)
+    tokens = int(samples["tokens"].sum())
+    # Tokens without any kept entry only happen for rows with no finite logprob; show them as bar 0.
+    without = tokens - int(row["tokens_with_entries"] or 0)
+    if without > 0:
+        histogram = pl.concat([pl.DataFrame({"kept": [0], "tokens": [without]}, schema=histogram.schema), histogram])
+    return ParquetFigures(
+        samples=samples,
+        top_k=int(top_k.item() or 0),
+        kept_entries=int(row["kept"] or 0),
+        unmapped_kept=int(unmapped.item() or 0),
+        mean_mass_kept=float(row["mass"] or 0.0),
+        kept_histogram=histogram,
+        file_bytes=path.stat().st_size,
+        entry_bytes=parquet_entry_bytes(path),
+    )
+
+
+# ------------------------------------------------------------------------------------------------- math
+
+
+def project_parquet_bytes(kept_entries: Sequence[int], parquet_bytes: int, entry_bytes: int, actual_kept: int) -> list[int]:
+    """Projected parquet size for other kept-entry counts: fixed part + measured bytes per kept entry.
+
+    The fixed part (texts, token ids, metadata, footer) does not depend on `min_prob_mass`; the entry
+    columns are assumed to compress to the same bytes per entry at any threshold.
+    """
+    fixed = max(parquet_bytes - entry_bytes, 0)
+    per_entry = entry_bytes / actual_kept if actual_kept else 0.0
+    return [int(round(fixed + per_entry * kept)) for kept in kept_entries]
+
+
+def anchor_curve(curve: pl.DataFrame, min_prob_mass: float, parquet_kept: int, parquet_tokens: int) -> pl.DataFrame:
+    """Shift the JSONL's mass curve by the entries convert adds that the JSONL does not record (an
+    end-of-turn row appended at logprob 0 keeps one entry at any threshold), so that at
+    `min_prob_mass` the curve equals the parquet and its other points are comparable to it."""
+    at_min_mass = curve.filter(pl.col("threshold") == min_prob_mass)["kept_entries"]
+    offset = parquet_kept - int(at_min_mass[0]) if len(at_min_mass) else 0
+    if offset:
+        log.debug("mass curve: %+d entries the parquet holds beyond the JSONL's top-K", offset)
+    kept = pl.col("kept_entries") + offset
+    mean = (kept / parquet_tokens).round(4) if parquet_tokens else pl.lit(0.0)
+    return curve.with_columns(kept.alias("kept_entries"), mean.alias("mean_kept_per_token"))
+
+
+def _check_threshold_matches(jsonl: JsonlFigures, parquet: ParquetFigures, min_prob_mass: float, path: Path) -> None:
+    """Warn when the parquet was not made at `min_prob_mass` (convert does not record it in the file).
+
+    The only entries the parquet may hold beyond the JSONL's rule are appended end-of-turn rows: one
+    token and one entry each.
+    """
+    at_min_mass = jsonl.mass_curve.filter(pl.col("threshold") == min_prob_mass)["kept_entries"]
+    expected = int(at_min_mass[0]) + parquet.assistant_tokens - int(jsonl.samples["tokens"].sum())
+    if parquet.kept_entries != expected:
+        log.warning(
+            "%s holds %d kept entries but min_prob_mass %s would keep %d: was convert run with another "
+            "min_prob_mass? Pass the one it used (--min-prob-mass, or --params params.yaml)",
+            path, parquet.kept_entries, min_prob_mass, expected,
+        )
+
+
+def _check_thresholds(values: Sequence[float], name: str) -> tuple[float, ...]:
+    out = tuple(sorted({float(v) for v in values}))
+    if not out or not all(0.0 < v <= 1.0 for v in out):
+        raise UserError(f"{name}: every mass threshold must be in (0, 1], got {list(values)}")
+    return out
 
 
 def _round(value: Any, digits: int = 4) -> float:
     return round(float(value), digits) if value is not None else 0.0
+
+
+def _ratio(numerator: float, denominator: float, digits: int = 4) -> float:
+    return round(numerator / denominator, digits) if denominator else 0.0
+
+
+def read_generate_metrics(path: Path | None) -> dict[str, Any]:
+    """metrics/generate.json, carried into stats; an absent file means 'no generation figures'."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object of generation metrics")
+    return data
+
+
+# ------------------------------------------------------------------------------------------------ stats
+
+
+def compute_stats(
+    jsonl: Path,
+    parquet: Path,
+    min_prob_mass: float,
+    generate_metrics: Path | None = None,
+    thresholds: Sequence[float] = DEFAULT_MASS_THRESHOLDS,
+) -> StatsResult:
+    (min_prob_mass,) = _check_thresholds([min_prob_mass], "min_prob_mass")
+    thresholds = _check_thresholds([*thresholds, min_prob_mass], "mass_thresholds")
+    from_jsonl = jsonl_figures(jsonl, thresholds)
+    from_parquet = parquet_figures(parquet)
+    if from_jsonl.samples.height != from_parquet.samples.height:
+        raise UserError(
+            f"{parquet}: {from_parquet.samples.height} records but {jsonl} has {from_jsonl.samples.height}; "
+            f"the parquet is stale, re-run convert"
+        )
+    samples = from_parquet.samples
+    tokens = samples["tokens"]
+    total_tokens = int(tokens.sum())
+    _check_threshold_matches(from_jsonl, from_parquet, min_prob_mass, parquet)
+    curve = anchor_curve(from_jsonl.mass_curve, min_prob_mass, from_parquet.kept_entries, total_tokens)
+    curve = curve.with_columns(
+        pl.Series(
+            "projected_parquet_bytes",
+            project_parquet_bytes(curve["kept_entries"].to_list(), from_parquet.file_bytes, from_parquet.entry_bytes, from_parquet.kept_entries),
+            dtype=pl.Int64,
+        )
+    ).with_columns((pl.col("projected_parquet_bytes") / 1e6).round(4).alias("projected_parquet_mb"))
+    at_min_mass = curve.filter(pl.col("threshold") == min_prob_mass).row(0, named=True)
+    finish = samples.group_by("finish_reason").agg(pl.len()).sort("finish_reason")
+    unmapped = from_parquet.unmapped
+    metrics: dict[str, Any] = {
+        "samples": samples.height,
+        "failed_reference_samples": int(samples["failed"].sum()),
+        "assistant_tokens": {
+            "total": total_tokens,
+            "mean": _round(tokens.mean()),
+            "p50": _round(tokens.quantile(0.5, "linear")),
+            "p95": _round(tokens.quantile(0.95, "linear")),
+        },
+        "top_k": from_parquet.top_k,
+        "min_prob_mass": min_prob_mass,
+        "recorded_entries": from_jsonl.recorded_entries,
+        "kept_entries": from_parquet.kept_entries,
+        "mean_kept_per_token": _ratio(from_parquet.kept_entries, total_tokens),
+        "mean_mass_kept": _round(from_parquet.mean_mass_kept),
+        "share_rows_below_min_mass": _round(at_min_mass["share_rows_below"], 6),
+        "unmapped_tokens": unmapped,
+        "unmapped_rate": _ratio(unmapped, total_tokens + from_parquet.kept_entries, 6),
+        "finish_reasons": {str(reason): int(count) for reason, count in finish.iter_rows()},
+        "jsonl_bytes": from_jsonl.file_bytes,
+        "parquet_bytes": from_parquet.file_bytes,
+        "parquet_bytes_per_token": _ratio(from_parquet.file_bytes, total_tokens),
+        "generation": read_generate_metrics(generate_metrics),
+    }
+    plots = {
+        "kept_per_token": from_parquet.kept_histogram,
+        "mass_curve": curve,
+        "tokens_per_sample": samples.select("sample", "tokens"),
+        "memory_vs_output": samples.select("sample", "memory_size_chars", "memory_size_entries", "tokens"),
+    }
+    return StatsResult(metrics, plots, samples.select(*SAMPLE_COLUMNS[1:]))
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(value) < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def extreme_samples(samples: pl.DataFrame, count: int = 5) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The `count` longest and shortest samples by assistant tokens; ties broken by sample index."""
+    longest = samples.sort(["tokens", "sample"], descending=[True, False]).head(count)
+    shortest = samples.sort(["tokens", "sample"]).head(count)
+    return longest, shortest
+
+
+def render_summary(result: StatsResult) -> str:
+    """reports/summary.md: the metrics as a short table, the mass curve, the extreme samples."""
+    m = result.metrics
+    tokens = m["assistant_tokens"]
+    rows = [
+        ("samples", m["samples"]),
+        ("failed reference samples", m["failed_reference_samples"]),
+        ("assistant tokens (total)", tokens["total"]),
+        ("assistant tokens per sample (mean / p50 / p95)", f"{tokens['mean']} / {tokens['p50']} / {tokens['p95']}"),
+        ("K (top_logprobs recorded)", m["top_k"]),
+        ("min_prob_mass", m["min_prob_mass"]),
+        ("kept entries", f"{m['kept_entries']} of {m['recorded_entries']} recorded"),
+        ("mean kept per token", m["mean_kept_per_token"]),
+        ("mean probability mass kept", m["mean_mass_kept"]),
+        ("token rows whose top-K never reaches min_prob_mass", f"{m['share_rows_below_min_mass']:.2%}"),
+        ("unmapped ids (-1)", f"{m['unmapped_tokens']} ({m['unmapped_rate']:.4%})"),
+        ("finish reasons", ", ".join(f"{k}: {v}" for k, v in m["finish_reasons"].items()) or "—"),
+        ("JSONL size", _bytes(m["jsonl_bytes"])),
+        ("parquet size", _bytes(m["parquet_bytes"])),
+        ("parquet bytes per assistant token", m["parquet_bytes_per_token"]),
+    ]
+    for key, value in m["generation"].items():
+        if isinstance(value, (int, float, str)):
+            rows.append((f"generation: {key}", value))
+    lines = ["# Dataset summary", "", "Written by the stats stage (`memdistill stats`); `metrics/stats.json` holds the same figures.", ""]
+    lines += _table(("figure", "value"), rows)
+    curve = result.plots["mass_curve"]
+    lines += ["", "## What other `min_prob_mass` values would cost", ""]
+    lines += _table(
+        ("min_prob_mass", "entries kept per token", "rows never reaching it", "projected parquet"),
+        [
+            (f"**{r['threshold']}**" if r["threshold"] == m["min_prob_mass"] else r["threshold"], r["mean_kept_per_token"],
+             f"{r['share_rows_below']:.2%}", _bytes(r["projected_parquet_bytes"]))
+            for r in curve.iter_rows(named=True)
+        ],
+    )
+    longest, shortest = extreme_samples(result.samples)
+    for title, frame in (("Longest samples", longest), ("Shortest samples", shortest)):
+        lines += ["", f"## {title}", ""]
+        lines += _table(
+            ("sample", "assistant tokens", "finish reason", "memory chars"),
+            [(r["sample"], r["tokens"], r["finish_reason"], "—" if r["memory_size_chars"] is None else r["memory_size_chars"])
+             for r in frame.iter_rows(named=True)],
+        )
+    return "\n".join(lines) + "\n"
