@@ -42,31 +42,12 @@ def _temporary_beside(target: Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
-    """Write to a temporary file beside `path` and rename it into place only on success.
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is fsync'd and renamed into place.
 
     A crash or an exception never leaves a partial file at `path`: either the old content stays or
     the complete new content appears.
     """
-    target = Path(path)
-    tmp_name = _temporary_beside(target)
-    encoding = None if "b" in mode else "utf-8"
-    try:
-        with open(tmp_name, mode, encoding=encoding) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Like `atomic_output`, for writers that want a path (pyarrow, polars) instead of a handle."""
     target = Path(path)
     tmp_name = _temporary_beside(target)
     try:
@@ -79,6 +60,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """`atomic_path` with an open handle (text mode is UTF-8)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as handle:
+            yield handle
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
