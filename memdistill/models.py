@@ -93,13 +93,18 @@ def _materialize(kind: str) -> Path:
     return target
 
 
+def embedded_tokenizer_dir() -> Path:
+    """A folder holding the embedded teacher's tokenizer files (tokenizer.json and friends)."""
+    return _materialize("tokenizer")
+
+
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(name_or_path: str) -> "PreTrainedTokenizerBase":
     """A tokenizer from the embedded teacher's name, a local folder, or a hub id (hub needs network)."""
     from transformers import AutoTokenizer
 
     if is_embedded(name_or_path):
-        return AutoTokenizer.from_pretrained(str(_materialize("tokenizer")))
+        return AutoTokenizer.from_pretrained(str(embedded_tokenizer_dir()))
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except Exception as exc:  # transformers raises many types here; all mean "cannot load this tokenizer"
