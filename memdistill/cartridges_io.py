@@ -35,6 +35,10 @@ SCHEMA = pa.schema(
 )
 
 
+DICTIONARY_COLUMNS = ["messages.list.element.content", "messages.list.element.role", "system_prompt", "metadata", "type"]
+TOKEN_IDX_COLUMN = "messages.list.element.top_logprobs.token_idx.list.element"
+
+
 @dataclass(slots=True)
 class OutMessage:
     role: str
@@ -60,7 +64,12 @@ class OutRow:
 
 
 def _offsets(lengths: list[int]) -> pa.Array:
-    return pa.array(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int32), type=pa.int32())
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    # list<> offsets are int32 (what cartridges' pandas reader gets); a row group never nears 2^31 entries
+    # at sane rows_per_group, but fail loudly rather than wrap around.
+    if offsets[-1] > np.iinfo(np.int32).max:
+        raise ValueError(f"a row group holds {offsets[-1]} list entries, more than int32 offsets allow; lower rows_per_group")
+    return pa.array(offsets.astype(np.int32), type=pa.int32())
 
 
 def _list_of(arrays: list[np.ndarray], value_type: pa.DataType) -> pa.Array:
@@ -71,29 +80,22 @@ def _list_of(arrays: list[np.ndarray], value_type: pa.DataType) -> pa.Array:
 def rows_to_table(rows: list[OutRow]) -> pa.Table:
     """Build the columns from flat numpy buffers and offsets; no per-token Python objects."""
     messages = [m for row in rows for m in row.messages]
-    tops = [m.top for m in messages if m.top is not None]
-    top_struct = pa.StructArray.from_arrays(
+    # One struct slot per message: messages without logprobs get empty lists under a null mask, so no
+    # gather/copy of the logprob buffers is needed.
+    empty_i64 = np.empty(0, dtype=np.int64)
+    empty_f32 = np.empty(0, dtype=np.float32)
+    tops = [m.top for m in messages]
+    has_top = np.array([t is not None for t in tops], dtype=bool)
+    spread = pa.StructArray.from_arrays(
         [
-            _list_of([t.token_idx for t in tops], pa.int64()),
-            _list_of([t.token_id for t in tops], pa.int64()),
-            _list_of([t.logprobs for t in tops], pa.float32()),
-            _list_of([np.asarray(t.shape, dtype=np.int64) for t in tops], pa.int64()),
+            _list_of([t.token_idx if t is not None else empty_i64 for t in tops], pa.int64()),
+            _list_of([t.token_id if t is not None else empty_i64 for t in tops], pa.int64()),
+            _list_of([t.logprobs if t is not None else empty_f32 for t in tops], pa.float32()),
+            _list_of([np.asarray(t.shape, dtype=np.int64) if t is not None else empty_i64 for t in tops], pa.int64()),
         ],
         fields=list(TOP_LOGPROBS_TYPE),
+        mask=pa.array(~has_top),
     )
-    # Spread the dense top structs over all messages, null where a message has none.
-    has_top = np.array([m.top is not None for m in messages], dtype=bool)
-    positions = np.cumsum(has_top) - 1
-    take = pa.array(np.where(has_top, positions, 0), type=pa.int64())
-    if len(tops):
-        spread = top_struct.take(take)
-        spread = pa.StructArray.from_arrays(
-            [spread.field(i) for i in range(spread.type.num_fields)],
-            fields=list(TOP_LOGPROBS_TYPE),
-            mask=pa.array(~has_top),
-        )
-    else:
-        spread = pa.nulls(len(messages), type=TOP_LOGPROBS_TYPE)
     message_struct = pa.StructArray.from_arrays(
         [
             pa.array([m.content for m in messages], type=pa.string()),
@@ -120,7 +122,13 @@ class CartridgesWriter:
 
     def __init__(self, path: Path, rows_per_group: int = 256, compression: str = "zstd") -> None:
         self.rows_per_group = rows_per_group
-        self._writer = pq.ParquetWriter(str(path), SCHEMA, compression=compression)
+        self._writer = pq.ParquetWriter(
+            str(path), SCHEMA, compression=compression,
+            # Dictionaries pay off only for the repetitive text columns; ids and logprobs are high-cardinality.
+            use_dictionary=DICTIONARY_COLUMNS,
+            # token_idx is sorted runs (0,0,0,1,1,2,...): delta encoding stores it in a few bits per entry.
+            column_encoding={TOKEN_IDX_COLUMN: "DELTA_BINARY_PACKED"},
+        )
         self._pending: list[OutRow] = []
         self.rows_written = 0
 
@@ -134,6 +142,19 @@ class CartridgesWriter:
             self._writer.write_table(rows_to_table(self._pending))
             self.rows_written += len(self._pending)
             self._pending = []
+
+    def set_footer(self, key: str, value: str) -> None:
+        """Key-value metadata in the parquet footer (pandas and cartridges ignore it; tools can read it)."""
+        self._writer.add_key_value_metadata({key: value})
+
+    def abort(self) -> None:
+        """Close after a failure without raising again (a full disk makes close fail too); the caller
+        discards the file and re-raises the original error."""
+        self._pending = []
+        try:
+            self._writer.close()
+        except Exception:  # noqa: BLE001 - the first error is the one worth reporting
+            pass
 
     def close(self) -> None:
         self.flush()

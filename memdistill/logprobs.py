@@ -54,7 +54,9 @@ def flatten_by_mass(logprobs: np.ndarray, ids: np.ndarray, min_prob_mass: float)
     if not 0.0 < min_prob_mass <= 1.0:
         raise ValueError(f"min_prob_mass must be in (0, 1], got {min_prob_mass}")
     T, K = logprobs.shape
-    clean = np.where(np.isfinite(logprobs), logprobs, -np.inf)
+    # Decide on the float32 values that get stored, so a reader recomputing the mass from the file
+    # finds exactly the prefix we kept (deciding in float64 can differ at the boundary).
+    clean = np.where(np.isfinite(logprobs), logprobs, -np.inf).astype(np.float32)
     sorted_lp, sorted_ids = sort_rows(clean, ids)
     valid = np.isfinite(sorted_lp)
     counts = keep_counts(sorted_lp, min_prob_mass, valid)
@@ -62,7 +64,7 @@ def flatten_by_mass(logprobs: np.ndarray, ids: np.ndarray, min_prob_mass: float)
     return FlatLogprobs(
         token_idx=np.repeat(np.arange(T, dtype=np.int64), counts),
         token_id=sorted_ids[mask].astype(np.int64, copy=False),
-        logprobs=sorted_lp[mask].astype(np.float32),
+        logprobs=sorted_lp[mask],
         shape=(T, K),
     )
 

@@ -1,15 +1,31 @@
-"""Recovering exact vocabulary ids from the token strings a teacher server returns."""
+"""Recovering exact vocabulary ids from the token strings a teacher server returns.
+
+Order (issue 6): `token_id:N` strings; the tokenizer's vocabulary entry (raw BPE strings, as Tokasaurus
+sends them); the `bytes` field mapped through the byte-level vocabulary; a string that encodes to exactly
+one id. Anything else is `MISSING_ID`.
+
+One refinement of that order: when an entry carries `bytes`, the bytes decide between a vocabulary-entry
+reading and a decoded-text reading of the same string. Byte-level alphabets reuse Latin-1 characters, so
+the decoded text "é" (bytes C3 A9) is also the vocabulary entry of the single byte E9; without the bytes
+the vocabulary reading wins, with them the bytes are exact and win.
+"""
 
 from __future__ import annotations
 
 import functools
-import re
-from collections.abc import Sequence
+import json
+from itertools import repeat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from memdistill import models
 from memdistill.logprobs import MISSING_ID
 
-TOKEN_ID_PREFIX = re.compile(r"^token_id:(-?\d+)$")
+TOKEN_ID_PREFIX = "token_id:"
 
 
 @functools.lru_cache(maxsize=1)
@@ -26,46 +42,201 @@ def byte_to_unicode() -> dict[int, str]:
     return {byte: chr(code) for byte, code in zip(printable, codes)}
 
 
+def vocabulary_bytes(vocab: dict[str, int]) -> dict[bytes, int]:
+    """Raw bytes -> id for every byte-level vocabulary entry (special tokens map by their UTF-8 text)."""
+    # One str.translate per piece (C speed): alphabet characters become the Latin-1 character of their
+    # byte; every other character below U+0100 becomes U+0100, so a piece is all-alphabet exactly when
+    # its translation encodes as Latin-1.
+    table = {code: 0x100 for code in range(0x100)}
+    table.update({ord(char): byte for byte, char in byte_to_unicode().items()})
+    out: dict[bytes, int] = {}
+    for piece, token_id in vocab.items():
+        try:
+            raw = piece.translate(table).encode("latin-1")
+        except UnicodeEncodeError:
+            raw = piece.encode("utf-8")
+        # Two entries with the same bytes: keep the lower id, so the answer does not depend on dict order.
+        if raw not in out or token_id < out[raw]:
+            out[raw] = token_id
+    return out
+
+
+def parse_token_id(token: str, limit: int) -> int | None:
+    """`token_id:N` -> N (MISSING_ID when out of range); None when the string is not of that form."""
+    if not token.startswith(TOKEN_ID_PREFIX):
+        return None
+    digits = token[len(TOKEN_ID_PREFIX):]
+    if not digits.isdigit():
+        return MISSING_ID
+    value = int(digits)
+    return value if value < limit else MISSING_ID
+
+
+@dataclass(frozen=True)
+class TextTokenizer:
+    """What convert needs from a tokenizer: vocabulary, size, end-of-sequence id, batch encoding.
+
+    Built from a bare `tokenizers` file when there is one (loads in a fraction of a second and a few MB),
+    else from a transformers tokenizer (hub ids), so the two give the same ids.
+    """
+
+    name: str
+    vocab: dict[str, int]
+    size: int
+    eos_token_id: int | None
+    encode_batch: Callable[[list[str]], list[list[int]]]
+    # An encoding that falls back to the unknown token is not a match.
+    unk_token_id: int | None = None
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+
+def text_tokenizer_from_transformers(tokenizer: Any, name: str = "") -> TextTokenizer:
+    vocab = tokenizer.get_vocab()
+    size = max(len(tokenizer), max(vocab.values(), default=-1) + 1)
+    encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
+    return TextTokenizer(name or getattr(tokenizer, "name_or_path", ""), vocab, size, tokenizer.eos_token_id, encode, tokenizer.unk_token_id)
+
+
+def text_tokenizer_from_folder(folder: Path, name: str = "") -> TextTokenizer:
+    """A folder holding tokenizer.json (and optionally tokenizer_config.json naming the eos token)."""
+    import tokenizers
+
+    backend = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    vocab = backend.get_vocab(with_added_tokens=True)
+    eos_name: Any = None
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        eos_name = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
+        if isinstance(eos_name, dict):
+            eos_name = eos_name.get("content")
+    eos = vocab.get(eos_name) if isinstance(eos_name, str) else None
+    size = max(backend.get_vocab_size(with_added_tokens=True), max(vocab.values(), default=-1) + 1)
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+
+    unk = getattr(backend.model, "unk_token", None)
+    return TextTokenizer(name or str(folder), vocab, size, eos, encode, vocab.get(unk) if isinstance(unk, str) else None)
+
+
+def load_text_tokenizer(name_or_path: str) -> TextTokenizer:
+    """The embedded teacher's name, a local tokenizer folder, or a hub id (through transformers)."""
+    if models.is_embedded(name_or_path):
+        # The embedded tokenizer is materialised once into a transformers folder; read its tokenizer.json
+        # directly, which keeps torch and transformers out of the convert process.
+        return text_tokenizer_from_folder(models.embedded_tokenizer_dir(), name_or_path)
+    folder = Path(name_or_path)
+    if folder.is_dir() and (folder / "tokenizer.json").is_file():
+        return text_tokenizer_from_folder(folder, name_or_path)
+    return text_tokenizer_from_transformers(models.load_tokenizer(name_or_path), name_or_path)
+
+
+def as_text_tokenizer(tokenizer: Any) -> TextTokenizer:
+    return tokenizer if isinstance(tokenizer, TextTokenizer) else text_tokenizer_from_transformers(tokenizer)
+
+
 class TokenIdResolver:
     """Maps token strings to ids using one tokenizer; memoised, since a dataset repeats its tokens."""
 
     def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self.vocab: dict[str, int] = tokenizer.get_vocab()
-        self.vocab_size = max(self.vocab.values()) + 1 if self.vocab else 0
-        self._bytes_table = byte_to_unicode()
-        self._memo: dict[str, int] = {}
+        self.tokenizer = as_text_tokenizer(tokenizer)
+        self.vocab = self.tokenizer.vocab
+        self.limit = self.tokenizer.size
+        self.byte_ids = vocabulary_bytes(self.vocab)
+        # token string -> id, and the `bytes` field it came with: an entry hits only with the same bytes.
+        self._id_of: dict[str, int] = {}
+        self._raw_of: dict[str, Any] = {}
+        self._strings: dict[str, int] = {}
+        unk = self.tokenizer.unk_token_id
+        self._unk_text = next((piece for piece, token_id in self.vocab.items() if token_id == unk), None) if unk is not None else None
 
-    def from_bytes(self, raw: Sequence[int]) -> int:
-        key = "".join(self._bytes_table[b] for b in raw if 0 <= b < 256)
-        return self.vocab.get(key, MISSING_ID)
+    def from_bytes(self, raw: Sequence[int] | None) -> int:
+        if not raw:
+            return MISSING_ID
+        try:
+            return self.byte_ids.get(bytes(raw), MISSING_ID)
+        except (TypeError, ValueError):  # not a list of 0..255
+            return MISSING_ID
 
-    def resolve(self, token: str | None, token_bytes: Sequence[int] | None = None) -> int:
-        """Exact id for a token string: `token_id:N`, a vocabulary entry, its bytes, or a one-id encoding."""
-        if token is None:
-            return self.from_bytes(token_bytes) if token_bytes else MISSING_ID
-        cached = self._memo.get(token)
-        if cached is not None:
-            return cached
-        resolved = self._resolve_uncached(token, token_bytes)
-        # Only memoise answers that did not depend on the bytes field.
-        if resolved != MISSING_ID or not token_bytes:
-            self._memo[token] = resolved
-        return resolved
-
-    def _resolve_uncached(self, token: str, token_bytes: Sequence[int] | None) -> int:
-        match = TOKEN_ID_PREFIX.match(token)
-        if match:
-            value = int(match.group(1))
-            return value if 0 <= value < max(self.vocab_size, len(self.tokenizer)) else MISSING_ID
-        if token in self.vocab:
-            return self.vocab[token]
-        if token_bytes:
-            found = self.from_bytes(token_bytes)
+    def resolve(self, token: str | None, raw: Sequence[int] | None = None) -> int:
+        """Exact id for one entry's `token` string and optional `bytes`."""
+        if raw:
+            if isinstance(token, str) and token.startswith(TOKEN_ID_PREFIX):
+                return self.resolve_string(token)
+            found = self.from_bytes(raw)
             if found != MISSING_ID:
                 return found
-        found = self.from_bytes(token.encode("utf-8"))
-        if found != MISSING_ID:
+        if not isinstance(token, str):
+            return MISSING_ID
+        return self.resolve_string(token)
+
+    def resolve_string(self, token: str) -> int:
+        cached = self._strings.get(token)
+        if cached is None:
+            cached = self._strings[token] = self._resolve_uncached(token)
+        return cached
+
+    def _learn(self, entry: dict[str, Any]) -> int:
+        token_id = entry.get("token_id")
+        if type(token_id) is int:
+            return token_id
+        token, raw = entry.get("token"), entry.get("bytes")
+        found = self.resolve(token, raw)
+        if isinstance(token, str):
+            self._id_of[token] = found
+            self._raw_of[token] = raw
+        return found
+
+    def resolve_entries(self, entries: Sequence[dict[str, Any]]) -> np.ndarray:
+        """Ids for top-k entries: an integer `token_id` field is exact; otherwise `token` and `bytes`.
+
+        Vectorised over a message: when every token string was seen before with the same `bytes`, the
+        ids are two C-level passes of dict look-ups; otherwise entries resolve (and are learnt) one by
+        one. Exact ids outside the tokenizer's vocabulary become MISSING_ID: they mean another tokenizer.
+        """
+        count = len(entries)
+        if count == 0:
+            return np.empty(0, dtype=np.int64)
+        # map(dict.get, ...) walks the entries in C: no Python frame per entry.
+        exact = list(map(dict.get, entries, repeat("token_id")))
+        ids = None
+        if exact.count(None) == count:
+            tokens = list(map(dict.get, entries, repeat("token")))
+            raws = list(map(dict.get, entries, repeat("bytes")))
+            try:
+                found = list(map(self._id_of.get, tokens))
+                stored = list(map(self._raw_of.get, tokens))
+            except TypeError:  # a token that is not a string
+                found = None
+            if found is not None:
+                redo = [i for i, value in enumerate(found) if value is None] if None in found else []
+                if stored != raws:
+                    redo += [i for i, (seen, given) in enumerate(zip(stored, raws)) if seen != given]
+                for i in redo:
+                    found[i] = self._learn(entries[i])
+                ids = np.array(found, dtype=np.int64)
+        else:
+            candidate = np.asarray(exact)
+            if candidate.dtype.kind == "i":
+                ids = candidate.astype(np.int64, copy=False)
+        if ids is None:
+            ids = np.fromiter(map(self._learn, entries), dtype=np.int64, count=count)
+        ids[(ids < MISSING_ID) | (ids >= self.limit)] = MISSING_ID
+        return ids
+
+    def _resolve_uncached(self, token: str) -> int:
+        parsed = parse_token_id(token, self.limit)
+        if parsed is not None:
+            return parsed
+        found = self.vocab.get(token)
+        if found is not None:
             return found
-        encoded = self.tokenizer.encode(token, add_special_tokens=False)
-        return encoded[0] if len(encoded) == 1 else MISSING_ID
+        found = self.byte_ids.get(token.encode("utf-8"))
+        if found is not None:
+            return found
+        encoded = self.tokenizer.encode(token)
+        if len(encoded) != 1 or (encoded[0] == self.tokenizer.unk_token_id and token != self._unk_text):
+            return MISSING_ID
+        return int(encoded[0])
