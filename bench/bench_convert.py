@@ -1,4 +1,4 @@
-"""convert vs the seed-style baseline on synthetic data: time, peak memory, file size, identical kept ids.
+"""convert vs a straightforward baseline on synthetic data: time, peak memory, file size, identical kept ids.
 
 Each converter runs in its own subprocess, from loading the tokenizer to the closed parquet file. Linux
 carries the parent's RSS at fork into a child's ru_maxrss, so the parent stays small (the synthetic file

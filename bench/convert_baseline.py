@@ -1,4 +1,4 @@
-"""The straightforward converter the seed describes, kept as the benchmark's reference point.
+"""A straightforward converter (per-token look-ups, dense arrays, from_pylist), kept as the benchmark's reference point.
 
 Per row: `json.loads`; per token and per top-k entry a tokenizer look-up; a dense [T, K] array per
 message, sorted and cut by mass; every row built as Python lists and dicts and written at the end with

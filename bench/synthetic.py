@@ -1,4 +1,4 @@
-"""Synthetic intermediate JSONL (DESIGN §3) for benchmarks: real SmolLM2 vocabulary, decoded-string tokens.
+"""Synthetic intermediate JSONL for benchmarks: real SmolLM2 vocabulary, decoded-string tokens.
 
 Tokens look the way a plain OpenAI-compatible server sends them: the decoded text of each token plus its
 UTF-8 `bytes`, no `token_id` fields and no assistant `token_ids`, top-K alternatives per token. Rows mix

@@ -1,4 +1,4 @@
-"""The cartridges parquet format (DESIGN §4): schema and a streaming row-group writer."""
+"""The cartridges parquet format: schema and a streaming row-group writer."""
 
 from __future__ import annotations
 

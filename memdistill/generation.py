@@ -51,7 +51,7 @@ class GenerateSummary:
 
 
 def dataset_row(prompt: PromptRow, completion: Completion, teacher: dict[str, Any]) -> dict[str, Any]:
-    """One line of the intermediate JSONL (DESIGN §3)."""
+    """One line of the intermediate JSONL (see the README's Data formats)."""
     messages: list[dict[str, Any]] = [
         {"role": m["role"], "content": m["content"], "token_ids": None, "logprobs": None} for m in prompt.student_messages
     ]

@@ -135,7 +135,7 @@ def _collect(query: pl.LazyFrame | list[pl.LazyFrame], path: Path, what: str) ->
 
 def _locate_bad_line(path: Path) -> None:
     """polars names no line: on the error path only, a plain pass finds the first line that is not
-    valid JSON or whose logprobs are not shaped as DESIGN §3 says, and raises naming it."""
+    valid JSON or whose logprobs are not shaped as the intermediate format says, and raises naming it."""
     for lineno, record in fileio.read_jsonl(path):
         messages = record.get("messages") if isinstance(record, dict) else None
         if not isinstance(messages, list):
@@ -166,7 +166,7 @@ def scan_parquet(path: Path) -> pl.LazyFrame:
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise UserError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
     if "messages" not in schema:
-        raise UserError(f"{path}: no 'messages' column; expected a cartridges parquet (DESIGN §4)")
+        raise UserError(f"{path}: no 'messages' column; expected a cartridges parquet")
     if schema.get("metadata") == pl.String:
         metadata = pl.col("metadata").str.json_decode(METADATA_TYPE)
     elif "metadata" in schema:
@@ -268,7 +268,7 @@ def _sample_columns(frame: pl.DataFrame | pl.LazyFrame) -> Any:
 def jsonl_figures(path: Path, thresholds: Sequence[float] = DEFAULT_MASS_THRESHOLDS) -> JsonlFigures:
     """What the intermediate JSONL holds: per-sample figures and the mass curve over `thresholds`."""
     thresholds = _check_thresholds(thresholds, "thresholds")
-    records = _collect(jsonl_records(scan_jsonl(path), thresholds), path, "the intermediate JSONL (DESIGN §3)").sort("row")
+    records = _collect(jsonl_records(scan_jsonl(path), thresholds), path, "the intermediate JSONL").sort("row")
     totals = records.select(pl.exclude("row", "metadata", "k").sum(), pl.col("k").max()).row(0, named=True)
     return JsonlFigures(
         samples=_sample_columns(records),
@@ -328,7 +328,7 @@ def parquet_figures(path: Path) -> ParquetFigures:
     samples, histogram, totals, unmapped, top_k = _collect(
         [_parquet_samples(frame), histogram, totals, unmapped, top_k],
         path,
-        "a cartridges parquet (DESIGN §4)",
+        "a cartridges parquet",
     )
     row = totals.row(0, named=True)
     tokens = int(samples["tokens"].sum())

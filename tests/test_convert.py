@@ -123,7 +123,7 @@ def read_like_cartridges(path: Path) -> list[dict]:
 
 
 def check_invariants(rows: list[dict], mass: float, source: list[dict]) -> int:
-    """DESIGN §4 on every assistant row; returns the number of rows checked."""
+    """The parquet invariants on every assistant row; returns the number of rows checked."""
     checked = 0
     for row, raw in zip(rows, source):
         for message, raw_message in zip(row["messages"], raw["messages"]):
@@ -188,7 +188,7 @@ def test_lower_mass_keeps_fewer_entries(tmp_path: Path, vocab: dict[str, int]) -
 
 
 def test_seed_format_converts_with_the_seed_command(tmp_path: Path, capsys) -> None:
-    """Only the seed's fields: no token_id, no assistant token_ids, no metadata.teacher."""
+    """Only the plain OpenAI fields: no token_id, no assistant token_ids, no metadata.teacher."""
     seed = {
         "messages": [
             {"role": "system", "content": "Be brief."},
@@ -209,7 +209,7 @@ def test_seed_format_converts_with_the_seed_command(tmp_path: Path, capsys) -> N
     assert list(message["token_ids"]) == tokenizer.encode("4")  # no finish_reason: nothing appended
     top = FlatTopLogprobs(**message["top_logprobs"])
     assert list(top.token_id) == [tokenizer.vocab["4"], tokenizer.vocab["Ġfour"]]
-    # Without --model the seed file names no teacher: one clear error, exit 2, no output.
+    # Without --model the plain file names no teacher: one clear error, exit 2, no output.
     out.unlink()
     assert cli_main(["convert", "--input", str(source), "--output", str(out)]) == 2
     assert "--model" in capsys.readouterr().err and not out.exists()

@@ -1,4 +1,4 @@
-"""The benchmark's pieces: synthetic data converts exactly, and the seed-style baseline keeps the same ids."""
+"""The benchmark's pieces: synthetic data converts exactly, and a straightforward baseline keeps the same ids."""
 
 from __future__ import annotations
 

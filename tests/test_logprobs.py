@@ -1,4 +1,4 @@
-"""Properties of mass-based sparsification (DESIGN §4) over random distributions."""
+"""Properties of mass-based sparsification over random distributions."""
 
 from __future__ import annotations
 

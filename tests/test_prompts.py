@@ -1,4 +1,4 @@
-"""Prompt rendering (DESIGN §2 shape) and the token-budget arithmetic (memdistill/prompts.py)."""
+"""Prompt rendering (the HistoryAgent shape) and the token-budget arithmetic (memdistill/prompts.py)."""
 
 from __future__ import annotations
 

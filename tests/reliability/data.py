@@ -25,7 +25,7 @@ def write_snapshot(folder: Path, samples: int, seed: int = 0) -> Path:
 
 
 def write_dataset(path: Path, rows: int, tokens: int, k: int = 20, seed: int = 0) -> Path:
-    """An intermediate dataset (DESIGN §3) with exact ids, as the embedded teacher writes it."""
+    """An intermediate dataset with exact ids, as the embedded teacher writes it."""
     rng = random.Random(seed)
     with open(path, "w", encoding="utf-8") as handle:
         for row in range(rows):
