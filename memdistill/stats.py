@@ -101,13 +101,20 @@ class StatsResult:
 # ---------------------------------------------------------------------------------------------- queries
 
 
-def _parquet_samples(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per parquet record: SAMPLE_COLUMNS plus the -1 ids among its chosen assistant tokens."""
-    per_record = (
+def _assistant_messages(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per assistant message of the parquet, its record number in `row`."""
+    return (
         frame.select("row", "messages")
         .explode("messages")
         .unnest("messages")
         .filter(pl.col("role") == "assistant")
+    )
+
+
+def _parquet_samples(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per parquet record: SAMPLE_COLUMNS plus the -1 ids among its chosen assistant tokens."""
+    per_record = (
+        _assistant_messages(frame)
         .group_by("row")
         .agg(
             pl.col("token_ids").list.len().sum().alias("tokens"),
@@ -298,10 +305,7 @@ def parquet_figures(path: Path) -> ParquetFigures:
     """What the cartridges parquet holds: per-sample tokens, kept entries per token, kept mass, -1 ids."""
     frame = scan_parquet(path)
     assistant = (
-        frame.select("row", "messages")
-        .explode("messages")
-        .unnest("messages")
-        .filter(pl.col("role") == "assistant")
+        _assistant_messages(frame)
         .with_row_index("message")
         .select("message", "top_logprobs")
     )

@@ -187,19 +187,22 @@ def test_lower_mass_keeps_fewer_entries(tmp_path: Path, vocab: dict[str, int]) -
     check_invariants(read_like_cartridges(tmp_path / "low.parquet"), 0.5, mixed_records(vocab))
 
 
+SEED_RECORD = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4", "logprobs": {"content": [
+            {"token": "4", "logprob": -0.1, "top_logprobs": [{"token": "4", "logprob": -0.1}, {"token": " four", "logprob": -2.5}]}]}},
+    ],
+    "system_prompt": "Be brief.",
+    "metadata": {"sample_idx": 0},
+    "type": "memory_distillation",
+}
+
+
 def test_seed_format_converts_with_the_seed_command(tmp_path: Path, capsys) -> None:
     """Only the plain OpenAI fields: no token_id, no assistant token_ids, no metadata.teacher."""
-    seed = {
-        "messages": [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "2+2?"},
-            {"role": "assistant", "content": "4", "logprobs": {"content": [
-                {"token": "4", "logprob": -0.1, "top_logprobs": [{"token": "4", "logprob": -0.1}, {"token": " four", "logprob": -2.5}]}]}},
-        ],
-        "system_prompt": "Be brief.",
-        "metadata": {"sample_idx": 0},
-        "type": "memory_distillation",
-    }
+    seed = SEED_RECORD
     source = write_jsonl(tmp_path / "X.jsonl", [seed, seed])
     out = tmp_path / "Y.parquet"
     assert cli_main(["convert", "--input", str(source), "--output", str(out), "--model", MODEL, "--min-prob-mass", "0.99"]) == 0
@@ -398,19 +401,6 @@ def columnar_rows(source: Path) -> int:
     converter = conversion.RowConverter(load_text_tokenizer(MODEL), 0.99, False, conversion.ConvertSummary())
     lines = [line for line in source.read_bytes().splitlines() if line.strip()]
     return len(conversion.ColumnarReader(converter).convert_block(lines, [f"{source}:{i}" for i in range(len(lines))]))
-
-
-SEED_RECORD = {
-    "messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "2+2?"},
-        {"role": "assistant", "content": "4", "logprobs": {"content": [
-            {"token": "4", "logprob": -0.1, "top_logprobs": [{"token": "4", "logprob": -0.1}, {"token": " four", "logprob": -2.5}]}]}},
-    ],
-    "system_prompt": "Be brief.",
-    "metadata": {"sample_idx": 0},
-    "type": "memory_distillation",
-}
 
 
 def special_records(vocab: dict[str, int]) -> list[dict]:
