@@ -130,7 +130,6 @@ class CartridgesWriter:
             column_encoding={TOKEN_IDX_COLUMN: "DELTA_BINARY_PACKED"},
         )
         self._pending: list[OutRow] = []
-        self.rows_written = 0
 
     def write(self, row: OutRow) -> None:
         self._pending.append(row)
@@ -140,7 +139,6 @@ class CartridgesWriter:
     def flush(self) -> None:
         if self._pending:
             self._writer.write_table(rows_to_table(self._pending))
-            self.rows_written += len(self._pending)
             self._pending = []
 
     def set_footer(self, key: str, value: str) -> None:

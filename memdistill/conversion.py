@@ -27,14 +27,13 @@ from memdistill import fileio
 from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID, flatten_by_mass
-from memdistill.token_ids import TextTokenizer, TokenIdResolver, as_text_tokenizer, load_text_tokenizer
+from memdistill.token_ids import TextTokenizer, TokenIdResolver, load_text_tokenizer
 
 log = logging.getLogger(__name__)
 
 # Servers print -0.0 or a rounding error such as 1e-7 for a certain token; above this it is not a logprob.
 POSITIVE_LOGPROB_TOLERANCE = 1e-4
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
-PARQUET_MAGIC = b"PAR1"
 # Distinct non-assistant texts (system prompts repeat on every row) whose token ids are kept.
 TEXT_MEMO_SIZE = 4096
 # Read JSONL through pyarrow's JSON reader (ColumnarReader); False: the per-row reader only (tests compare).
@@ -71,11 +70,6 @@ class ConvertSummary:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-
-
-def is_parquet(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        return handle.read(4) == PARQUET_MAGIC
 
 
 def _parse_line(line: bytes, where: str) -> Any:
@@ -121,7 +115,7 @@ def iter_records(path: Path) -> Iterator[tuple[str, Any]]:
     """(where, record) for every row of the intermediate dataset; `where` names file and line for errors."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    return iter_parquet(path) if is_parquet(path) else iter_jsonl(path)
+    return iter_parquet(path) if fileio.is_parquet(path) else iter_jsonl(path)
 
 
 def recorded_teacher_model(path: Path) -> str | None:
@@ -190,8 +184,8 @@ class RowConverter:
     """One intermediate record -> one cartridges row; counts what it saw into `summary`."""
 
     def __init__(self, tokenizer: Any, min_prob_mass: float, strict: bool, summary: ConvertSummary, append_eot: bool = True) -> None:
-        self.tokenizer: TextTokenizer = as_text_tokenizer(tokenizer)
-        self.resolver = TokenIdResolver(self.tokenizer)
+        self.resolver = TokenIdResolver(tokenizer)
+        self.tokenizer: TextTokenizer = self.resolver.tokenizer
         self.min_prob_mass = min_prob_mass
         self.strict = strict
         self.append_eot = append_eot
@@ -245,7 +239,6 @@ class RowConverter:
             t = int(np.searchsorted(starts, index, side="right") - 1)
             return f"{where}.logprobs.content[{t}].top_logprobs[{index - starts[t]}].logprob"
 
-        self.summary.assistant_messages += 1
         alt_lp = _number_array(alt_values, alt_field)
         alt_ids = self.resolver.resolve_entries(flat)
         chosen_lp = _number_array(list(map(dict.get, items, repeat("logprob"))), lambda t: f"{where}.logprobs.content[{t}].logprob")
@@ -276,6 +269,7 @@ class RowConverter:
         """One assistant message from validated flat arrays: `counts[t]` alternatives of token t, their
         logprobs/ids in `alt_lp`/`alt_ids` (row-major), the chosen tokens' logprobs and ids. Shared by the
         per-row and the columnar reader, so both write the same bytes."""
+        self.summary.assistant_messages += 1
         T = int(counts.size)
         # The teacher's own sequence wins over per-item ids when the message carries it.
         eot_id = None
@@ -639,7 +633,6 @@ class ColumnarReader:
                     continue
                 a, b = int(item_offsets[m]), int(item_offsets[m + 1])
                 lo, hi = int(alt_offsets[a]), int(alt_offsets[b])
-                converter.summary.assistant_messages += 1
                 out.append(converter.with_logprobs(
                     content, given, field, finish_reason, p["alt_counts"][a:b],
                     p["alt_lp"][lo:hi], p["alt_ids"][lo:hi], p["chosen_lp"][a:b], p["chosen_ids"][a:b],
@@ -675,7 +668,7 @@ def iter_converted(path: Path, converter: RowConverter, columnar: bool = True) -
     per-row reader for a block it cannot take exactly), parquet and fallbacks row by row."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    if is_parquet(path) or not columnar:
+    if fileio.is_parquet(path) or not columnar:
         for where, raw in iter_records(path):
             yield converter.row(raw, where)
         return

@@ -70,6 +70,12 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[
             yield handle
 
 
+def is_parquet(path: str | os.PathLike[str]) -> bool:
+    """True when the file starts with parquet's magic bytes, whatever its name."""
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PAR1"
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed object) for each non-blank line; a bad line is a UserError naming it."""
     source = Path(path)

@@ -16,11 +16,11 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from memdistill import fileio
 from memdistill.errors import UserError
 
 log = logging.getLogger(__name__)
 
-MISSING_ID = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +35,7 @@ class TokenRow:
 
 
 def _is_parquet(path: Path) -> bool:
-    if path.suffix == ".parquet":
-        return True
-    with open(path, "rb") as handle:
-        return handle.read(4) == b"PAR1"
+    return path.suffix == ".parquet" or fileio.is_parquet(path)
 
 
 def read_record(path: Path, sample: int) -> dict[str, Any]:

@@ -22,11 +22,11 @@ import pyarrow.parquet as pq
 
 from memdistill import fileio
 from memdistill.errors import UserError
+from memdistill.logprobs import MISSING_ID
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MASS_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999)
-MISSING_ID = -1
 # Parquet columns whose size grows with the number of kept entries; the rest is the fixed part.
 ENTRY_COLUMNS = ("token_idx", "token_id", "logprobs")
 ENTRY_COLUMN_PREFIX = "messages.list.element.top_logprobs."

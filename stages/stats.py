@@ -14,11 +14,12 @@ from pathlib import Path
 
 from memdistill import fileio, params
 from memdistill.errors import UserError
+from stages.convert import ConvertConfig
 from memdistill.stats import DEFAULT_MASS_THRESHOLDS, StatsResult, compute_stats, render_summary
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_PROB_MASS = 0.99
+DEFAULT_MIN_PROB_MASS = ConvertConfig.min_prob_mass
 
 
 @dataclass(frozen=True, slots=True)
