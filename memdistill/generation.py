@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,6 @@ class GenerateSummary:
     output_tokens: int = 0
     input_tokens: int = 0
     wall_seconds: float = 0.0
-    failed_samples: list[int] = field(default_factory=list)
-    failures_file: str | None = None
 
     def to_metrics(self) -> dict[str, Any]:
         new_tokens_per_s = self.output_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
@@ -103,7 +101,6 @@ async def _collect(
                     failures.append(result)
                     summary.failures += 1
                     summary.retries += max(0, result.attempts - 1)
-                    summary.failed_samples.append(result.sample_idx)
                     log.warning("sample %d failed after %d attempt(s): %s", result.sample_idx, result.attempts, result.error)
                 else:
                     store.put(keys[result.sample_idx], result, run)
@@ -166,14 +163,13 @@ def generate_dataset(
         summary.wall_seconds = time.perf_counter() - started
         failed_file = failures_path(output)
         _write_failures(failed_file, failures)
-        summary.failures_file = str(failed_file) if failures else None
         if summary.failures and summary.failures / max(1, len(prompts)) > max_failure_rate:
             raise UserError(
                 f"generate: {summary.failures} of {len(prompts)} samples failed (max_failure_rate {max_failure_rate}), "
                 f"e.g. sample {failures[0].sample_idx}: {failures[0].error}; all errors in {failed_file}; "
                 f"run again to retry only those"
             )
-        failed = set(summary.failed_samples)
+        failed = {failure.sample_idx for failure in failures}
         with fileio.atomic_output(output) as handle:
             for row in prompts:
                 completion = store.get(keys[row.sample_idx])

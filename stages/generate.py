@@ -14,11 +14,11 @@ from memdistill.generation import generate_dataset
 from memdistill.models import EMBEDDED_MODEL
 from memdistill.prompt_file import read_prompts
 from memdistill.teachers.base import SamplingParams, Teacher
+from memdistill.teachers.openai_compat import FLAVORS
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "openai")
-FLAVORS = ("tokasaurus", "vllm", "openai")
 
 
 @dataclass
