@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from memdistill import fileio
 from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop
+from memdistill.convert_figures import FiguresCollector
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID, flatten_by_mass
 from memdistill.token_ids import TextTokenizer, TokenIdResolver, load_text_tokenizer
@@ -183,6 +184,8 @@ def _int_list(value: Any) -> list[int] | None:
 class RowConverter:
     """One intermediate record -> one cartridges row; counts what it saw into `summary`."""
 
+    figures: FiguresCollector | None = None  # stats' figures, counted from the recorded top-k (convert_figures.py)
+
     def __init__(self, tokenizer: Any, min_prob_mass: float, strict: bool, summary: ConvertSummary, append_eot: bool = True) -> None:
         self.resolver = TokenIdResolver(tokenizer)
         self.tokenizer: TextTokenizer = self.resolver.tokenizer
@@ -305,6 +308,8 @@ class RowConverter:
         valid = np.isfinite(dense_lp)
 
         self.summary.topk_entries += int(valid.sum())
+        if self.figures is not None:
+            self.figures.add_token_rows(dense_lp)
         self.summary.unmapped_ids += int((chosen == MISSING_ID).sum()) + int(((dense_ids == MISSING_ID) & valid).sum())
         in_top = ((dense_ids == chosen[:, None]) & valid).any(axis=1)
         self.summary.chosen_not_in_topk += int((~in_top).sum())
@@ -700,6 +705,7 @@ def convert_file(
     max_unmapped_rate: float = 0.01,
     rows_per_group: int = 64,
     append_eot: bool = True,
+    figures: FiguresCollector | None = None,
 ) -> ConvertSummary:
     if not 0.0 < min_prob_mass <= 1.0:
         raise UserError(f"min_prob_mass: must be in (0, 1], got {min_prob_mass}")
@@ -715,12 +721,15 @@ def convert_file(
         )
     summary = ConvertSummary(tokenizer=tokenizer_name, recorded_model=recorded, min_prob_mass=min_prob_mass)
     converter = RowConverter(load_text_tokenizer(tokenizer_name), min_prob_mass, strict, summary, append_eot)
+    converter.figures = figures
     with fileio.atomic_path(output) as tmp:
         writer = CartridgesWriter(tmp, rows_per_group=rows_per_group)
         try:
             for row in tqdm(iter_converted(input_path, converter, COLUMNAR), desc="convert", unit="row", dynamic_ncols=True, mininterval=1.0):
                 writer.write(row)
                 summary.rows += 1
+                if figures is not None:
+                    figures.add_row(row)
             if summary.rows == 0:
                 raise UserError(f"{input_path}: no rows to convert (the file is empty)")
             if summary.unmapped_rate > max_unmapped_rate:

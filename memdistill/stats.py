@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,12 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from memdistill import fileio
+from memdistill.convert_figures import DEFAULT_MASS_THRESHOLDS, read_figures
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MASS_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999)
 # Parquet columns whose size grows with the number of kept entries; the rest is the fixed part.
 ENTRY_COLUMNS = ("token_idx", "token_id", "logprobs")
 ENTRY_COLUMN_PREFIX = "messages.list.element.top_logprobs."
@@ -66,6 +66,7 @@ class ParquetFigures:
     samples: pl.DataFrame  # SAMPLE_COLUMNS + unmapped_chosen, one row per record
     top_k: int
     kept_entries: int
+    unmapped_chosen: int
     unmapped_kept: int
     mean_mass_kept: float
     kept_histogram: pl.DataFrame  # kept, tokens
@@ -78,7 +79,7 @@ class ParquetFigures:
 
     @property
     def unmapped(self) -> int:
-        return int(self.samples["unmapped_chosen"].sum()) + self.unmapped_kept
+        return self.unmapped_chosen + self.unmapped_kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,8 @@ class StatsResult:
     metrics: dict[str, Any]
     plots: dict[str, pl.DataFrame]
     samples: pl.DataFrame  # per record: sample, tokens, finish_reason, memory sizes
+    # metrics/generate.json, shown in the summary; not repeated in metrics/stats.json (`dvc metrics show` lists both)
+    generation: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- queries
@@ -335,21 +338,85 @@ def parquet_figures(path: Path) -> ParquetFigures:
         "a cartridges parquet",
     )
     row = totals.row(0, named=True)
-    tokens = int(samples["tokens"].sum())
-    # Tokens without any kept entry only happen for rows with no finite logprob; show them as bar 0.
-    without = tokens - int(row["tokens_with_entries"] or 0)
-    if without > 0:
-        histogram = pl.concat([pl.DataFrame({"kept": [0], "tokens": [without]}, schema=histogram.schema), histogram])
     return ParquetFigures(
         samples=samples,
         top_k=int(top_k.item() or 0),
         kept_entries=int(row["kept"] or 0),
+        unmapped_chosen=int(samples["unmapped_chosen"].sum()),
         unmapped_kept=int(unmapped.item() or 0),
         mean_mass_kept=float(row["mass"] or 0.0),
-        kept_histogram=histogram,
+        kept_histogram=_with_zero_bar(histogram, int(samples["tokens"].sum()), int(row["tokens_with_entries"] or 0)),
         file_bytes=path.stat().st_size,
         entry_bytes=parquet_entry_bytes(path),
     )
+
+
+def _with_zero_bar(histogram: pl.DataFrame, tokens: int, tokens_with_entries: int) -> pl.DataFrame:
+    """Tokens without any kept entry only happen for rows with no finite logprob; show them as bar 0."""
+    histogram = histogram.select(pl.col("kept").cast(pl.Int64), pl.col("tokens").cast(pl.Int64))
+    without = tokens - tokens_with_entries
+    if without > 0:
+        histogram = pl.concat([pl.DataFrame({"kept": [0], "tokens": [without]}, schema=histogram.schema), histogram])
+    return histogram
+
+
+# ------------------------------------------------------------------------------ figures convert counted
+
+
+def figures_from_convert(
+    figures_file: Path | None, jsonl: Path, parquet: Path, thresholds: Sequence[float]
+) -> tuple[JsonlFigures, ParquetFigures] | None:
+    """Both halves of the figures from convert's side output (convert_figures.py) and the parquet's
+    metadata column and footer, without parsing the JSONL or the parquet's entries. None, with the
+    reason logged, when the side output is absent, lacks a threshold, or belongs to other files: the
+    caller then reads the files themselves."""
+    if figures_file is None or not figures_file.is_file():
+        log.info("no convert figures%s; computing them from %s", f" at {figures_file}" if figures_file else "", jsonl)
+        return None
+    _require(jsonl)
+    _require(parquet)
+    figures = read_figures(figures_file)
+    missing = sorted(set(thresholds) - set(figures.thresholds))
+    if missing:
+        reason = f"counted at {figures.thresholds}, not at {missing} (re-run convert with these stats.mass_thresholds)"
+    elif (figures.input_bytes, figures.parquet_bytes) != (jsonl.stat().st_size, parquet.stat().st_size):
+        reason = f"written for other files than {jsonl} and {parquet}"
+    else:
+        reason = None
+    samples = None if reason else _collect(scan_parquet(parquet).select("row", "metadata"), parquet, "a cartridges parquet")
+    if samples is not None and samples.height != figures.rows:
+        reason, samples = f"counts {figures.rows} records but {parquet} has {samples.height}", None
+    if reason or samples is None:
+        log.warning("%s: %s; computing the figures from %s instead", figures_file, reason, jsonl)
+        return None
+    index = [figures.thresholds.index(t) for t in thresholds]
+    totals = {"tokens_with_logprobs": figures.tokens_with_logprobs}
+    for i, j in enumerate(index):
+        totals[f"kept_{i}"], totals[f"below_{i}"] = figures.kept_at[j], figures.rows_below[j]
+    from_jsonl = JsonlFigures(
+        samples=pl.DataFrame({"tokens": figures.recorded_tokens_per_row}, schema={"tokens": pl.Int64}),
+        tokens_with_logprobs=figures.tokens_with_logprobs,
+        recorded_entries=figures.recorded_entries,
+        top_k=figures.recorded_top_k,
+        mass_curve=_curve_frame(totals, thresholds),
+        file_bytes=jsonl.stat().st_size,
+    )
+    histogram = pl.DataFrame(
+        {"kept": [int(k) for k in figures.kept_histogram], "tokens": list(figures.kept_histogram.values())},
+        schema={"kept": pl.Int64, "tokens": pl.Int64},
+    ).sort("kept")
+    from_parquet = ParquetFigures(
+        samples=_sample_columns(samples.with_columns(pl.Series("tokens", figures.tokens_per_row, dtype=pl.Int64))),
+        top_k=figures.top_k,
+        kept_entries=figures.kept_entries,
+        unmapped_chosen=figures.unmapped_chosen,
+        unmapped_kept=figures.unmapped_kept,
+        mean_mass_kept=figures.mass_kept_sum / figures.tokens_with_entries if figures.tokens_with_entries else 0.0,
+        kept_histogram=_with_zero_bar(histogram, sum(figures.tokens_per_row), figures.tokens_with_entries),
+        file_bytes=parquet.stat().st_size,
+        entry_bytes=parquet_entry_bytes(parquet),
+    )
+    return from_jsonl, from_parquet
 
 
 # ------------------------------------------------------------------------------------------------- math
@@ -432,11 +499,14 @@ def compute_stats(
     min_prob_mass: float,
     generate_metrics: Path | None = None,
     thresholds: Sequence[float] = DEFAULT_MASS_THRESHOLDS,
+    figures: Path | None = None,
 ) -> StatsResult:
+    """The metrics, plot tables and per-sample figures; from convert's `figures` side output when it is
+    there and current, else by reading the JSONL and the parquet themselves (same figures either way)."""
     (min_prob_mass,) = _check_thresholds([min_prob_mass], "min_prob_mass")
     thresholds = _check_thresholds([*thresholds, min_prob_mass], "mass_thresholds")
-    from_jsonl = jsonl_figures(jsonl, thresholds)
-    from_parquet = parquet_figures(parquet)
+    counted = figures_from_convert(figures, jsonl, parquet, thresholds)
+    from_jsonl, from_parquet = counted or (jsonl_figures(jsonl, thresholds), parquet_figures(parquet))
     if from_jsonl.samples.height != from_parquet.samples.height:
         raise UserError(
             f"{parquet}: {from_parquet.samples.height} records but {jsonl} has {from_jsonl.samples.height}; "
@@ -479,7 +549,6 @@ def compute_stats(
         "jsonl_bytes": from_jsonl.file_bytes,
         "parquet_bytes": from_parquet.file_bytes,
         "parquet_bytes_per_token": _ratio(from_parquet.file_bytes, total_tokens),
-        "generation": read_generate_metrics(generate_metrics),
     }
     plots = {
         "kept_per_token": from_parquet.kept_histogram,
@@ -487,7 +556,7 @@ def compute_stats(
         "tokens_per_sample": samples.select("sample", "tokens"),
         "memory_vs_output": samples.select("sample", "memory_size_chars", "memory_size_entries", "tokens"),
     }
-    return StatsResult(metrics, plots, samples.select(*SAMPLE_COLUMNS[1:]))
+    return StatsResult(metrics, plots, samples.select(*SAMPLE_COLUMNS[1:]), read_generate_metrics(generate_metrics))
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -535,10 +604,10 @@ def render_summary(result: StatsResult) -> str:
         ("parquet size", _bytes(m["parquet_bytes"])),
         ("parquet bytes per assistant token", m["parquet_bytes_per_token"]),
     ]
-    for key, value in m["generation"].items():
+    for key, value in result.generation.items():
         if isinstance(value, (int, float, str)):
             rows.append((f"generation: {key}", value))
-    lines = ["# Dataset summary", "", "Written by the stats stage (`memdistill stats`); `metrics/stats.json` holds the same figures.", ""]
+    lines = ["# Dataset summary", "", "Written by the stats stage (`memdistill stats`); `metrics/stats.json` and `metrics/generate.json` hold the same figures.", ""]
     lines += _table(("figure", "value"), rows)
     curve = result.plots["mass_curve"]
     lines += ["", "## What other `min_prob_mass` values would cost", ""]

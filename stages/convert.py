@@ -9,6 +9,7 @@ from pathlib import Path
 
 from memdistill import params
 from memdistill.conversion import ConvertSummary, convert_file
+from memdistill.convert_figures import DEFAULT_MASS_THRESHOLDS, FiguresCollector, figures_path, write_figures
 from memdistill.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ class ConvertConfig:
     max_unmapped_rate: float = 0.01
     rows_per_group: int = 64
     append_eot: bool = True
+    mass_thresholds: tuple[float, ...] = DEFAULT_MASS_THRESHOLDS  # where the figures side output counts kept entries (params: stats.mass_thresholds)
 
     def validate(self) -> None:
         if isinstance(self.min_prob_mass, bool) or not isinstance(self.min_prob_mass, (int, float)):
@@ -37,12 +39,15 @@ class ConvertConfig:
                 raise UserError(f"{name}: expected true or false, got {getattr(self, name)!r}")
 
 
-def run(config: ConvertConfig, input_path: Path, output: Path) -> ConvertSummary:
+def run(config: ConvertConfig, input_path: Path, output: Path, figures: Path | None = None) -> ConvertSummary:
+    """Convert, then write the figures `stats` reads (default: beside the output, see convert_figures.py)."""
     config.validate()
+    collector = FiguresCollector(float(config.min_prob_mass), config.mass_thresholds)
     summary = convert_file(
         input_path, output, config.model, float(config.min_prob_mass), config.strict,
-        float(config.max_unmapped_rate), config.rows_per_group, config.append_eot,
+        float(config.max_unmapped_rate), config.rows_per_group, config.append_eot, collector,
     )
+    write_figures(figures or figures_path(output), collector.finish(input_path, output))
     log.info("convert: %s", ", ".join(f"{k}={v}" for k, v in summary.to_dict().items()))
     return summary
 
@@ -54,12 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-prob-mass", type=float, help="keep per token the fewest top-k entries reaching this mass (default 0.99)")
     parser.add_argument("--strict", action="store_true", default=None, help="fail on assistant messages without logprobs instead of counting them")
     parser.add_argument("--max-unmapped-rate", type=float, help="fail when more than this share of token ids cannot be recovered (default 0.01)")
-    parser.add_argument("--params", type=Path, help="params.yaml to read the 'convert' section from")
+    parser.add_argument("--figures", type=Path, help="where to write the figures stats reads (default: OUTPUT's stem + .figures.json)")
+    parser.add_argument("--params", type=Path, help="params.yaml to read the 'convert' section (and stats.mass_thresholds) from")
 
 
 def main(args: argparse.Namespace) -> int:
     flags = {"model": args.model, "min_prob_mass": args.min_prob_mass, "strict": args.strict, "max_unmapped_rate": args.max_unmapped_rate}
     source = f"{args.params} [convert]" if args.params else "convert flags"
+    # The figures count kept entries at the thresholds the stats stage draws its mass curve at.
+    thresholds = params.load_section(args.params, "stats").get("mass_thresholds")
+    if thresholds is not None and not (isinstance(thresholds, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in thresholds)):
+        raise UserError(f"{args.params}: stats.mass_thresholds must be a list of numbers, got {thresholds!r}")
+    flags["mass_thresholds"] = tuple(thresholds) if thresholds is not None else None
     merged = params.merge(asdict(ConvertConfig()), params.load_section(args.params, "convert"), flags)
-    run(params.build_config(ConvertConfig, merged, source), args.input, args.output)
+    run(params.build_config(ConvertConfig, merged, source), args.input, args.output, args.figures)
     return 0
