@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,28 @@ def embedded_gguf() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No progress bars of transformers' own while it loads or de-quantises the teacher: they would cut
+    through generate's bar (a log line says what is happening instead)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    # The GGUF de-quantiser draws a plain tqdm bar that ignores the switch above.
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is not None:
+        gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _materialize(kind: str) -> Path:
     """Return a folder holding the embedded model's tokenizer or model in transformers' own format."""
     gguf = embedded_gguf()
@@ -68,14 +91,16 @@ def _materialize(kind: str) -> Path:
         if kind == "tokenizer":
             from transformers import AutoTokenizer
 
-            AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(staging)
+            with quiet_loading():
+                AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(staging)
         else:
             import torch
             from transformers import AutoModelForCausalLM
 
             from safetensors.torch import save_model
 
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            with quiet_loading():
+                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
             # save_pretrained refuses GGUF-loaded models; the de-quantised weights are plain float32 tensors.
             save_model(model, str(staging / "model.safetensors"))
             config = model.config
@@ -118,6 +143,8 @@ def load_embedded_model() -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(_materialize("model")), dtype=torch.float32)
+    folder = _materialize("model")
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     model.eval()
     return model

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from memdistill.models import EMBEDDED_MODEL, is_embedded, load_embedded_model, load_tokenizer
 from memdistill.errors import UserError
+from memdistill.progress import StepCounter
 from memdistill.teachers.base import Completion, Failure, SamplingParams, TeacherRequest
 
 
 class LocalTeacher:
+    on_tokens: Callable[[int], None] | None = None  # told the tokens generated at each decoding step (progress bar)
+
     def __init__(self, model: str, sampling: SamplingParams, batch_size: int = 8) -> None:
         if not is_embedded(model):
             raise UserError(f"model: the local backend runs only '{EMBEDDED_MODEL}', got '{model}'; use --backend openai for others")
@@ -76,6 +79,7 @@ class LocalTeacher:
                 eos_token_id=sorted(eos_ids),
                 output_scores=True,
                 return_dict_in_generate=True,
+                streamer=StepCounter(self.on_tokens, eos_ids) if self.on_tokens else None,
             )
         # scores[t] are the processed logits the sampler drew step t from (after temperature and top_p), so
         # their log-softmax is exactly the distribution each token was sampled from: [batch, steps, vocab].
