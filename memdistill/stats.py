@@ -583,8 +583,9 @@ def extreme_samples(samples: pl.DataFrame, count: int = 5) -> tuple[pl.DataFrame
     return longest, shortest
 
 
-def render_summary(result: StatsResult) -> str:
-    """reports/summary.md: the metrics as a short table, the mass curve, the extreme samples."""
+def render_summary(result: StatsResult, images: Sequence[tuple[str, str]] = ()) -> str:
+    """reports/summary.md: the metrics as a short table, the plots (`images`: title and path relative to
+    the summary), the mass curve, the extreme samples."""
     m = result.metrics
     tokens = m["assistant_tokens"]
     rows = [
@@ -609,6 +610,11 @@ def render_summary(result: StatsResult) -> str:
             rows.append((f"generation: {key}", value))
     lines = ["# Dataset summary", "", "Written by the stats stage (`memdistill stats`); `metrics/stats.json` and `metrics/generate.json` hold the same figures.", ""]
     lines += _table(("figure", "value"), rows)
+    if images:
+        lines += ["", "## Plots", ""]
+        for title, path in images:
+            lines += [f"![{title}]({path})", ""]
+        lines.pop()
     curve = result.plots["mass_curve"]
     lines += ["", "## What other `min_prob_mass` values would cost", ""]
     lines += _table(

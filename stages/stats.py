@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from memdistill import fileio, params
 from memdistill.errors import UserError
 from memdistill.convert_figures import figures_path
+from memdistill.plots import PLOTS, render_plots, write_plots
 from memdistill.stats import DEFAULT_MASS_THRESHOLDS, StatsResult, compute_stats, render_summary
 from stages.convert import ConvertConfig
 
@@ -61,6 +63,7 @@ def run(
     result = compute_stats(jsonl, parquet, config.min_prob_mass, generate_metrics, config.mass_thresholds, figures)
     # Every output is computed before the first is written: a failure leaves the old set intact.
     # The folders are this stage's own (DVC does not create them), so a fresh clone needs no mkdir.
+    svgs = render_plots(result.plots) if plots_dir is not None else {}
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     with fileio.atomic_output(metrics_path) as handle:
         json.dump(result.metrics, handle, indent=2, ensure_ascii=False)
@@ -70,10 +73,13 @@ def run(
         for name, frame in result.plots.items():
             with fileio.atomic_path(plots_dir / f"{name}.csv") as tmp:
                 frame.write_csv(tmp)
+    images = write_plots(plots_dir, svgs) if plots_dir is not None else []
     if summary_path is not None:
         summary_path.parent.mkdir(parents=True, exist_ok=True)
+        titles = {spec.name: spec.title for spec in PLOTS}
+        embedded = [(titles[path.stem], os.path.relpath(path, summary_path.parent)) for path in images]
         with fileio.atomic_output(summary_path) as handle:
-            handle.write(render_summary(result))
+            handle.write(render_summary(result, embedded))
     log.info(
         "stats: %d samples, %d assistant tokens, %.2f kept entries per token",
         result.metrics["samples"],
@@ -94,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jsonl", required=True, type=Path, help="intermediate dataset.jsonl (for the mass curve)")
     parser.add_argument("--parquet", required=True, type=Path, help="cartridges parquet from convert")
     parser.add_argument("--metrics", required=True, type=Path, help="where to write stats.json (a DVC metric)")
-    parser.add_argument("--plots-dir", type=Path, help="folder for plot data (CSV files DVC renders)")
+    parser.add_argument("--plots-dir", type=Path, help="folder for plot data (CSV files DVC renders) and the plots drawn offline (SVG)")
     parser.add_argument("--summary", type=Path, help="where to write a readable markdown summary (reports/summary.md)")
     parser.add_argument("--generate-metrics", type=Path, help="metrics/generate.json to show in the summary (skipped if absent)")
     parser.add_argument("--figures", type=Path, help="convert's figures (default: the parquet's stem + .figures.json; the JSONL is read when absent)")
