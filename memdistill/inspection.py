@@ -246,17 +246,18 @@ def render_record(
     color: bool = False,
     width: int = 120,
 ) -> str:
-    """The messages; per assistant message its tokens coloured by probability (ANSI colours only with
-    `color`), then its token table, with the alternatives when asked; JSONL and parquet records alike."""
+    """The messages; per assistant message its tokens coloured by probability (with `color`: ANSI
+    colours), then its token table, with the alternatives when asked; JSONL and parquet records alike."""
     console = Console(file=io.StringIO(), force_terminal=color, no_color=not color, color_system="truecolor" if color else None,
                       width=width, highlight=False, emoji=False, markup=False, soft_wrap=True)
-    for line in _record_parts(record, decode, max_chars, max_alternatives, alternatives):
+    for line in _record_parts(record, decode, max_chars, max_alternatives, alternatives, color):
         console.print(line)
     return console.file.getvalue().rstrip("\n")
 
 
 def _record_parts(
-    record: dict[str, Any], decode: Callable[[int], str] | None, max_chars: int, max_alternatives: int | None, alternatives: bool
+    record: dict[str, Any], decode: Callable[[int], str] | None, max_chars: int, max_alternatives: int | None, alternatives: bool,
+    color: bool,
 ) -> list[str | Text]:
     lines: list[str | Text] = []
     metadata = record.get("metadata")
@@ -277,7 +278,8 @@ def _record_parts(
         else:
             rows, title = parquet_token_rows(message, decode), "kept alternatives"
         if rows:
-            lines += ["", token_view(rows), probability_legend(), ""]
+            # Uncoloured, the token view would only repeat the text above: shown in colour only.
+            lines += ["", token_view(rows), probability_legend(), ""] if color else [""]
             lines += format_token_table(rows, title, max_alternatives, alternatives or max_alternatives is not None)
         else:
             lines.append("(no logprobs recorded for this message)")
