@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from memdistill.cli import main as cli_main
 from memdistill.errors import UserError
-from memdistill.prompts import FunctionCounter, Message, render_entry, teacher_messages
+from memdistill.prompts import FunctionCounter, Message, estimate_tokens, render_entry, teacher_messages
 from memdistill.snapshot import load_snapshot
 from stages.snapshots import SnapshotsConfig, iter_prompt_rows, run, select_samples
 from tests.conftest import write_jsonl
@@ -46,7 +46,15 @@ def checkpoint(tmp_path: Path) -> Path:
 
 
 def config(checkpoint: Path, **overrides: object) -> SnapshotsConfig:
-    values: dict[str, object] = {"checkpoint_dir": str(checkpoint), "system_prompt": "You are a calculator."}
+    # No budget, the 4-characters estimate, no redaction, every sample: each test turns on what it checks.
+    values: dict[str, object] = {
+        "checkpoint_dir": str(checkpoint),
+        "system_prompt": "You are a calculator.",
+        "max_prompt_tokens": None,
+        "tokenizer": None,
+        "max_samples": None,
+        "redact_patterns": [],
+    }
     values.update(overrides)
     return SnapshotsConfig(**values)  # type: ignore[arg-type]
 
@@ -73,20 +81,27 @@ def test_exclude_current_rows(checkpoint: Path, tmp_path: Path) -> None:
         {"role": "user", "content": "What is 3*3?"},
     ]
     meta = second["metadata"]
+    memory_block = second["teacher_messages"][1]["content"].split("\n\n")[1]
+    memory_tokens = sum(estimate_tokens(line + "\n") for line in memory_block.split("\n"))
     assert meta == {
         "strategy": "exclude_current",
         "strategy_params": {},
         "snapshot": "memory_10.jsonl",
         "snapshot_sha256": load_snapshot(checkpoint / "memory_10.jsonl").sha256,
+        "system_prompt_source": "system_prompt",
         "sample_entries": [3, 5],
         "memory_entries": [[0, 2], [6, 9]],
         "memory_size_entries": 7,
-        "memory_size_chars": len(second["teacher_messages"][1]["content"].split("\n\n")[1]),
+        "memory_size_chars": len(memory_block),
+        "memory_samples_wanted": [0, 2, 3],
+        "memory_samples_kept": [0, 2, 3],
+        "memory_tokens_wanted": memory_tokens,
+        "memory_tokens_kept": memory_tokens,
+        "memory_coverage": 1.0,
         "max_prompt_tokens": None,
-        "token_counter": None,
-        "prompt_tokens": None,
+        "token_counter": "estimate",
+        "prompt_tokens": FunctionCounter(estimate_tokens).messages([Message(**m) for m in second["teacher_messages"]]),
         "dropped_for_budget": 0,
-        "over_budget": False,
         "reference_action": "6, key sk-abcdefghijklmnopqrst",
         "reference_feedback": "Wrong, expected 9; ask bob@example.org",
         "failed": True,
@@ -100,9 +115,9 @@ def test_exclude_current_rows(checkpoint: Path, tmp_path: Path) -> None:
 
 def test_rolling_and_failure_focus_record_their_params(checkpoint: Path, tmp_path: Path) -> None:
     output = tmp_path / "prompts.jsonl"
-    run(config(checkpoint, strategy="rolling_window", window_k=2), output)
-    assert [row["metadata"]["memory_entries"] for row in rows_of(output)] == [[], [[1, 2]], [[4, 5]], [[7, 8]]]
-    assert rows_of(output)[0]["metadata"]["strategy_params"] == {"window_k": 2}
+    run(config(checkpoint, strategy="rolling_window", window_k=3), output)
+    assert [row["metadata"]["memory_entries"] for row in rows_of(output)] == [[], [[0, 2]], [[3, 5]], [[6, 8]]]
+    assert rows_of(output)[0]["metadata"]["strategy_params"] == {"window_k": 3}
     assert "No previous experiences." in rows_of(output)[0]["teacher_messages"][1]["content"]
     run(config(checkpoint, strategy="failure_focus", max_memory_samples=1), output)
     rows = rows_of(output)
@@ -112,7 +127,7 @@ def test_rolling_and_failure_focus_record_their_params(checkpoint: Path, tmp_pat
 
 def test_same_inputs_give_byte_identical_output(checkpoint: Path, tmp_path: Path) -> None:
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    settings_ = dict(max_samples=2, sample_selection="random", seed=7, max_prompt_tokens=40, redact_patterns=REDACT)
+    settings_ = dict(max_samples=2, sample_selection="random", seed=7, max_prompt_tokens=70, redact_patterns=REDACT)
     run(config(checkpoint, **settings_), first, count_tokens=words)
     run(config(checkpoint, **settings_), second, count_tokens=words)
     assert first.read_bytes() == second.read_bytes()
@@ -147,29 +162,45 @@ def test_redaction_reaches_every_text_and_is_counted(checkpoint: Path, tmp_path:
     assert rows[1]["metadata"]["reference_feedback"] == "Wrong, expected 9; ask [REDACTED]"
 
 
-def test_budget_drops_the_fewest_oldest_entries(checkpoint: Path, tmp_path: Path) -> None:
+def test_budget_drops_the_oldest_whole_samples(checkpoint: Path, tmp_path: Path) -> None:
     output = tmp_path / "prompts.jsonl"
     cfg = config(checkpoint, strategy="full_memory", max_prompt_tokens=75)
     run(cfg, output, count_tokens=words)
     counter = FunctionCounter(words, name="words")
-    lines = [render_entry(e) for e in load_snapshot(checkpoint / "memory_10.jsonl").entries]
+    snapshot = load_snapshot(checkpoint / "memory_10.jsonl")
+    lines = [render_entry(e) for e in snapshot.entries]
+    starts = [s.start for s in snapshot.samples]
     for row in rows_of(output):
         meta = row["metadata"]
-        dropped = meta["dropped_for_budget"]
-        assert 0 < dropped < len(lines) and meta["token_counter"] == "words" and not meta["over_budget"]
-        assert meta["memory_entries"] == [[dropped, len(lines) - 1]]
+        own = row["sample_idx"]
+        kept = meta["memory_samples_kept"]
+        assert meta["memory_samples_wanted"] == [0, 1, 2, 3] and meta["token_counter"] == "words"
+        assert own in kept and 0 < meta["dropped_for_budget"] == 4 - len(kept)
+        # The others kept are the newest; every kept range opens with an Observation.
+        others = [i for i in [0, 1, 2, 3] if i != own]
+        assert [i for i in kept if i != own] == others[len(others) - (len(kept) - 1) :]
+        assert all(first in starts for first, _ in meta["memory_entries"])
+        assert meta["memory_coverage"] == round(meta["memory_tokens_kept"] / meta["memory_tokens_wanted"], 6) < 1
         teacher = [Message(**m) for m in row["teacher_messages"]]
         assert meta["prompt_tokens"] == counter.messages(teacher) <= 75
-        observation = row["student_messages"][1]["content"]
-        one_more = teacher_messages(cfg.system_prompt, lines[dropped - 1 :], observation)
-        assert counter.messages(one_more) > 75
+        # One more (the newest dropped) sample would not fit.
+        newest_dropped = max(i for i in others if i not in kept)
+        wider = sorted(kept + [newest_dropped])
+        memory = [lines[j] for i in wider for j in snapshot.samples[i].entry_indices]
+        assert counter.messages(teacher_messages(cfg.system_prompt, memory, row["student_messages"][1]["content"])) > 75
 
 
-def test_observation_too_long_for_the_budget_is_kept_and_flagged(checkpoint: Path, tmp_path: Path) -> None:
+def test_prompt_over_the_budget_even_without_memory_is_left_out(checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     output = tmp_path / "prompts.jsonl"
-    run(config(checkpoint, max_prompt_tokens=5), output, count_tokens=words)
-    meta = rows_of(output)[0]["metadata"]
-    assert meta["over_budget"] and meta["memory_entries"] == [] and meta["dropped_for_budget"] == 7
+    with pytest.raises(UserError, match=r"every selected prompt is over max_prompt_tokens 5 even with an empty memory"):
+        run(config(checkpoint, max_prompt_tokens=5), output, count_tokens=words)
+    assert not output.exists()
+    (checkpoint / "memory_11.jsonl").write_text(
+        (checkpoint / "memory_10.jsonl").read_text() + json.dumps({"type": "Observation", "content": "long " * 100}) + "\n"
+    )
+    summary = run(config(checkpoint, max_prompt_tokens=80), output, count_tokens=words)
+    assert [row["sample_idx"] for row in rows_of(output)] == [0, 1, 2, 3] and summary.over_budget == [4]
+    assert "1 samples left out: over max_prompt_tokens 80 even with an empty memory (sample_idx 4)" in caplog.text
 
 
 def test_estimate_is_used_without_a_tokenizer(checkpoint: Path, tmp_path: Path) -> None:
@@ -338,10 +369,10 @@ def test_cli_flags_override_params(checkpoint: Path, tmp_path: Path, capsys: pyt
     params.write_text(yaml.safe_dump({"snapshots": {"checkpoint_dir": "nowhere", "strategy": "full_memory", "max_samples": 3}}))
     output = tmp_path / "prompts.jsonl"
     code = cli("--params", str(params), "--checkpoint-dir", str(checkpoint), "--strategy", "rolling_window",
-               "--window-k", "1", "--max-samples", "2", "--output", str(output))
+               "--window-k", "3", "--max-samples", "2", "--output", str(output))
     assert code == 0
     rows = rows_of(output)
-    assert [row["metadata"]["memory_entries"] for row in rows] == [[], [[2, 2]]]
+    assert [row["metadata"]["memory_entries"] for row in rows] == [[], [[0, 2]]]
 
 
 def test_example_checkpoint_with_the_embedded_tokenizer(example_checkpoint: Path, tmp_path: Path) -> None:
@@ -382,8 +413,8 @@ class SkewedCounter:
 def test_fit_to_budget_corrects_a_skewed_first_cut(line_words: list[int], skew: int, limit: int) -> None:
     import itertools
 
-    from memdistill.strategies import MemoryView
-    from stages.snapshots import fit_to_budget
+    from memdistill.budget import fit_to_budget
+    from memdistill.strategies import MemoryPlan, MemoryUnit, MemoryView
 
     lines = [" ".join(["w"] * n) for n in line_words]
     counter = SkewedCounter(skew)
@@ -392,9 +423,10 @@ def test_fit_to_budget_corrects_a_skewed_first_cut(line_words: list[int], skew: 
     def render(view: MemoryView) -> list[Message]:
         return teacher_messages("S", [lines[i] for i in view], "obs")
 
-    full = MemoryView.of([(0, len(lines))])
+    plan = MemoryPlan(tuple(MemoryUnit(i, i, i + 1) for i in range(len(lines))))
     fixed = counter.messages(render(MemoryView())) - words("No previous experiences.")
-    kept, teacher, tokens, dropped = fit_to_budget(full, render, counter, tokens_before, limit, fixed)
-    fitting = [d for d in range(len(lines) + 1) if counter.messages(render(full.without_oldest(d))) <= limit]
-    assert kept == full.without_oldest(dropped) and tokens == counter.messages(teacher) == counter.messages(render(kept))
-    assert dropped == (fitting[0] if fitting else len(lines))
+    fitted = fit_to_budget(plan, render, counter, tokens_before, limit, fixed)
+    fitting = [d for d in range(len(lines) + 1) if counter.messages(render(plan.kept(d))) <= limit]
+    assert fitted.view == plan.kept(fitted.dropped_units)
+    assert fitted.tokens == counter.messages(fitted.messages) == counter.messages(render(fitted.view))
+    assert fitted.dropped_units == (fitting[0] if fitting else len(lines))

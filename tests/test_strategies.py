@@ -66,13 +66,15 @@ def test_exclude_current_removes_only_the_samples_own_entries() -> None:
     assert view("exclude_current", 3) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
 
 
-def test_rolling_window_takes_the_entries_just_before_the_observation() -> None:
+def test_rolling_window_takes_the_whole_samples_just_before_the_observation() -> None:
     assert view("rolling_window", 0, window_k=3) == [0]
     assert view("rolling_window", 1, window_k=3) == [1, 2, 3]
     assert view("rolling_window", 2, window_k=3) == [4, 5, 6]
-    assert view("rolling_window", 3, window_k=3) == [8, 9, 10]
+    # Entries 8-10 are the last three, but sample 2 starts at 7: never an ACTION without its OBSERVATION.
+    assert view("rolling_window", 3, window_k=3) == []
+    assert view("rolling_window", 3, window_k=4) == [7, 8, 9, 10]
     assert view("rolling_window", 3, window_k=100) == list(range(11))
-    assert view("rolling_window", 2, window_k=1) == [6]
+    assert view("rolling_window", 2, window_k=1) == []
 
 
 def test_failure_focus_puts_failures_first_then_the_most_recent_others() -> None:
@@ -113,6 +115,23 @@ def test_failure_focus_uses_the_failure_patterns_given() -> None:
         ("The test FAILED", True),
         ("No errors", False),  # \berror\b does not match 'errors'
         (None, False),
+        # Dict verdicts in the usual shapes, one level of nesting; negated text patterns do not count.
+        ("Success: the script ran and no error was raised.", False),
+        ({"correct": "false"}, True),
+        ({"correct": "True", "message": "wrong units"}, False),
+        ({"passed": 0}, True),
+        ({"passed": 1}, False),
+        ({"exit_code": 1}, True),
+        ({"exit_code": 0, "stderr": "error: deprecated"}, False),
+        ({"returncode": "2"}, True),
+        ({"score": "0.0"}, True),
+        ({"result": {"success": False}, "message": "done"}, True),
+        ({"outcome": {"reward": 3}}, False),
+        ({"result": {"log": "Failed to connect"}}, True),  # no verdict key: the text decides
+        ("This answer is not wrong.", False),
+        ("Finished without failure.", False),
+        ("No, that is wrong.", True),  # the negation is not right before the match
+        ("Not a failure, but the units are wrong.", True),
     ],
 )
 def test_is_failure(feedback: object, failed: bool) -> None:

@@ -5,6 +5,10 @@ new file here plus its import below.
 """
 
 from memdistill.strategies.base import (
+    PREAMBLE,
+    MemoryPlan,
+    MemoryUnit,
+    build_memory_plan,
     MemoryView,
     Strategy,
     StrategyParams,
@@ -15,4 +19,4 @@ from memdistill.strategies.base import (
 )
 from memdistill.strategies import exclude_current, failure_focus, full_memory, rolling_window  # noqa: F401  (registration)
 
-__all__ = ["MemoryView", "Strategy", "StrategyParams", "build_memory_view", "get_strategy", "register", "strategy_names"]
+__all__ = ["PREAMBLE", "MemoryPlan", "MemoryUnit", "build_memory_plan", "MemoryView", "Strategy", "StrategyParams", "build_memory_view", "get_strategy", "register", "strategy_names"]
