@@ -430,3 +430,95 @@ def test_fit_to_budget_corrects_a_skewed_first_cut(line_words: list[int], skew: 
     assert fitted.view == plan.kept(fitted.dropped_units)
     assert fitted.tokens == counter.messages(fitted.messages) == counter.messages(render(fitted.view))
     assert fitted.dropped_units == (fitting[0] if fitting else len(lines))
+
+
+# --- the agent's system prompt: flag > params > the checkpoint's system_prompt.txt > default ----------
+
+
+def test_system_prompt_precedence(checkpoint: Path, tmp_path: Path) -> None:
+    output = tmp_path / "prompts.jsonl"
+    args = ["--checkpoint-dir", str(checkpoint), "--max-prompt-tokens", "4000", "--output", str(output)]
+
+    def used() -> tuple[str, str]:
+        row = rows_of(output)[0]
+        return row["student_messages"][0]["content"], row["metadata"]["system_prompt_source"]
+
+    assert cli(*args) == 0 and used() == ("You are a helpful agent.", "default")
+    (checkpoint / "system_prompt.txt").write_text("You are a calculator agent.\n", encoding="utf-8")
+    assert cli(*args) == 0 and used() == ("You are a calculator agent.", f"checkpoint:{checkpoint / 'system_prompt.txt'}")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"snapshots": {"system_prompt": "You are a params agent."}}))
+    assert cli(*args, "--params", str(params)) == 0 and used() == ("You are a params agent.", "system_prompt")
+    assert cli(*args, "--params", str(params), "--system-prompt", "You are a flag agent.") == 0
+    assert used() == ("You are a flag agent.", "system_prompt")
+    prompt_file = tmp_path / "agent.txt"
+    prompt_file.write_text("You are a file agent.", encoding="utf-8")
+    assert cli(*args, "--params", str(params), "--system-prompt-file", str(prompt_file)) == 0
+    assert used() == ("You are a file agent.", f"file:{prompt_file}")
+
+
+def test_system_prompt_and_file_both_in_params_is_an_error(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"snapshots": {"checkpoint_dir": str(checkpoint), "system_prompt": "a", "system_prompt_file": "b.txt"}}))
+    code = cli("--params", str(params), "--output", str(out / "prompts.jsonl"))
+    assert_failed_cleanly(code, capsys, r"system_prompt and system_prompt_file are both set", out)
+
+
+# --- budget from the teacher; coverage and its WARNING ----------------------------------------------
+
+
+def test_auto_budget_is_the_teachers_context_minus_max_tokens(checkpoint: Path, tmp_path: Path) -> None:
+    output = tmp_path / "prompts.jsonl"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"snapshots": {"checkpoint_dir": str(checkpoint)}, "generate": {"max_tokens": 100}}))
+    assert cli("--params", str(params), "--output", str(output)) == 0
+    assert {row["metadata"]["max_prompt_tokens"] for row in rows_of(output)} == {8192 - 100}
+    # An unknown teacher needs its context length given.
+    assert cli("--params", str(params), "--output", str(output), "--context-length", "300") == 0
+    assert {row["metadata"]["max_prompt_tokens"] for row in rows_of(output)} == {200}
+
+
+def test_auto_budget_without_a_known_context_is_an_error(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"^max_prompt_tokens: 'auto' needs the teacher's context length"):
+        run(config(checkpoint, max_prompt_tokens="auto", tokenizer=None), tmp_path / "prompts.jsonl")
+    assert not (tmp_path / "prompts.jsonl").exists()
+
+
+def test_warning_line_when_samples_lose_more_than_half_their_memory(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    output = tmp_path / "prompts.jsonl"
+    summary = run(config(checkpoint, strategy="exclude_current", max_prompt_tokens=400), output, count_tokens=words)
+    assert summary.low_coverage == 0 and "WARNING" not in caplog.text
+    summary = run(config(checkpoint, strategy="exclude_current", max_prompt_tokens=75), output, count_tokens=words)
+    coverages = [row["metadata"]["memory_coverage"] for row in rows_of(output)]
+    low = sum(c < 0.5 for c in coverages)
+    assert low > 0 and summary.low_coverage == low
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].getMessage().startswith(f"{low} of 4 samples kept less than half of the memory exclude_current wanted")
+    assert "max_prompt_tokens 75" in warnings[0].getMessage()
+
+
+# --- the bundled example with default params --------------------------------------------------------
+
+
+def test_default_params_on_the_bundled_example(example_checkpoint: Path, repo_root: Path, tmp_path: Path) -> None:
+    """exclude_current sees >= 90% of its memory on average; the four strategies differ for >= 90% of samples."""
+    section = yaml.safe_load((repo_root / "params.yaml").read_text())["snapshots"]
+    prompts: dict[str, dict[int, str]] = {}
+    for strategy in ("exclude_current", "full_memory", "rolling_window", "failure_focus"):
+        output = tmp_path / f"{strategy}.jsonl"
+        run(SnapshotsConfig(**{**section, "checkpoint_dir": str(example_checkpoint), "strategy": strategy}), output)
+        rows = rows_of(output)
+        prompts[strategy] = {row["sample_idx"]: row["teacher_messages"][1]["content"] for row in rows}
+        if strategy == "exclude_current":
+            coverage = [row["metadata"]["memory_coverage"] for row in rows]
+            assert sum(coverage) / len(coverage) >= 0.9
+            assert rows[0]["metadata"]["system_prompt_source"].startswith("checkpoint:")
+    samples = prompts["exclude_current"].keys()
+    assert all(prompts[name].keys() == samples for name in prompts)
+    distinct = sum(len({prompts[name][i] for name in prompts}) == 4 for i in samples)
+    assert distinct >= 0.9 * len(samples)
