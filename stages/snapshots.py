@@ -14,7 +14,7 @@ import itertools
 import logging
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from memdistill.prompts import (
     view_cost,
 )
 from memdistill.redact import DEFAULT_REDACT_PATTERNS, Redactor
-from memdistill.snapshot import MemoryEntry, Snapshot, find_snapshot, load_snapshot, split_samples
+from memdistill.snapshot import MemoryEntry, Sample, Snapshot, find_snapshot, load_observations, load_snapshot, split_samples
 from memdistill.strategies import MemoryView, StrategyParams, get_strategy
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,14 @@ STUDENT_VIEWS = ("observation_only", "teacher")
 SELECTIONS = ("first", "last", "random")
 # A sample whose prompt kept less than this share of the memory its strategy wanted is counted in the WARNING.
 LOW_COVERAGE = 0.5
+# Keys every row's metadata gets from the stage; `metadata:` from params may not overwrite them.
+RESERVED_METADATA = frozenset({
+    "strategy", "strategy_params", "snapshot", "snapshot_sha256", "system_prompt_source", "observation_source",
+    "view", "views", "sample_entries", "memory_entries", "memory_size_entries", "memory_size_chars",
+    "memory_samples_wanted", "memory_samples_kept", "memory_tokens_wanted", "memory_tokens_kept", "memory_coverage",
+    "max_prompt_tokens", "token_counter", "prompt_tokens", "dropped_for_budget", "reference_action",
+    "reference_feedback", "failed", "missing", "redactions", "sample_idx", "metrics", "teacher", "finish_reason",
+})
 # generate.max_tokens when no params file says otherwise (kept free for the answer by max_prompt_tokens: auto).
 DEFAULT_ANSWER_TOKENS = 48
 
@@ -71,9 +79,17 @@ class SnapshotsConfig:
     sample_selection: str = "first"
     seed: int = 0
     redact_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_REDACT_PATTERNS))
+    subset_size: int = 4  # random_sampling: whole samples per memory view
+    num_subsets: int = 3  # random_sampling: memory views (rows) per observation
+    shuffle: bool = False  # random_sampling: show a view's samples in drawn order instead of the original order
+    observations: str | None = None  # JSONL of observations from outside the memory; null = the memory's own
+    metadata: dict[str, Any] = field(default_factory=dict)  # copied into every row's metadata (run, split, agent version)
 
     def strategy_params(self) -> StrategyParams:
-        return StrategyParams(self.window_k, self.max_memory_samples, tuple(self.failure_patterns or ()))
+        return StrategyParams(
+            self.window_k, self.max_memory_samples, tuple(self.failure_patterns or ()),
+            self.subset_size, self.num_subsets, self.shuffle, self.seed,
+        )
 
     def validate(self) -> None:
         """Reject bad parameters before reading anything; each error names the field."""
@@ -87,6 +103,10 @@ class SnapshotsConfig:
             raise UserError("system_prompt and system_prompt_file are both set; give one of them")
         _check_int("window_k", self.window_k, 1)
         _check_int("max_memory_samples", self.max_memory_samples, 0)
+        _check_int("subset_size", self.subset_size, 1)
+        _check_int("num_subsets", self.num_subsets, 1)
+        if not isinstance(self.shuffle, bool):
+            raise UserError(f"shuffle: expected true or false, got {self.shuffle!r}")
         _check_int("seed", self.seed, None)
         if self.max_samples is not None:
             _check_int("max_samples", self.max_samples, 1)
@@ -96,6 +116,13 @@ class SnapshotsConfig:
             _check_int("max_prompt_tokens", self.max_prompt_tokens, 1)
         if self.context_length is not None:
             _check_int("context_length", self.context_length, 1)
+        if self.observations is not None and not isinstance(self.observations, str):
+            raise UserError(f"observations: expected a file path or null, got {self.observations!r}")
+        if not isinstance(self.metadata, dict):
+            raise UserError(f"metadata: expected a mapping, got {self.metadata!r}")
+        clashes = sorted(set(map(str, self.metadata)) & RESERVED_METADATA)
+        if clashes:
+            raise UserError(f"metadata: key(s) {', '.join(clashes)} are written by memdistill itself; rename them")
         if self.tokenizer is not None and not isinstance(self.tokenizer, str):
             raise UserError(f"tokenizer: expected a name or null, got {self.tokenizer!r}")
         compile_failure_patterns(self.failure_patterns)
@@ -196,6 +223,19 @@ def prompt_budget(config: SnapshotsConfig, counter: PromptCounter, answer_tokens
     return resolve_max_prompt_tokens(AUTO, context, answer_tokens)
 
 
+def _targets(snapshot: Snapshot, config: SnapshotsConfig, redactor: Redactor) -> list[tuple[Sample, str, int]]:
+    """The observations to build samples from: (sample, where it came from, redactions in its observation)."""
+    if config.observations is None:
+        return [(sample, "memory", -1) for sample in snapshot.samples]
+    targets = []
+    for external in load_observations(config.observations, len(snapshot.entries)):
+        sample = external.sample
+        content, count = redactor.content(sample.observation.content)
+        observation = MemoryEntry(sample.observation.index, sample.observation.type, content)
+        targets.append((replace(sample, observation=observation), f"observations:{config.observations}:{external.line}", count))
+    return targets
+
+
 def iter_prompt_rows(
     snapshot: Snapshot,
     config: SnapshotsConfig,
@@ -204,7 +244,7 @@ def iter_prompt_rows(
     limit: int | None = None,
     system_prompt: tuple[str, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield one prompts.jsonl row per selected sample; holds the snapshot, never all the rows.
+    """Yield one prompts.jsonl row per selected sample and memory view; holds the snapshot, never all the rows.
 
     `limit` is the resolved token budget (None = none); `system_prompt` is (text, where it came from),
     resolved from the config when not given.
@@ -213,81 +253,91 @@ def iter_prompt_rows(
     agent_prompt, prompt_source = system_prompt or resolve_system_prompt(
         config.system_prompt, config.system_prompt_file, config.checkpoint_dir
     )
-    snapshot, redaction_counts = redact_snapshot(snapshot, Redactor.compile(config.redact_patterns))
+    redactor = Redactor.compile(config.redact_patterns)
+    snapshot, redaction_counts = redact_snapshot(snapshot, redactor)
     redactions_before = _running_sum(redaction_counts)
+    targets = _targets(snapshot, config, redactor)
     patterns = compile_failure_patterns(config.failure_patterns)
     failed = [is_failure(s.feedback.content if s.feedback else None, patterns) for s in snapshot.samples]
     strategy = get_strategy(config.strategy)
     strategy_params = config.strategy_params()
     strategy.check(strategy_params)
-    plan_of = strategy.prepare(snapshot, strategy_params, failed)
+    plans_of = strategy.prepare(snapshot, strategy_params, failed)
     lines = [render_entry(entry) for entry in snapshot.entries]
     chars_before = _running_sum([len(line) + 1 for line in lines])
     # Each line costs its tokens plus the newline that joins it to the next; counted once per snapshot.
     tokens_before = _running_sum(counter.texts([line + "\n" for line in lines]))
     empty_memory_tokens = counter.texts([EMPTY_MEMORY])[0]
 
-    chosen = select_samples(len(snapshot.samples), config.max_samples, config.sample_selection, config.seed)
-    summary.samples_in_snapshot = len(snapshot.samples)
-    summary.redactions = sum(redaction_counts)
+    chosen = select_samples(len(targets), config.max_samples, config.sample_selection, config.seed)
+    summary.samples_in_snapshot = len(targets)
+    summary.redactions = sum(redaction_counts) + sum(max(0, count) for _, _, count in targets)
     summary.max_prompt_tokens = limit
     for sample_idx in tqdm(chosen, desc="snapshots", unit="sample", disable=None):
-        sample = snapshot.samples[sample_idx]
+        sample, source, observation_redactions = targets[sample_idx]
+        from_memory = source == "memory"
         observation = render_content(sample.observation.content)
         fixed = counter.messages(teacher_messages(agent_prompt, [], observation)) - empty_memory_tokens
         render = functools.partial(_render_teacher, agent_prompt, lines, observation)
-        fitted = fit_to_budget(plan_of(sample), render, counter, tokens_before, limit, fixed)
-        if limit is not None and fitted.tokens > limit:
-            # Sending it would make the teacher truncate or refuse it; leave it out and say so at the end.
-            summary.over_budget.append(sample_idx)
-            continue
-        view, teacher, coverage = fitted.view, fitted.messages, fitted.coverage
-        student = teacher if config.student_view == "teacher" else student_messages(agent_prompt, observation)
-        memory_redactions = sum(redactions_before[b] - redactions_before[a] for a, b in view.ranges)
-        reference = [e for e in (sample.action, sample.feedback) if e is not None]
-        redactions = {
-            "memory": memory_redactions,
-            "observation": redaction_counts[sample.observation.index],
-            "reference": sum(redaction_counts[e.index] for e in reference),
-        }
-        metadata = {
-            "strategy": config.strategy,
-            "strategy_params": strategy.describe(strategy_params),
-            "snapshot": snapshot.path.name,
-            "snapshot_sha256": snapshot.sha256,
-            "system_prompt_source": prompt_source,
-            "sample_entries": [sample.start, sample.stop - 1],
-            "memory_entries": view.inclusive_ranges(),
-            "memory_size_entries": len(view),
-            # The memory block's length in the user prompt: the lines plus the newlines between them.
-            "memory_size_chars": max(0, view_cost(view.ranges, chars_before) - 1),
-            # What the strategy wanted and what the budget kept: sample numbers (PREAMBLE = -1 for the
-            # entries before the first Observation) and the memory lines' tokens.
-            "memory_samples_wanted": coverage.samples_wanted,
-            "memory_samples_kept": coverage.samples_kept,
-            "memory_tokens_wanted": coverage.tokens_wanted,
-            "memory_tokens_kept": coverage.tokens_kept,
-            "memory_coverage": coverage.coverage,
-            "max_prompt_tokens": limit,
-            "token_counter": counter.name,
-            "prompt_tokens": fitted.tokens,
-            "dropped_for_budget": fitted.dropped_units,
-            "reference_action": render_content(sample.action.content) if sample.action else None,
-            "reference_feedback": render_content(sample.feedback.content) if sample.feedback else None,
-            "failed": failed[sample_idx],
-            "missing": sample.missing,
-            "redactions": redactions,
-        }
-        summary.rows += 1
-        summary.dropped_for_budget += fitted.dropped_units
-        summary.coverages.append(coverage.coverage)
-        summary.low_coverage += coverage.coverage < LOW_COVERAGE
-        yield {
-            "sample_idx": sample_idx,
-            "teacher_messages": [m.to_dict() for m in teacher],
-            "student_messages": [m.to_dict() for m in student],
-            "metadata": metadata,
-        }
+        plans = plans_of(sample)
+        for view_idx, plan in enumerate(plans):
+            fitted = fit_to_budget(plan, render, counter, tokens_before, limit, fixed)
+            if limit is not None and fitted.tokens > limit:
+                # Sending it would make the teacher truncate or refuse it; leave it out and say so at the end.
+                summary.over_budget.append(sample_idx)
+                break
+            view, teacher, coverage = fitted.view, fitted.messages, fitted.coverage
+            student = teacher if config.student_view == "teacher" else student_messages(agent_prompt, observation)
+            memory_redactions = sum(redactions_before[b] - redactions_before[a] for a, b in view.ranges)
+            reference = [e for e in (sample.action, sample.feedback) if e is not None]
+            redactions = {
+                "memory": memory_redactions,
+                "observation": redaction_counts[sample.observation.index] if from_memory else observation_redactions,
+                "reference": sum(redaction_counts[e.index] for e in reference),
+            }
+            metadata = {
+                **config.metadata,
+                "strategy": config.strategy,
+                "strategy_params": strategy.describe(strategy_params),
+                "snapshot": snapshot.path.name,
+                "snapshot_sha256": snapshot.sha256,
+                "system_prompt_source": prompt_source,
+                # "memory" (the sample is one of the memory's own) or "observations:PATH:LINE".
+                "observation_source": source,
+                "view": view_idx,
+                "views": len(plans),
+                "sample_entries": [sample.start, sample.stop - 1] if from_memory else None,
+                "memory_entries": view.inclusive_ranges(),
+                "memory_size_entries": len(view),
+                # The memory block's length in the user prompt: the lines plus the newlines between them.
+                "memory_size_chars": max(0, view_cost(view.ranges, chars_before) - 1),
+                # What the strategy wanted and what the budget kept: sample numbers (-1 for the entries
+                # before the first Observation) and the memory lines' tokens.
+                "memory_samples_wanted": coverage.samples_wanted,
+                "memory_samples_kept": coverage.samples_kept,
+                "memory_tokens_wanted": coverage.tokens_wanted,
+                "memory_tokens_kept": coverage.tokens_kept,
+                "memory_coverage": coverage.coverage,
+                "max_prompt_tokens": limit,
+                "token_counter": counter.name,
+                "prompt_tokens": fitted.tokens,
+                "dropped_for_budget": fitted.dropped_units,
+                "reference_action": render_content(sample.action.content) if sample.action else None,
+                "reference_feedback": render_content(sample.feedback.content) if sample.feedback else None,
+                "failed": failed[sample_idx] if from_memory else None,
+                "missing": sample.missing,
+                "redactions": redactions,
+            }
+            summary.rows += 1
+            summary.dropped_for_budget += fitted.dropped_units
+            summary.coverages.append(coverage.coverage)
+            summary.low_coverage += coverage.coverage < LOW_COVERAGE
+            yield {
+                "sample_idx": sample_idx,
+                "teacher_messages": [m.to_dict() for m in teacher],
+                "student_messages": [m.to_dict() for m in student],
+                "metadata": metadata,
+            }
 
 
 def coverage_warning(summary: SnapshotsSummary, strategy: str) -> str | None:
@@ -357,7 +407,9 @@ def _max_prompt_tokens_flag(value: str) -> int | str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-dir", help="episode checkpoint folder holding memory_<id>.jsonl files")
-    parser.add_argument("--strategy", help="memory formation strategy: full_memory, exclude_current, rolling_window, failure_focus")
+    parser.add_argument(
+        "--strategy", help="memory formation strategy: full_memory, exclude_current, rolling_window, failure_focus, random_sampling"
+    )
     parser.add_argument("--output", required=True, type=Path, help="where to write prompts.jsonl")
     parser.add_argument("--window-k", type=int, help="entries kept by rolling_window (whole samples only)")
     parser.add_argument("--max-samples", type=int, help="keep at most N samples (see sample_selection)")
@@ -368,6 +420,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "whole memory samples are dropped to fit, the ones the strategy values least first",
     )
     parser.add_argument("--context-length", type=int, help="the teacher's context window, for 'auto' with an unknown teacher")
+    parser.add_argument(
+        "--observations",
+        help="JSONL of observations from outside the memory ({\"content\": ...} per line, or memory-format entries whose "
+        "Observations are taken); samples are built from them against the whole memory, so exclude_current then "
+        "equals full_memory, and there is no reference action or feedback",
+    )
+    parser.add_argument("--subset-size", type=int, help="random_sampling: whole samples per memory view")
+    parser.add_argument("--num-subsets", type=int, help="random_sampling: memory views (rows) per observation")
     prompt = parser.add_mutually_exclusive_group()
     prompt.add_argument("--system-prompt", help="the agent's system prompt (default: the checkpoint's system_prompt.txt)")
     prompt.add_argument("--system-prompt-file", help="a text file holding the agent's system prompt")
@@ -385,6 +445,9 @@ def main(args: argparse.Namespace) -> int:
         "context_length": args.context_length,
         "system_prompt": args.system_prompt,
         "system_prompt_file": args.system_prompt_file,
+        "observations": args.observations,
+        "subset_size": args.subset_size,
+        "num_subsets": args.num_subsets,
     }
     source = f"{args.params} [snapshots]" if args.params else "snapshots flags"
     merged = params.merge(asdict(SnapshotsConfig()), params.load_section(args.params, "snapshots"), flags)

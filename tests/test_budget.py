@@ -91,7 +91,7 @@ def fit(name: str, snapshot: Snapshot, failed: list[bool], sample_idx: int, para
 @settings(max_examples=200, deadline=None)
 @given(
     histories(),
-    st.sampled_from(["exclude_current", "full_memory", "rolling_window", "failure_focus"]),
+    st.sampled_from(["exclude_current", "full_memory", "rolling_window", "failure_focus", "random_sampling"]),
     st.integers(1, 12),
     st.integers(0, 6),
     st.integers(0, 120),
@@ -128,7 +128,7 @@ def test_budget_rules_hold_on_random_snapshots(
     # Rule 2: what goes first is what the strategy values least.
     others_dropped = [i for i in dropped if i not in (PREAMBLE, sample_idx)]
     others_kept = [i for i in survivors if i not in (PREAMBLE, sample_idx)]
-    if name in ("exclude_current", "full_memory", "rolling_window") and others_dropped and others_kept:
+    if name in ("exclude_current", "full_memory", "rolling_window", "random_sampling") and others_dropped and others_kept:
         assert max(others_dropped) < min(others_kept)  # the oldest other samples go first
     if name == "full_memory" and sample_idx in units:
         assert sample_idx in survivors or not others_kept and PREAMBLE not in survivors

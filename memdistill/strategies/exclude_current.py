@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from memdistill.snapshot import Sample, Snapshot
-from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, oldest_first_then, register, snapshot_units
+from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, is_own, oldest_first_then, register, snapshot_units
 
 
 @register
@@ -23,8 +23,8 @@ class ExcludeCurrent:
     def prepare(self, snapshot: Snapshot, params: StrategyParams, failed: Sequence[bool]) -> ViewFunction:
         preamble, units = snapshot_units(snapshot)
 
-        def plan(sample: Sample) -> MemoryPlan:
-            return oldest_first_then([u for u in units if u.sample_idx != sample.sample_idx], preamble)
+        def plan(sample: Sample) -> tuple[MemoryPlan, ...]:
+            return (oldest_first_then([u for u in units if not is_own(u, sample)], preamble),)
 
         return plan
 

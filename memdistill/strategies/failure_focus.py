@@ -13,7 +13,7 @@ from typing import Any
 
 from memdistill.errors import UserError
 from memdistill.snapshot import Sample, Snapshot
-from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, register, snapshot_units
+from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, is_own, register, snapshot_units
 
 
 def rank_samples(failed: Sequence[bool]) -> list[int]:
@@ -37,11 +37,11 @@ class FailureFocus:
         limit = params.max_memory_samples
         preamble, units = snapshot_units(snapshot)
 
-        def plan(sample: Sample) -> MemoryPlan:
-            chosen = [i for i in ranked[: limit + 1] if i != sample.sample_idx][:limit]
+        def plan(sample: Sample) -> tuple[MemoryPlan, ...]:
+            chosen = [i for i in ranked[: limit + 1] if not is_own(units[i], sample)][:limit]
             # Successes before failures, each oldest first (False sorts before True).
             order = sorted(chosen, key=lambda i: (failed[i], i))
-            return MemoryPlan((*(units[i] for i in order), *((preamble,) if preamble else ())))
+            return (MemoryPlan((*(units[i] for i in order), *((preamble,) if preamble else ()))),)
 
         return plan
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from memdistill.snapshot import Sample, Snapshot
-from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, oldest_first_then, register, snapshot_units
+from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, is_own, oldest_first_then, register, snapshot_units
 
 
 @register
@@ -23,9 +23,10 @@ class FullMemory:
     def prepare(self, snapshot: Snapshot, params: StrategyParams, failed: Sequence[bool]) -> ViewFunction:
         preamble, units = snapshot_units(snapshot)
 
-        def plan(sample: Sample) -> MemoryPlan:
-            others = [u for u in units if u.sample_idx != sample.sample_idx]
-            return oldest_first_then(others, preamble, units[sample.sample_idx])
+        def plan(sample: Sample) -> tuple[MemoryPlan, ...]:
+            own = next((u for u in units if is_own(u, sample)), None)
+            others = [u for u in units if u is not own]
+            return (oldest_first_then(others, preamble, own),)
 
         return plan
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from memdistill.errors import UserError
 from memdistill.snapshot import Sample, Snapshot
-from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, oldest_first_then, register, snapshot_units
+from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, is_own, oldest_first_then, register, snapshot_units
 
 
 @register
@@ -28,9 +28,10 @@ class RollingWindow:
         preamble, units = snapshot_units(snapshot)
         candidates = [u for u in (preamble, *units) if u is not None]
 
-        def plan(sample: Sample) -> MemoryPlan:
+        def plan(sample: Sample) -> tuple[MemoryPlan, ...]:
+            # An observation from outside the memory starts after its last entry: the window ends there.
             first = sample.start - window
-            return oldest_first_then([u for u in candidates if u.start >= first and u.stop <= sample.start])
+            return (oldest_first_then([u for u in candidates if u.start >= first and u.stop <= sample.start]),)
 
         return plan
 
