@@ -52,7 +52,7 @@ LOW_COVERAGE = 0.5
 # Keys every row's metadata gets from the stage; `metadata:` from params may not overwrite them.
 RESERVED_METADATA = frozenset({
     "strategy", "strategy_params", "snapshot", "snapshot_sha256", "system_prompt_source", "observation_source",
-    "view", "views", "sample_entries", "memory_entries", "memory_size_entries", "memory_size_chars",
+    "observation_idx", "view", "views", "sample_entries", "memory_entries", "memory_size_entries", "memory_size_chars",
     "memory_samples_wanted", "memory_samples_kept", "memory_tokens_wanted", "memory_tokens_kept", "memory_coverage",
     "max_prompt_tokens", "token_counter", "prompt_tokens", "dropped_for_budget", "reference_action",
     "reference_feedback", "failed", "missing", "redactions", "sample_idx", "metrics", "teacher", "finish_reason",
@@ -304,6 +304,9 @@ def iter_prompt_rows(
                 "system_prompt_source": prompt_source,
                 # "memory" (the sample is one of the memory's own) or "observations:PATH:LINE".
                 "observation_source": source,
+                # The observation this row answers; sample_idx numbers rows (observation * views + view), so
+                # it stays unique when random_sampling gives one observation several views.
+                "observation_idx": sample_idx,
                 "view": view_idx,
                 "views": len(plans),
                 "sample_entries": [sample.start, sample.stop - 1] if from_memory else None,
@@ -333,7 +336,7 @@ def iter_prompt_rows(
             summary.coverages.append(coverage.coverage)
             summary.low_coverage += coverage.coverage < LOW_COVERAGE
             yield {
-                "sample_idx": sample_idx,
+                "sample_idx": sample_idx * len(plans) + view_idx,
                 "teacher_messages": [m.to_dict() for m in teacher],
                 "student_messages": [m.to_dict() for m in student],
                 "metadata": metadata,

@@ -83,7 +83,9 @@ def test_random_sampling_is_byte_identical_for_the_same_seed(example_checkpoint:
                             num_subsets=2, shuffle=True, tokenizer=None, max_prompt_tokens=None), outputs[-1])
     assert outputs[0].read_bytes() == outputs[1].read_bytes() != outputs[2].read_bytes()
     rows = rows_of(outputs[0])
-    assert [(row["sample_idx"], row["metadata"]["view"]) for row in rows[:4]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [(row["sample_idx"], row["metadata"]["observation_idx"], row["metadata"]["view"]) for row in rows[:4]] == [
+        (0, 0, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1)
+    ]
     assert all(len([i for i in row["metadata"]["memory_samples_kept"] if i >= 0]) == 3 for row in rows)
 
 
@@ -99,11 +101,12 @@ def test_pipeline_with_observations_and_three_views(example_checkpoint: Path, ob
     assert cli_main(["snapshots", "--params", str(params), "--output", str(prompts), "--observations", str(observations),
                      "--num-subsets", "3"]) == 0  # fmt: skip
     rows = rows_of(prompts)
-    assert [(row["sample_idx"], row["metadata"]["view"], row["metadata"]["views"]) for row in rows] == [
+    assert [(row["metadata"]["observation_idx"], row["metadata"]["view"], row["metadata"]["views"]) for row in rows] == [
         (i, v, 3) for i in (0, 1) for v in range(3)
     ]
+    assert [row["sample_idx"] for row in rows] == list(range(6))
     for i in (0, 1):
-        views = {tuple(row["metadata"]["memory_samples_kept"]) for row in rows if row["sample_idx"] == i}
+        views = {tuple(row["metadata"]["memory_samples_kept"]) for row in rows if row["metadata"]["observation_idx"] == i}
         assert len(views) == 3
     assert cli_main(["generate", "--params", str(params), "--input", str(prompts), "--output", str(dataset)]) == 0
     assert cli_main(["convert", "--input", str(dataset), "--output", str(parquet)]) == 0
