@@ -75,7 +75,7 @@ class SnapshotsConfig:
     system_prompt: str | None = None  # null = the checkpoint's system_prompt.txt, else a generic agent prompt
     system_prompt_file: str | None = None  # a file holding the agent's system prompt (instead of system_prompt)
     student_view: str = "observation_only"
-    max_samples: int | None = 12
+    max_samples: int | None = 8
     sample_selection: str = "first"
     seed: int = 0
     redact_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_REDACT_PATTERNS))
