@@ -350,8 +350,8 @@ def coverage_warning(summary: SnapshotsSummary, strategy: str) -> str | None:
     return (
         f"{summary.low_coverage} of {summary.rows} samples kept less than half of the memory {strategy} wanted "
         f"(mean coverage {summary.mean_coverage:.2f}) under max_prompt_tokens {summary.max_prompt_tokens}: "
-        f"use a teacher with a longer context (max_prompt_tokens: auto follows it), lower generate.max_tokens, "
-        f"or choose a smaller memory (rolling_window, failure_focus with fewer max_memory_samples)"
+        f"raise max_prompt_tokens or set it to auto (the teacher's context minus generate.max_tokens), use a teacher "
+        f"with a longer context, or choose a smaller memory (rolling_window, failure_focus with fewer max_memory_samples)"
     )
 
 

@@ -89,6 +89,10 @@ def test_exclude_current_rows(checkpoint: Path, tmp_path: Path) -> None:
         "snapshot": "memory_10.jsonl",
         "snapshot_sha256": load_snapshot(checkpoint / "memory_10.jsonl").sha256,
         "system_prompt_source": "system_prompt",
+        "observation_source": "memory",
+        "observation_idx": 1,
+        "view": 0,
+        "views": 1,
         "sample_entries": [3, 5],
         "memory_entries": [[0, 2], [6, 9]],
         "memory_size_entries": 7,
@@ -384,7 +388,7 @@ def test_example_checkpoint_with_the_embedded_tokenizer(example_checkpoint: Path
     run(cfg, output)
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     rows = rows_of(output)
-    assert [row["sample_idx"] for row in rows] == [45, 46, 47]
+    assert [row["sample_idx"] for row in rows] == [13, 14, 15]
     for row in rows:
         ids = tokenizer.apply_chat_template(row["teacher_messages"], add_generation_prompt=True, tokenize=False)
         count = len(tokenizer(ids, add_special_tokens=False)["input_ids"])
@@ -511,7 +515,8 @@ def test_default_params_on_the_bundled_example(example_checkpoint: Path, repo_ro
     prompts: dict[str, dict[int, str]] = {}
     for strategy in ("exclude_current", "full_memory", "rolling_window", "failure_focus"):
         output = tmp_path / f"{strategy}.jsonl"
-        run(SnapshotsConfig(**{**section, "checkpoint_dir": str(example_checkpoint), "strategy": strategy}), output)
+        # Every sample of the example, not only the max_samples the default run answers.
+        run(SnapshotsConfig(**{**section, "checkpoint_dir": str(example_checkpoint), "strategy": strategy, "max_samples": None}), output)
         rows = rows_of(output)
         prompts[strategy] = {row["sample_idx"]: row["teacher_messages"][1]["content"] for row in rows}
         if strategy == "exclude_current":
@@ -519,6 +524,6 @@ def test_default_params_on_the_bundled_example(example_checkpoint: Path, repo_ro
             assert sum(coverage) / len(coverage) >= 0.9
             assert rows[0]["metadata"]["system_prompt_source"].startswith("checkpoint:")
     samples = prompts["exclude_current"].keys()
-    assert all(prompts[name].keys() == samples for name in prompts)
+    assert len(samples) == 16 and all(prompts[name].keys() == samples for name in prompts)
     distinct = sum(len({prompts[name][i] for name in prompts}) == 4 for i in samples)
     assert distinct >= 0.9 * len(samples)
