@@ -51,7 +51,7 @@ SELECTIONS = ("first", "last", "random")
 LOW_COVERAGE = 0.5
 # Keys every row's metadata gets from the stage; `metadata:` from params may not overwrite them.
 RESERVED_METADATA = frozenset({
-    "strategy", "strategy_params", "snapshot", "snapshot_sha256", "system_prompt_source", "observation_source",
+    "strategy", "strategy_params", "snapshot", "snapshot_sha256", "system_prompt", "system_prompt_source", "observation_source",
     "observation_idx", "view", "views", "sample_entries", "memory_entries", "memory_size_entries", "memory_size_chars",
     "memory_samples_wanted", "memory_samples_kept", "memory_tokens_wanted", "memory_tokens_kept", "memory_coverage",
     "max_prompt_tokens", "token_counter", "prompt_tokens", "dropped_for_budget", "reference_action",
@@ -301,6 +301,7 @@ def iter_prompt_rows(
                 "strategy_params": strategy.describe(strategy_params),
                 "snapshot": snapshot.path.name,
                 "snapshot_sha256": snapshot.sha256,
+                "system_prompt": agent_prompt,
                 "system_prompt_source": prompt_source,
                 # "memory" (the sample is one of the memory's own) or "observations:PATH:LINE".
                 "observation_source": source,

@@ -88,6 +88,7 @@ def test_exclude_current_rows(checkpoint: Path, tmp_path: Path) -> None:
         "strategy_params": {},
         "snapshot": "memory_10.jsonl",
         "snapshot_sha256": load_snapshot(checkpoint / "memory_10.jsonl").sha256,
+        "system_prompt": "You are a calculator.",
         "system_prompt_source": "system_prompt",
         "observation_source": "memory",
         "observation_idx": 1,
@@ -445,6 +446,7 @@ def test_system_prompt_precedence(checkpoint: Path, tmp_path: Path) -> None:
 
     def used() -> tuple[str, str]:
         row = rows_of(output)[0]
+        assert row["metadata"]["system_prompt"] == row["student_messages"][0]["content"]
         return row["student_messages"][0]["content"], row["metadata"]["system_prompt_source"]
 
     assert cli(*args) == 0 and used() == ("You are a helpful agent.", "default")
