@@ -12,7 +12,7 @@ from typing import Any
 
 from memdistill.errors import UserError
 from memdistill.snapshot import Sample, Snapshot
-from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, is_own, oldest_first_then, register, snapshot_units
+from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, oldest_first_then, register, snapshot_units
 
 
 @register
