@@ -50,6 +50,17 @@ def units_to_drop(costs: Sequence[int], allowed: int) -> int:
     return min(len(costs), bisect.bisect_left(prefix, excess))
 
 
+def as_ranges(numbers: Sequence[int]) -> list[list[int]]:
+    """Sorted distinct integers as inclusive [first, last] runs: a 6,000-sample memory's list stays a few pairs."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return runs
+
+
 @dataclass(frozen=True, slots=True)
 class MemoryCoverage:
     """What a prompt's strategy wanted from the memory and what the budget kept (tokens of the memory lines)."""

@@ -21,7 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from memdistill import fileio, params
-from memdistill.budget import AUTO, fit_to_budget, resolve_max_prompt_tokens
+from memdistill.budget import AUTO, as_ranges, fit_to_budget, resolve_max_prompt_tokens
 from memdistill.errors import UserError
 from memdistill.feedback import DEFAULT_FAILURE_PATTERNS, compile_failure_patterns, is_failure
 from memdistill.prompts import (
@@ -315,10 +315,10 @@ def iter_prompt_rows(
                 "memory_size_entries": len(view),
                 # The memory block's length in the user prompt: the lines plus the newlines between them.
                 "memory_size_chars": max(0, view_cost(view.ranges, chars_before) - 1),
-                # What the strategy wanted and what the budget kept: sample numbers (-1 for the entries
-                # before the first Observation) and the memory lines' tokens.
-                "memory_samples_wanted": coverage.samples_wanted,
-                "memory_samples_kept": coverage.samples_kept,
+                # What the strategy wanted and what the budget kept: sample numbers as inclusive [first, last]
+                # runs (-1 for the entries before the first Observation) and the memory lines' tokens.
+                "memory_samples_wanted": as_ranges(coverage.samples_wanted),
+                "memory_samples_kept": as_ranges(coverage.samples_kept),
                 "memory_tokens_wanted": coverage.tokens_wanted,
                 "memory_tokens_kept": coverage.tokens_kept,
                 "memory_coverage": coverage.coverage,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memdistill.budget import MemoryCoverage, fit_to_budget, resolve_max_prompt_tokens, units_to_drop
+from memdistill.budget import MemoryCoverage, as_ranges, fit_to_budget, resolve_max_prompt_tokens, units_to_drop
 from memdistill.errors import UserError
 from memdistill.prompts import FunctionCounter, Message, render_entry, teacher_messages
 from memdistill.snapshot import Snapshot
@@ -49,6 +49,18 @@ def test_auto_budget_is_the_context_minus_the_answer() -> None:
         resolve_max_prompt_tokens("auto", None, 48)
     with pytest.raises(UserError, match=r"^max_prompt_tokens: auto leaves -2 tokens"):
         resolve_max_prompt_tokens("auto", 46, 48)
+
+
+def test_sample_lists_are_written_as_inclusive_runs() -> None:
+    assert as_ranges([-1, 0, 1, 2, 5, 7, 8]) == [[-1, 2], [5, 5], [7, 8]]
+    assert as_ranges([]) == []
+
+
+@given(st.sets(st.integers(-1, 80)))
+def test_runs_expand_back_to_the_numbers(numbers: set[int]) -> None:
+    runs = as_ranges(sorted(numbers))
+    assert [i for first, last in runs for i in range(first, last + 1)] == sorted(numbers)
+    assert all(b[0] > a[1] + 1 for a, b in zip(runs, runs[1:]))  # maximal runs
 
 
 def test_coverage_is_kept_over_wanted_tokens() -> None:

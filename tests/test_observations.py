@@ -86,7 +86,7 @@ def test_random_sampling_is_byte_identical_for_the_same_seed(example_checkpoint:
     assert [(row["sample_idx"], row["metadata"]["observation_idx"], row["metadata"]["view"]) for row in rows[:4]] == [
         (0, 0, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1)
     ]
-    assert all(len([i for i in row["metadata"]["memory_samples_kept"] if i >= 0]) == 3 for row in rows)
+    assert all(sum(last - first + 1 for first, last in row["metadata"]["memory_samples_kept"] if first >= 0) == 3 for row in rows)
 
 
 def test_pipeline_with_observations_and_three_views(example_checkpoint: Path, observations: Path, tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_pipeline_with_observations_and_three_views(example_checkpoint: Path, ob
     ]
     assert [row["sample_idx"] for row in rows] == list(range(6))
     for i in (0, 1):
-        views = {tuple(row["metadata"]["memory_samples_kept"]) for row in rows if row["metadata"]["observation_idx"] == i}
+        views = {json.dumps(row["metadata"]["memory_samples_kept"]) for row in rows if row["metadata"]["observation_idx"] == i}
         assert len(views) == 3
     assert cli_main(["generate", "--params", str(params), "--input", str(prompts), "--output", str(dataset)]) == 0
     assert cli_main(["convert", "--input", str(dataset), "--output", str(parquet)]) == 0

@@ -98,8 +98,8 @@ def test_exclude_current_rows(checkpoint: Path, tmp_path: Path) -> None:
         "memory_entries": [[0, 2], [6, 9]],
         "memory_size_entries": 7,
         "memory_size_chars": len(memory_block),
-        "memory_samples_wanted": [0, 2, 3],
-        "memory_samples_kept": [0, 2, 3],
+        "memory_samples_wanted": [[0, 0], [2, 3]],
+        "memory_samples_kept": [[0, 0], [2, 3]],
         "memory_tokens_wanted": memory_tokens,
         "memory_tokens_kept": memory_tokens,
         "memory_coverage": 1.0,
@@ -178,8 +178,8 @@ def test_budget_drops_the_oldest_whole_samples(checkpoint: Path, tmp_path: Path)
     for row in rows_of(output):
         meta = row["metadata"]
         own = row["sample_idx"]
-        kept = meta["memory_samples_kept"]
-        assert meta["memory_samples_wanted"] == [0, 1, 2, 3] and meta["token_counter"] == "words"
+        kept = [i for first, last in meta["memory_samples_kept"] for i in range(first, last + 1)]
+        assert meta["memory_samples_wanted"] == [[0, 3]] and meta["token_counter"] == "words"
         assert own in kept and 0 < meta["dropped_for_budget"] == 4 - len(kept)
         # The others kept are the newest; every kept range opens with an Observation.
         others = [i for i in [0, 1, 2, 3] if i != own]
