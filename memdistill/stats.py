@@ -39,6 +39,7 @@ METADATA_TYPE = pl.Struct(
         "failed": pl.Boolean,
         "memory_size_chars": pl.Int64,
         "memory_size_entries": pl.Int64,
+        "memory_coverage": pl.Float64,
         "teacher": pl.Struct({"model": pl.String, "top_logprobs": pl.Int64}),
     }
 )
@@ -58,7 +59,9 @@ JSONL_SCHEMA = pl.Schema(
         "metadata": METADATA_TYPE,
     }
 )
-SAMPLE_COLUMNS = ("row", "sample", "tokens", "finish_reason", "failed", "memory_size_chars", "memory_size_entries")
+SAMPLE_COLUMNS = ("row", "sample", "tokens", "finish_reason", "failed", "memory_size_chars", "memory_size_entries", "memory_coverage")
+# A sample that kept less than this share of the memory its strategy wanted counts as poorly covered.
+LOW_COVERAGE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +275,7 @@ def _sample_columns(frame: pl.DataFrame | pl.LazyFrame) -> Any:
         meta.field("failed").fill_null(False).alias("failed"),
         meta.field("memory_size_chars"),
         meta.field("memory_size_entries"),
+        meta.field("memory_coverage"),
     )
 
 
@@ -493,6 +497,21 @@ def read_generate_metrics(path: Path | None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ stats
 
 
+def memory_coverage_figures(coverage: pl.Series) -> dict[str, Any]:
+    """memory.coverage (kept / wanted memory tokens): mean, p10 and the share of samples below LOW_COVERAGE.
+
+    Nulls (records written before coverage was recorded) are left out; all null gives nulls.
+    """
+    known = coverage.drop_nulls()
+    if known.is_empty():
+        return {"coverage": {"mean": None, "p10": None}, "share_below_half": None, "samples_measured": 0}
+    return {
+        "coverage": {"mean": _round(known.mean()), "p10": _round(known.quantile(0.1, "linear"))},
+        "share_below_half": _ratio(int((known < LOW_COVERAGE).sum()), known.len()),
+        "samples_measured": known.len(),
+    }
+
+
 def compute_stats(
     jsonl: Path,
     parquet: Path,
@@ -530,6 +549,7 @@ def compute_stats(
     metrics: dict[str, Any] = {
         "samples": samples.height,
         "failed_reference_samples": int(samples["failed"].sum()),
+        "memory": memory_coverage_figures(samples["memory_coverage"]),
         "assistant_tokens": {
             "total": total_tokens,
             "mean": _round(tokens.mean()),
@@ -555,6 +575,7 @@ def compute_stats(
         "mass_curve": curve,
         "tokens_per_sample": samples.select("sample", "tokens"),
         "memory_vs_output": samples.select("sample", "memory_size_chars", "memory_size_entries", "tokens"),
+        "memory_coverage": samples.select("sample", pl.col("memory_coverage").alias("coverage")),
     }
     return StatsResult(metrics, plots, samples.select(*SAMPLE_COLUMNS[1:]), read_generate_metrics(generate_metrics))
 
@@ -583,6 +604,11 @@ def extreme_samples(samples: pl.DataFrame, count: int = 5) -> tuple[pl.DataFrame
     return longest, shortest
 
 
+def _coverage_cell(memory: dict[str, Any]) -> str:
+    coverage = memory["coverage"]
+    return "—" if coverage["mean"] is None else f"{coverage['mean']} / {coverage['p10']}"
+
+
 def render_summary(result: StatsResult, images: Sequence[tuple[str, str]] = ()) -> str:
     """reports/summary.md: the metrics as a short table, the plots (`images`: title and path relative to
     the summary), the mass curve, the extreme samples."""
@@ -591,6 +617,8 @@ def render_summary(result: StatsResult, images: Sequence[tuple[str, str]] = ()) 
     rows = [
         ("samples", m["samples"]),
         ("failed reference samples", m["failed_reference_samples"]),
+        ("memory coverage, kept / wanted tokens (mean / p10)", _coverage_cell(m["memory"])),
+        ("samples below 50% memory coverage", "—" if m["memory"]["share_below_half"] is None else f"{m['memory']['share_below_half']:.2%}"),
         ("assistant tokens (total)", tokens["total"]),
         ("assistant tokens per sample (mean / p50 / p95)", f"{tokens['mean']} / {tokens['p50']} / {tokens['p95']}"),
         ("K (top_logprobs recorded)", m["top_k"]),

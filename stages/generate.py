@@ -28,7 +28,7 @@ class GenerateConfig:
     base_url: list[str] = field(default_factory=list)
     flavor: str = "openai"
     api_key_env: str = "OPENAI_API_KEY"
-    max_tokens: int = 128
+    max_tokens: int = 48
     temperature: float = 0.0
     top_p: float = 1.0
     top_logprobs: int = 20

@@ -54,8 +54,10 @@ TOKENS = {
 }
 KEPT_AT_09 = {"A": 2, "B": 1, "C": 4, "D": 1, "E": 4, "F": 2}
 RECORDS = [
-    ("AB", {"sample_idx": 10, "finish_reason": "stop", "failed": False, "memory_size_chars": 100, "memory_size_entries": 2}),
-    ("CDE", {"sample_idx": 11, "finish_reason": "length", "failed": True, "memory_size_chars": 300, "memory_size_entries": 5}),
+    ("AB", {"sample_idx": 10, "finish_reason": "stop", "failed": False, "memory_size_chars": 100, "memory_size_entries": 2,
+            "memory_coverage": 1.0}),
+    ("CDE", {"sample_idx": 11, "finish_reason": "length", "failed": True, "memory_size_chars": 300, "memory_size_entries": 5,
+             "memory_coverage": 0.4}),
     ("F", {"sample_idx": 12, "finish_reason": "stop"}),
 ]
 MIN_PROB_MASS = 0.9
@@ -137,6 +139,8 @@ def test_every_metric_on_the_hand_made_dataset(dataset: tuple[Path, Path], gener
     assert metrics == {
         "samples": 3,
         "failed_reference_samples": 1,
+        # coverage 1.0 and 0.4 (record 2 predates coverage): p10 = 0.4 + 0.1 * 0.6.
+        "memory": {"coverage": {"mean": 0.7, "p10": 0.46}, "share_below_half": 0.5, "samples_measured": 2},
         # tokens per sample 2, 3, 1: p95 interpolates between the 2 and the 3 (1.9 of 2 steps).
         "assistant_tokens": {"total": 6, "mean": 2.0, "p50": 2.0, "p95": 2.9},
         "top_k": 4,
@@ -204,6 +208,7 @@ def test_plot_tables(dataset: tuple[Path, Path]) -> None:
     assert plots["kept_per_token"].rows() == [(1, 2), (2, 2), (4, 2)]
     assert plots["tokens_per_sample"].rows() == [(10, 2), (11, 3), (12, 1)]
     assert plots["memory_vs_output"].rows() == [(10, 100, 2, 2), (11, 300, 5, 3), (12, None, None, 1)]
+    assert plots["memory_coverage"].rows() == [(10, 1.0), (11, 0.4), (12, None)]
 
 
 def test_extreme_samples_order_by_tokens_then_index(dataset: tuple[Path, Path]) -> None:
@@ -219,6 +224,8 @@ def test_summary_shows_the_figures_and_extreme_samples(dataset: tuple[Path, Path
     assert "| kept entries | 14 of 24 recorded |" in text
     assert "| unmapped ids (-1) | 1 (5.0000%) |" in text
     assert "| finish reasons | length: 1, stop: 2 |" in text
+    assert "| memory coverage, kept / wanted tokens (mean / p10) | 0.7 / 0.46 |" in text
+    assert "| samples below 50% memory coverage | 50.00% |" in text
     assert "| generation: wall_seconds | 1.5 |" in text
     assert "| **0.9** | 2.3333 | 0.00% |" in text
     longest = text.split("## Longest samples")[1].split("## Shortest samples")[0]
@@ -306,7 +313,7 @@ def test_stage_writes_metrics_plots_and_summary(tmp_path: Path, dataset: tuple[P
     assert not set(metrics) & {"generation", "wall_seconds", "tokens_per_second", "failures"}
     assert "| generation: tokens_per_second | 4.0 |" in (out / "reports" / "summary.md").read_text()
     assert sorted(p.name for p in (out / "plots").iterdir() if p.suffix == ".csv") == [
-        "kept_per_token.csv", "mass_curve.csv", "memory_vs_output.csv", "tokens_per_sample.csv",
+        "kept_per_token.csv", "mass_curve.csv", "memory_coverage.csv", "memory_vs_output.csv", "tokens_per_sample.csv",
     ]  # fmt: skip
     assert (out / "plots" / "mass_curve.csv").read_text().splitlines()[0] == (
         "threshold,kept_entries,mean_kept_per_token,share_rows_below,projected_parquet_bytes,projected_parquet_mb"
