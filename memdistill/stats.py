@@ -10,6 +10,8 @@ tokens. Two sources, each for what only it knows:
 
 from __future__ import annotations
 
+import collections
+
 import json
 import logging
 from collections.abc import Sequence
@@ -39,7 +41,7 @@ METADATA_TYPE = pl.Struct(
         "failed": pl.Boolean,
         "memory_size_chars": pl.Int64,
         "memory_size_entries": pl.Int64,
-        "teacher": pl.Struct({"model": pl.String, "top_logprobs": pl.Int64}),
+        "teacher": pl.Struct({"model": pl.String, "top_logprobs": pl.Int64, "logprobs": pl.String}),
     }
 )
 _TOP_TYPE = pl.Struct({"logprob": pl.Float64})
@@ -174,8 +176,16 @@ def scan_parquet(path: Path) -> pl.LazyFrame:
         raise UserError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
     if "messages" not in schema:
         raise UserError(f"{path}: no 'messages' column; expected a cartridges parquet")
-    if schema.get("metadata") == pl.String:
+    stored = schema.get("metadata")
+    if stored == pl.String:
         metadata = pl.col("metadata").str.json_decode(METADATA_TYPE)
+    elif isinstance(stored, pl.Struct) and {"json", "finish_reason"} <= {f.name for f in stored.fields}:
+        # convert's struct: the whole record metadata is its `json` field; `finish_reason` is the effective one.
+        decoded = pl.col("metadata").struct.field("json").str.json_decode(METADATA_TYPE)
+        metadata = pl.struct(
+            [pl.col("metadata").struct.field("finish_reason") if name == "finish_reason" else decoded.struct.field(name)
+             for name in METADATA_TYPE.to_schema()]
+        )
     elif "metadata" in schema:
         # A struct written by another tool may have other fields; going through JSON picks ours.
         metadata = pl.col("metadata").struct.json_encode().str.json_decode(METADATA_TYPE)
@@ -272,10 +282,14 @@ def _sample_columns(frame: pl.DataFrame | pl.LazyFrame) -> Any:
     )
 
 
-def jsonl_figures(path: Path, thresholds: Sequence[float] = DEFAULT_MASS_THRESHOLDS) -> JsonlFigures:
-    """What the intermediate JSONL holds: per-sample figures and the mass curve over `thresholds`."""
+def jsonl_figures(path: Path, thresholds: Sequence[float] = DEFAULT_MASS_THRESHOLDS, exclude: Sequence[int] = ()) -> JsonlFigures:
+    """What the intermediate JSONL holds: per-sample figures and the mass curve over `thresholds`, leaving
+    out the records numbered in `exclude` (those convert rejected)."""
     thresholds = _check_thresholds(thresholds, "thresholds")
-    records = _collect(jsonl_records(scan_jsonl(path), thresholds), path, "the intermediate JSONL").sort("row")
+    frame = scan_jsonl(path)
+    if exclude:
+        frame = frame.filter(~pl.col("row").is_in(pl.Series(list(exclude), dtype=pl.UInt32)))
+    records = _collect(jsonl_records(frame, thresholds), path, "the intermediate JSONL").sort("row")
     totals = records.select(pl.exclude("row", "metadata", "k").sum(), pl.col("k").max()).row(0, named=True)
     return JsonlFigures(
         samples=_sample_columns(records),
@@ -426,6 +440,24 @@ def read_generate_metrics(path: Path | None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ stats
 
 
+def read_rejects(parquet: Path) -> list[dict[str, Any]]:
+    """The samples convert left out of `parquet` (its `<parquet>.rejects.jsonl`; none when absent)."""
+    path = parquet.with_name(parquet.name + ".rejects.jsonl")
+    if not path.is_file():
+        return []
+    return [record for _, record in fileio.read_jsonl(path)]
+
+
+def check_one_logprobs_mode(jsonl: Path) -> None:
+    """Refuse a dataset whose records mix raw and tempered logprobs (metadata.teacher.logprobs)."""
+    modes = _collect(
+        scan_jsonl(jsonl).select(pl.col("metadata").struct.field("teacher").struct.field("logprobs").alias("mode")).drop_nulls().unique(),
+        jsonl, "the intermediate JSONL",
+    )["mode"].sort().to_list()
+    if len(modes) > 1:
+        raise UserError(f"{jsonl}: records mix logprob contracts ({', '.join(modes)} in metadata.teacher.logprobs); generate it again with one generate.logprobs")
+
+
 def compute_stats(
     jsonl: Path,
     parquet: Path,
@@ -435,7 +467,9 @@ def compute_stats(
 ) -> StatsResult:
     (min_prob_mass,) = _check_thresholds([min_prob_mass], "min_prob_mass")
     thresholds = _check_thresholds([*thresholds, min_prob_mass], "mass_thresholds")
-    from_jsonl = jsonl_figures(jsonl, thresholds)
+    check_one_logprobs_mode(jsonl)
+    rejects = read_rejects(parquet)
+    from_jsonl = jsonl_figures(jsonl, thresholds, [r["record"] for r in rejects if type(r.get("record")) is int])
     from_parquet = parquet_figures(parquet)
     if from_jsonl.samples.height != from_parquet.samples.height:
         raise UserError(
@@ -473,6 +507,8 @@ def compute_stats(
         "mean_kept_per_token": _ratio(from_parquet.kept_entries, total_tokens),
         "mean_mass_kept": _round(from_parquet.mean_mass_kept),
         "share_rows_below_min_mass": _round(at_min_mass["share_rows_below"], 6),
+        "rejected_samples": len(rejects),
+        "rejected_by_reason": dict(sorted(collections.Counter(str(r.get("kind")) for r in rejects).items())),
         "unmapped_tokens": unmapped,
         "unmapped_rate": _ratio(unmapped, total_tokens + from_parquet.kept_entries, 6),
         "finish_reasons": {str(reason): int(count) for reason, count in finish.iter_rows()},

@@ -49,7 +49,8 @@ def item(chosen: tuple, alternatives: list[tuple]) -> dict:
     return {**make(chosen), "top_logprobs": [make(a) for a in alternatives]}
 
 
-def record(items: list[dict] | None, *, token_ids=None, finish_reason: str | None = "stop", teacher: str | None = MODEL, index: int = 0) -> dict:
+def record(items: list[dict] | None, *, token_ids=None, finish_reason: str | None = "stop", teacher: str | None = MODEL, index: int = 0,
+           content: str = "x") -> dict:
     metadata: dict = {"sample_idx": index}
     if teacher:
         metadata["teacher"] = {"backend": "local", "model": teacher, "temperature": 0.0, "top_logprobs": 4}
@@ -59,7 +60,7 @@ def record(items: list[dict] | None, *, token_ids=None, finish_reason: str | Non
         "messages": [
             {"role": "system", "content": "You are a tutor.", "token_ids": None, "logprobs": None},
             {"role": "user", "content": f"What is {index} + 2?", "token_ids": None, "logprobs": None},
-            {"role": "assistant", "content": "x", "token_ids": token_ids, "logprobs": None if items is None else {"content": items}},
+            {"role": "assistant", "content": content, "token_ids": token_ids, "logprobs": None if items is None else {"content": items}},
         ],
         "system_prompt": "You are a tutor.",
         "metadata": metadata,
@@ -79,12 +80,12 @@ def mixed_records(vocab: dict[str, int]) -> list[dict]:
         record([
             item(("4", 0.3), [("4", 0.3), (" the", 0.2), (" a", 0.1), ("x", 0.05)]),
             item(("<|im_end|>", 0.9), [("<|im_end|>", 0.9), ("4", 0.09), (" a", 0.009)]),
-        ], index=1),
+        ], index=1, content="4"),
         # Raw BPE strings (tokasaurus without ids), alternatives out of order, a -inf entry.
         record([
             item(("Ġa", 0.5), [("Ġthe", 0.45), ("Ġa", 0.5), ("4", 0.0)]),
             item(("<|im_end|>", 1.0), [("<|im_end|>", 1.0)]),
-        ], index=2),
+        ], index=2, content=" a"),
         # vLLM token_id:N strings; stopped for length, so no end-of-turn.
         record([item((f"token_id:{four}", 0.995), [(f"token_id:{four}", 0.995), (f"token_id:{a}", 0.004)])], finish_reason="length", index=3),
     ]
@@ -171,7 +172,7 @@ def test_output_reads_like_cartridges_and_keeps_invariants(tmp_path: Path, vocab
     assert list(third.token_id) == [a, the, IM_END]  # sorted; the -inf entry dropped
     system = rows[0]["messages"][0]
     assert list(system["token_ids"]) == load_text_tokenizer(MODEL).encode("You are a tutor.")
-    assert json.loads(rows[0]["metadata"])["sample_idx"] == 0
+    assert rows[0]["metadata"]["sample_idx"] == 0 and json.loads(rows[0]["metadata"]["json"])["sample_idx"] == 0
     parquet = pq.ParquetFile(out)
     assert parquet.metadata.num_row_groups == 2
     assert parquet.metadata.row_group(0).column(0).compression == "ZSTD"
@@ -239,8 +240,9 @@ def test_end_of_turn_missing_from_logprobs_is_appended_and_counted(tmp_path: Pat
         assert list(message["token_ids"]) == [four, IM_END]
         top = FlatTopLogprobs(**message["top_logprobs"])
         assert list(top.token_idx) == [0, 1] and list(top.token_id) == [four, IM_END] and top.logprobs[1] == 0.0
-        assert json.loads(row["metadata"])["convert"] == {"eot_appended": True}
-    assert list(out[2]["messages"][2]["token_ids"]) == [four] and "convert" not in json.loads(out[2]["metadata"])
+        assert row["metadata"]["eot_appended"] is True
+        assert json.loads(row["metadata"]["json"])["convert"] == {"eot_appended": True}
+    assert list(out[2]["messages"][2]["token_ids"]) == [four] and out[2]["metadata"]["eot_appended"] is False
     off = convert_file(source, tmp_path / "off.parquet", MODEL, 0.99, append_eot=False)
     assert off.eot_appended == 0
     assert [list(row["messages"][2]["token_ids"]) for row in read_like_cartridges(tmp_path / "off.parquet")] == [[four]] * 3
@@ -266,8 +268,13 @@ def test_counts_missing_logprobs_and_chosen_outside_top_k(tmp_path: Path, vocab:
     summary = convert_file(source, tmp_path / "o.parquet", MODEL, 0.99)
     assert summary.chosen_not_in_topk == 1 and summary.missing_logprobs == 1 and summary.rows_without_alternatives == 1
     out = read_like_cartridges(tmp_path / "o.parquet")
-    assert out[1]["messages"][2]["top_logprobs"] is None and list(out[1]["messages"][2]["token_ids"]) == [four]
-    assert list(FlatTopLogprobs(**out[2]["messages"][2]["top_logprobs"]).token_id) == [four]
+    # The message without logprobs is not in the parquet (cartridges would train on nothing): it is a reject.
+    assert len(out) == 2 and summary.rejected == 1 and summary.rejected_by_reason == {"no_logprobs": 1}
+    assert all(m["top_logprobs"] is not None for row in out for m in row["messages"] if m["role"] == "assistant")
+    rejects = [json.loads(line) for line in (tmp_path / "o.parquet.rejects.jsonl").read_text().splitlines()]
+    assert rejects == [{"record": 1, "where": f"{source}:2", "sample_idx": 0, "kind": "no_logprobs",
+                        "reason": f"{source}:2: messages[2]: assistant message has no logprobs"}]
+    assert list(FlatTopLogprobs(**out[1]["messages"][2]["top_logprobs"]).token_id) == [four]
     with pytest.raises(UserError, match=r"in.jsonl:2: messages\[2\]: assistant message has no logprobs"):
         convert_file(source, tmp_path / "strict.parquet", MODEL, 0.99, strict=True)
     assert not (tmp_path / "strict.parquet").exists()
@@ -400,7 +407,8 @@ def columnar_rows(source: Path) -> int:
 
     converter = conversion.RowConverter(load_text_tokenizer(MODEL), 0.99, False, conversion.ConvertSummary())
     lines = [line for line in source.read_bytes().splitlines() if line.strip()]
-    return len(conversion.ColumnarReader(converter).convert_block(lines, [f"{source}:{i}" for i in range(len(lines))]))
+    rows = conversion.ColumnarReader(converter).convert_block(lines, [f"{source}:{i}" for i in range(len(lines))])
+    return len(rows) + len(converter.rejects)
 
 
 def special_records(vocab: dict[str, int]) -> list[dict]:
@@ -413,7 +421,7 @@ def special_records(vocab: dict[str, int]) -> list[dict]:
         record(None, token_ids=[four], index=1),
         record([item(("4", 0.9, four), [])], finish_reason="length", index=2),
         record([item(("4", 0.9, four), [("4", 0.9, four)])], token_ids=[four, IM_END], index=3),
-        record([item(("metadata", 0.5), [("metadata", 0.5), (" the", 0.0), ("4", 0.3)])], index=4),
+        record([item(("metadata", 0.5), [("metadata", 0.5), (" the", 0.0), ("4", 0.3)])], index=4, content="metadata"),
         record([], index=5),
     ]
     rows[4]["messages"][2]["logprobs"]["content"][0]["top_logprobs"][2]["bytes"] = [52]
@@ -446,7 +454,7 @@ def test_columnar_blocks_fall_back_per_block_and_keep_errors(tmp_path: Path, voc
     columnar, per_row = convert_both(source, tmp_path, monkeypatch)
     assert columnar == per_row
     rows = read_like_cartridges(tmp_path / "columnar_True.parquet")
-    assert rows[2]["system_prompt"] == "7" and json.loads(rows[1]["metadata"])["nested"] == {"metadata": {"x": 1}}
+    assert rows[2]["system_prompt"] == "7" and json.loads(rows[1]["metadata"]["json"])["nested"] == {"metadata": {"x": 1}}
 
     text = source.read_text()
     for bad, message in [
