@@ -279,6 +279,9 @@ class RowConverter:
         content = message.get("content") or ""
         items = _items_of(message, where)
         given = _int_list(message.get("token_ids"))
+        if given is None and isinstance(message.get("token_ids"), list):
+            index, value = next((i, v) for i, v in enumerate(message["token_ids"]) if type(v) is not int)
+            raise UserError(f"{where}.token_ids[{index}]: id {value!r} is outside the vocabulary [0, {self.resolver.limit}) of {self.tokenizer.name}")
         if items is None:
             return self.without_logprobs(content, given, where)
         T = len(items)

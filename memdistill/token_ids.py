@@ -240,8 +240,9 @@ class TokenIdResolver:
 
     def _learn(self, entry: dict[str, Any]) -> int:
         token_id = entry.get("token_id")
-        if type(token_id) is int:
-            return token_id if 0 <= token_id < self.limit else OUT_OF_RANGE_ID
+        if token_id is not None:
+            # A given id that is not an int in range (JSON readers turn 2**70 into a float) is an input error.
+            return token_id if type(token_id) is int and 0 <= token_id < self.limit else OUT_OF_RANGE_ID
         token, raw = entry.get("token"), entry.get("bytes")
         found = self.resolve(token, raw)
         if isinstance(token, str):
