@@ -677,3 +677,23 @@ def test_a_file_mixing_raw_and_tempered_logprobs_is_refused(tmp_path: Path, voca
     write_jsonl(tmp_path / "in.jsonl", rows[:2])
     out = read_like_cartridges(tmp_path / "o.parquet") if convert_file(source, tmp_path / "o.parquet", MODEL, 0.99) else []
     assert [r["metadata"]["logprobs"] for r in out] == ["tempered", "tempered"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.lists(st.integers(-1, 6), max_size=6), max_size=6))
+def test_first_duplicate_finds_the_first_repeated_id_of_a_row(rows: list[list[int]]) -> None:
+    from memdistill.conversion import drop_unrecovered, first_duplicate
+
+    row_of = np.array([r for r, ids in enumerate(rows) for _ in ids], dtype=np.int64)
+    ids = np.array([i for r in rows for i in r], dtype=np.int64)
+    expected, seen = -1, set()
+    for index, (row, token_id) in enumerate(zip(row_of.tolist(), ids.tolist())):
+        if token_id != -1 and (row, token_id) in seen:
+            expected = index
+            break
+        seen.add((row, token_id))
+    assert first_duplicate(row_of, ids) == expected
+    lp = -np.arange(ids.size, dtype=np.float64)
+    kept_rows, kept_lp, kept_ids, dropped = drop_unrecovered(row_of, lp, ids)
+    assert dropped == int((ids == -1).sum()) and (kept_ids != -1).all()
+    assert kept_rows.tolist() == row_of[ids != -1].tolist() and kept_lp.tolist() == lp[ids != -1].tolist()

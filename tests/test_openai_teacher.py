@@ -337,3 +337,18 @@ def test_llama_cpp_half_characters_arrive_as_empty_strings_without_bytes() -> No
         assert r.text.startswith("é")
         assert [t["token"] for t in r.logprobs[:2]] == ["", ""] and all("bytes" not in t for t in r.logprobs)
         assert r.token_ids is None
+
+
+@given(values=st.lists(st.floats(-30.0, 0.0), min_size=1, max_size=12, unique=True), k=st.integers(1, 6), chosen=st.integers(0, 11))
+def test_keep_top_k_keeps_the_k_best_and_the_sampled_token(values: list[float], k: int, chosen: int) -> None:
+    from memdistill.teachers.openai_compat import keep_top_k
+
+    entries = [{"token_id": i, "logprob": v} for i, v in enumerate(values)]
+    kept = keep_top_k(entries, chosen, k)
+    best = sorted(range(len(values)), key=lambda i: -values[i])[:k]
+    ids = [e["token_id"] for e in kept]
+    assert ids[:k] == best
+    if chosen < len(values) and chosen not in best:
+        assert ids[k:] == [chosen]
+    else:
+        assert len(ids) == len(best)
