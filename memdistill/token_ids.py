@@ -291,6 +291,9 @@ class TokenIdResolver:
         parsed = parse_token_id(token, self.limit)
         if parsed is not None:
             return parsed
+        if REPLACEMENT_CHAR in token:
+            # Without bytes, U+FFFD stands for any partial character (or the literal U+FFFD token): no exact id.
+            return MISSING_ID
         # Decoded-text readings first: the id must decode back to exactly this string.
         found = self.byte_ids.get(token.encode("utf-8"))
         if found is not None and self.round_trips(found, token):

@@ -81,6 +81,9 @@ def test_every_id_recovered_from_a_string_decodes_back_to_it(resolver: TokenIdRe
         assert decode([resolver.resolve(text)]) == text
     # A string no single id decodes to is not recovered, never guessed.
     assert resolver.resolve("Jos\u00e9 \U0001F642") == MISSING_ID
+    # U+FFFD without bytes is any half character; with its bytes it is the literal replacement-char token.
+    assert resolver.resolve("\ufffd") == MISSING_ID
+    assert resolver.tokenizer.decode([resolver.resolve("\ufffd", list("\ufffd".encode()))]) == "\ufffd"
     assert resolver.resolve("") == MISSING_ID
 
 
