@@ -53,6 +53,7 @@ class ConvertSummary:
     chosen_not_in_topk: int = 0
     rows_without_alternatives: int = 0
     missing_logprobs: int = 0
+    checked_ids: int = 0  # chosen and alternative ids looked at, rejected samples included
     dropped_alternatives: int = 0
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
@@ -60,8 +61,6 @@ class ConvertSummary:
     tokenizer: str = ""
     recorded_model: str | None = None
     min_prob_mass: float = 0.0
-
-    checked_ids: int = 0  # chosen and alternative ids looked at, rejected samples included
 
     @property
     def unmapped_rate(self) -> float:

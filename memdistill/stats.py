@@ -442,7 +442,9 @@ def read_generate_metrics(path: Path | None) -> dict[str, Any]:
 
 def read_rejects(parquet: Path) -> list[dict[str, Any]]:
     """The samples convert left out of `parquet` (its `<parquet>.rejects.jsonl`; none when absent)."""
-    path = parquet.with_name(parquet.name + ".rejects.jsonl")
+    from memdistill.conversion import rejects_path
+
+    path = rejects_path(parquet)
     if not path.is_file():
         return []
     return [record for _, record in fileio.read_jsonl(path)]
