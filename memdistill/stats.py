@@ -288,7 +288,7 @@ def jsonl_figures(path: Path, thresholds: Sequence[float] = DEFAULT_MASS_THRESHO
     thresholds = _check_thresholds(thresholds, "thresholds")
     frame = scan_jsonl(path)
     if exclude:
-        frame = frame.filter(~pl.col("row").is_in(pl.Series(list(exclude), dtype=pl.UInt32)))
+        frame = frame.filter(~pl.col("row").is_in(pl.Series(list(exclude), dtype=pl.UInt32).implode()))
     records = _collect(jsonl_records(frame, thresholds), path, "the intermediate JSONL").sort("row")
     totals = records.select(pl.exclude("row", "metadata", "k").sum(), pl.col("k").max()).row(0, named=True)
     return JsonlFigures(
