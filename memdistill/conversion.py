@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from itertools import chain, repeat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
@@ -282,7 +282,7 @@ class RowConverter:
             index, value = next((i, v) for i, v in enumerate(message["token_ids"]) if type(v) is not int)
             raise UserError(f"{where}.token_ids[{index}]: id {value!r} is outside the vocabulary [0, {self.resolver.limit}) of {self.tokenizer.name}")
         if items is None:
-            return self.without_logprobs(content, given, where)
+            self.without_logprobs(where)
         T = len(items)
         try:
             # map(dict.get, ...) walks the entries in C: no Python frame per top-k entry.
@@ -308,7 +308,7 @@ class RowConverter:
         chosen_exact = given is not None or all(_exact_entry(item) for item in items)
         return self.with_logprobs(content, given, where, finish_reason, counts, alt_lp, alt_ids, chosen_lp, chosen, chosen_exact)
 
-    def without_logprobs(self, content: str, given: list[int] | None, where: str) -> OutMessage:
+    def without_logprobs(self, where: str) -> NoReturn:
         """An assistant message with no per-token record: cartridges would crash or train on nothing."""
         if self.strict:
             raise UserError(f"{where}: assistant message has no logprobs (strict: every assistant message needs them)")
@@ -819,8 +819,7 @@ class ColumnarReader:
             if p["given_lengths"][m] >= 0:
                 given = p["given_values"][p["given_offsets"][m]:p["given_offsets"][m + 1]].tolist()
             if p["item_lengths"][m] < 0:
-                out.append(converter.without_logprobs(content, given, field))
-                continue
+                converter.without_logprobs(field)
             a, b = int(item_offsets[m]), int(item_offsets[m + 1])
             lo, hi = int(alt_offsets[a]), int(alt_offsets[b])
             out.append(converter.with_logprobs(
