@@ -48,6 +48,14 @@ def _inspect_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_teacher_main(args: argparse.Namespace) -> int:
+    from memdistill.models import export_teacher
+
+    folder = export_teacher(args.dir)
+    print(folder)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from stages import convert, generate, snapshots, stats
 
@@ -67,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="show one record token by token", description="Show one record of a JSONL or parquet dataset.")
     _inspect_arguments(inspect)
     inspect.set_defaults(handler=_inspect_main)
+    export = commands.add_parser(
+        "export-teacher", help="write the embedded SmolLM2 as a Hugging Face model folder (serve it with vLLM)",
+        description="Write the embedded teacher as a Hugging Face model folder: float32 safetensors with tied embeddings "
+        "stored under model.embed_tokens.weight, config, generation config, tokenizer and chat template.",
+    )
+    export.add_argument("dir", type=Path, help="folder to write (created if missing)")
+    export.set_defaults(handler=_export_teacher_main)
     return parser
 
 

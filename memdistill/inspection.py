@@ -68,11 +68,7 @@ def _parquet_record(path: Path, sample: int) -> dict[str, Any]:
             for batch in parquet.iter_batches(batch_size=64, row_groups=[group]):
                 if offset < batch.num_rows:
                     record = batch.slice(offset, 1).to_pylist()[0]
-                    if isinstance(record.get("metadata"), str):
-                        try:
-                            record["metadata"] = json.loads(record["metadata"])
-                        except json.JSONDecodeError:
-                            pass  # shown as the text it is
+                    record["metadata"] = readable_metadata(record.get("metadata"))
                     return record
                 offset -= batch.num_rows
         seen += rows
@@ -95,6 +91,22 @@ def _jsonl_record(path: Path, sample: int) -> dict[str, Any]:
                     raise UserError(f"{path}:{lineno}: expected an object with a 'messages' list")
                 return record
     raise UserError(f"{path}: --sample {sample} is out of range (the file has {number + 1} records)")
+
+
+def readable_metadata(stored: Any) -> Any:
+    """A parquet row's metadata as one object: convert's struct (typed fields plus the record's whole
+    metadata in `json`), or the JSON text older files hold; anything else as it is."""
+    text = stored.get("json") if isinstance(stored, dict) else stored
+    if not isinstance(text, str):
+        return stored
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        return stored  # shown as the text it is
+    if isinstance(stored, dict) and isinstance(parsed, dict):
+        typed = {key: value for key, value in stored.items() if key != "json" and value is not None}
+        return {**parsed, "convert": {**(parsed.get("convert") or {}), **typed}}
+    return parsed
 
 
 def recorded_teacher(record: dict[str, Any]) -> str | None:

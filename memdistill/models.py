@@ -122,6 +122,11 @@ def _materialize(kind: str) -> Path:
     return target
 
 
+def embedded_model_dir_if_present() -> Path:
+    """The materialised model folder (it may not exist yet; nothing is built here)."""
+    return cache_root() / "models" / EMBEDDED_MODEL / "model"
+
+
 def embedded_tokenizer_dir() -> Path:
     """A folder holding the embedded teacher's tokenizer files (tokenizer.json and friends)."""
     return _materialize("tokenizer")
@@ -160,3 +165,43 @@ def load_embedded_model() -> Any:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     model.eval()
     return model
+
+
+EMBEDDING_KEY = "model.embed_tokens.weight"
+LM_HEAD_KEY = "lm_head.weight"
+
+
+def tied_state_dict(state: dict[str, Any], tied: bool) -> dict[str, Any]:
+    """Tensors to save so any loader finds the input embedding: with tied embeddings only
+    `model.embed_tokens.weight` (what vLLM reads, and ties lm_head to), otherwise both; contiguous copies
+    (safetensors refuses shared storage). A copy keyed only `lm_head.weight` loads with no embedding."""
+    out = {name: tensor.detach().contiguous().clone() for name, tensor in state.items()}
+    if EMBEDDING_KEY not in out and LM_HEAD_KEY in out:
+        out[EMBEDDING_KEY] = out[LM_HEAD_KEY].clone()
+    if tied:
+        out.pop(LM_HEAD_KEY, None)
+    elif LM_HEAD_KEY not in out and EMBEDDING_KEY in out:
+        out[LM_HEAD_KEY] = out[EMBEDDING_KEY].clone()
+    return out
+
+
+def export_teacher(target: Path) -> Path:
+    """Write the embedded teacher as a Hugging Face model folder any engine loads (vLLM, transformers):
+    float32 weights with the embedding under its own name, config, generation config and tokenizer."""
+    from safetensors.torch import save_file
+
+    model = load_embedded_model()
+    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    tied = embedding.data_ptr() == head.data_ptr() or bool(getattr(model.config, "tie_word_embeddings", False))
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(tied_state_dict(model.state_dict(), tied), str(target / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    config.tie_word_embeddings = tied
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.save_pretrained(target)
+    model.generation_config.save_pretrained(target)
+    for item in embedded_tokenizer_dir().iterdir():
+        if item.is_file() and not item.name.startswith("."):
+            shutil.copy2(item, target / item.name)
+    return target

@@ -10,6 +10,8 @@ tokens. Two sources, each for what only it knows:
 
 from __future__ import annotations
 
+import collections
+
 import json
 import logging
 from collections.abc import Sequence
@@ -40,7 +42,7 @@ METADATA_TYPE = pl.Struct(
         "memory_size_chars": pl.Int64,
         "memory_size_entries": pl.Int64,
         "memory_coverage": pl.Float64,
-        "teacher": pl.Struct({"model": pl.String, "top_logprobs": pl.Int64}),
+        "teacher": pl.Struct({"model": pl.String, "top_logprobs": pl.Int64, "logprobs": pl.String}),
     }
 )
 _TOP_TYPE = pl.Struct({"logprob": pl.Float64})
@@ -180,8 +182,16 @@ def scan_parquet(path: Path) -> pl.LazyFrame:
         raise UserError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
     if "messages" not in schema:
         raise UserError(f"{path}: no 'messages' column; expected a cartridges parquet")
-    if schema.get("metadata") == pl.String:
+    stored = schema.get("metadata")
+    if stored == pl.String:
         metadata = pl.col("metadata").str.json_decode(METADATA_TYPE)
+    elif isinstance(stored, pl.Struct) and {"json", "finish_reason"} <= {f.name for f in stored.fields}:
+        # convert's struct: the whole record metadata is its `json` field; `finish_reason` is the effective one.
+        decoded = pl.col("metadata").struct.field("json").str.json_decode(METADATA_TYPE)
+        metadata = pl.struct(
+            [pl.col("metadata").struct.field("finish_reason") if name == "finish_reason" else decoded.struct.field(name)
+             for name in METADATA_TYPE.to_schema()]
+        )
     elif "metadata" in schema:
         # A struct written by another tool may have other fields; going through JSON picks ours.
         metadata = pl.col("metadata").struct.json_encode().str.json_decode(METADATA_TYPE)
@@ -279,10 +289,14 @@ def _sample_columns(frame: pl.DataFrame | pl.LazyFrame) -> Any:
     )
 
 
-def jsonl_figures(path: Path, thresholds: Sequence[float] = DEFAULT_MASS_THRESHOLDS) -> JsonlFigures:
-    """What the intermediate JSONL holds: per-sample figures and the mass curve over `thresholds`."""
+def jsonl_figures(path: Path, thresholds: Sequence[float] = DEFAULT_MASS_THRESHOLDS, exclude: Sequence[int] = ()) -> JsonlFigures:
+    """What the intermediate JSONL holds: per-sample figures and the mass curve over `thresholds`, leaving
+    out the records numbered in `exclude` (those convert rejected)."""
     thresholds = _check_thresholds(thresholds, "thresholds")
-    records = _collect(jsonl_records(scan_jsonl(path), thresholds), path, "the intermediate JSONL").sort("row")
+    frame = scan_jsonl(path)
+    if exclude:
+        frame = frame.filter(~pl.col("row").is_in(pl.Series(list(exclude), dtype=pl.UInt32).implode()))
+    records = _collect(jsonl_records(frame, thresholds), path, "the intermediate JSONL").sort("row")
     totals = records.select(pl.exclude("row", "metadata", "k").sum(), pl.col("k").max()).row(0, named=True)
     return JsonlFigures(
         samples=_sample_columns(records),
@@ -512,6 +526,26 @@ def memory_coverage_figures(coverage: pl.Series) -> dict[str, Any]:
     }
 
 
+def read_rejects(parquet: Path) -> list[dict[str, Any]]:
+    """The samples convert left out of `parquet` (its `<parquet>.rejects.jsonl`; none when absent)."""
+    from memdistill.conversion import rejects_path
+
+    path = rejects_path(parquet)
+    if not path.is_file():
+        return []
+    return [record for _, record in fileio.read_jsonl(path)]
+
+
+def check_one_logprobs_mode(jsonl: Path) -> None:
+    """Refuse a dataset whose records mix raw and tempered logprobs (metadata.teacher.logprobs)."""
+    modes = _collect(
+        scan_jsonl(jsonl).select(pl.col("metadata").struct.field("teacher").struct.field("logprobs").alias("mode")).drop_nulls().unique(),
+        jsonl, "the intermediate JSONL",
+    )["mode"].sort().to_list()
+    if len(modes) > 1:
+        raise UserError(f"{jsonl}: records mix logprob contracts ({', '.join(modes)} in metadata.teacher.logprobs); generate it again with one generate.logprobs")
+
+
 def compute_stats(
     jsonl: Path,
     parquet: Path,
@@ -524,8 +558,14 @@ def compute_stats(
     there and current, else by reading the JSONL and the parquet themselves (same figures either way)."""
     (min_prob_mass,) = _check_thresholds([min_prob_mass], "min_prob_mass")
     thresholds = _check_thresholds([*thresholds, min_prob_mass], "mass_thresholds")
+    rejects = read_rejects(parquet)
     counted = figures_from_convert(figures, jsonl, parquet, thresholds)
-    from_jsonl, from_parquet = counted or (jsonl_figures(jsonl, thresholds), parquet_figures(parquet))
+    if counted is None:
+        # convert refused a file mixing logprob contracts; reading the JSONL itself, stats checks it too.
+        check_one_logprobs_mode(jsonl)
+        skipped = [r["record"] for r in rejects if type(r.get("record")) is int]
+        counted = jsonl_figures(jsonl, thresholds, skipped), parquet_figures(parquet)
+    from_jsonl, from_parquet = counted
     if from_jsonl.samples.height != from_parquet.samples.height:
         raise UserError(
             f"{parquet}: {from_parquet.samples.height} records but {jsonl} has {from_jsonl.samples.height}; "
@@ -563,6 +603,8 @@ def compute_stats(
         "mean_kept_per_token": _ratio(from_parquet.kept_entries, total_tokens),
         "mean_mass_kept": _round(from_parquet.mean_mass_kept),
         "share_rows_below_min_mass": _round(at_min_mass["share_rows_below"], 6),
+        "rejected_samples": len(rejects),
+        "rejected_by_reason": dict(sorted(collections.Counter(str(r.get("kind")) for r in rejects).items())),
         "unmapped_tokens": unmapped,
         "unmapped_rate": _ratio(unmapped, total_tokens + from_parquet.kept_entries, 6),
         "finish_reasons": {str(reason): int(count) for reason, count in finish.iter_rows()},

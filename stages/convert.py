@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, type=Path, help="where to write the cartridges parquet")
     parser.add_argument("--model", help="tokenizer: hub id, local folder, or smollm2-135m-instruct (default: the teacher recorded in the dataset)")
     parser.add_argument("--min-prob-mass", type=float, help="keep per token the fewest top-k entries reaching this mass (default 0.99)")
-    parser.add_argument("--strict", action="store_true", default=None, help="fail on assistant messages without logprobs instead of counting them")
+    parser.add_argument("--strict", action="store_true", default=None, help="fail on a sample that would be rejected (no logprobs, chosen id not exact) instead of listing it in OUTPUT.rejects.jsonl")
     parser.add_argument("--max-unmapped-rate", type=float, help="fail when more than this share of token ids cannot be recovered (default 0.01)")
     parser.add_argument("--figures", type=Path, help="where to write the figures stats reads (default: OUTPUT's stem + .figures.json)")
     parser.add_argument("--params", type=Path, help="params.yaml to read the 'convert' section (and stats.mass_thresholds) from")

@@ -21,6 +21,7 @@ from memdistill.logprobs import flatten_by_mass
 from memdistill.stats import compute_stats
 from stages.convert import ConvertConfig
 from stages.convert import run as convert_run
+from tests import test_stats
 from tests.test_stats import MIN_PROB_MASS, write_dataset
 
 THRESHOLDS = (0.3, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
@@ -70,8 +71,13 @@ def test_collector_counts_written_rows_and_forgets_rejected_ones() -> None:
 
 
 @pytest.fixture
-def converted(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """The hand-made dataset of test_stats, converted by the convert stage at 0.9 (figures beside it)."""
+def converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path]:
+    """The hand-made dataset of test_stats, converted by the convert stage at 0.9 (figures beside it).
+
+    Its token F has an alternative without an id, which convert drops (the figures count what convert
+    keeps) while the JSONL pass counts every recorded entry: here that alternative gets an id, so both
+    ways must give the same figures."""
+    monkeypatch.setitem(test_stats.TOKENS, "F", [(151, 0.72), (152, 0.21), (153, 0.03), (154, 0.015)])
     jsonl, _ = write_dataset(tmp_path)
     parquet = tmp_path / "converted.parquet"
     convert_run(ConvertConfig(model="smollm2-135m-instruct", min_prob_mass=MIN_PROB_MASS, max_unmapped_rate=1.0), jsonl, parquet)
@@ -135,8 +141,9 @@ def test_cli_counts_at_stats_thresholds_and_min_prob_mass(tmp_path: Path) -> Non
     assert code == 0
     figures = read_figures(tmp_path / "f.json")
     assert figures.thresholds == [0.5, 0.9, 0.99]
-    # The hand-made curve (test_stats) at .5, .9 and .99: 7, 14 and 21 of the 24 recorded entries.
-    assert figures.kept_at == [7, 14, 21] and figures.recorded_entries == 24
+    # The hand-made curve (test_stats) at .5, .9 and .99 is 7, 14 and 21 of the 24 recorded entries; convert
+    # drops token F's alternative without an id (.21), so F keeps .72+.03+.015 (3) at .9 and 3 at .99.
+    assert figures.kept_at == [7, 15, 20] and figures.recorded_entries == 23
     assert json.loads((tmp_path / "f.json").read_text())["format"] == "memdistill.convert_figures/1"
 
 

@@ -78,3 +78,11 @@ def test_top_p_masked_tokens_are_left_out_not_minus_infinity(greedy_teacher: Loc
 def test_rejects_other_models() -> None:
     with pytest.raises(UserError, match="local backend"):
         LocalTeacher("gpt-4o", SamplingParams())
+
+
+def test_raw_logprobs_are_those_of_the_model_before_temperature(greedy_teacher: LocalTeacher) -> None:
+    """generate.logprobs: raw records log softmax(logits) while sampling at T; tempered divides by T first."""
+    raw = LocalTeacher("smollm2-135m-instruct", SamplingParams(max_tokens=4, temperature=0.7, top_logprobs=TOP_K, seed=3, logprobs="raw"), 2)
+    raw._tokenizer, raw._model = greedy_teacher._tokenizer, greedy_teacher._model
+    assert raw.describe()["logprobs"] == "raw"
+    check_against_reference(raw, 1.0)

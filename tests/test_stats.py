@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memdistill import cli
-from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop
+from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop, RowMetadata
 from memdistill.errors import UserError
 from memdistill.logprobs import keep_counts
 from memdistill.stats import (
@@ -107,7 +107,9 @@ def parquet_row(names: str, metadata: dict) -> OutRow:
         OutMessage("user", f"Problem {metadata['sample_idx']}", np.array([3], np.int64)),
         OutMessage("assistant", "text", ids, top),
     ]
-    return OutRow(messages, "You are a tutor.", json.dumps({**metadata, "teacher": TEACHER}), "memory_distillation")
+    full = {**metadata, "teacher": TEACHER}
+    stored = RowMetadata(full["sample_idx"], full.get("finish_reason"), None, False, json.dumps(full))
+    return OutRow(messages, "You are a tutor.", stored, "memory_distillation")
 
 
 def write_dataset(folder: Path, rows_per_group: int = 2) -> tuple[Path, Path]:
@@ -152,6 +154,8 @@ def test_every_metric_on_the_hand_made_dataset(dataset: tuple[Path, Path], gener
         "mean_mass_kept": 0.94,
         "share_rows_below_min_mass": 0.0,
         # one -1 among 6 chosen ids + 14 kept ids
+        "rejected_samples": 0,
+        "rejected_by_reason": {},
         "unmapped_tokens": 1,
         "unmapped_rate": 0.05,
         "finish_reasons": {"length": 1, "stop": 2},
@@ -395,6 +399,8 @@ def test_stats_over_a_real_convert_output(tmp_path: Path) -> None:
 
     Records 0 and 2 stopped without an end-of-turn token, so convert appends one at logprob 0 (one kept
     entry each): 8 tokens and 14 + 2 entries; the JSONL's curve is shifted by those 2 at every threshold.
+    Token F's unrecoverable alternative (-1, p 0.21) leaves its row: the rest (0.765) never reaches 0.9, so
+    all three remaining are kept (one more than the JSONL's rule) and the parquet holds no -1 at all.
     """
     from memdistill.conversion import convert_file
 
@@ -403,11 +409,11 @@ def test_stats_over_a_real_convert_output(tmp_path: Path) -> None:
     convert_file(jsonl, parquet, "smollm2-135m-instruct", MIN_PROB_MASS, max_unmapped_rate=1.0)
     result = compute_stats(jsonl, parquet, MIN_PROB_MASS)
     assert result.metrics["assistant_tokens"]["total"] == 8
-    assert result.metrics["kept_entries"] == 16
-    assert result.metrics["unmapped_tokens"] == 1
+    assert result.metrics["kept_entries"] == 17
+    assert result.metrics["unmapped_tokens"] == 0
     curve = result.plots["mass_curve"]
-    assert curve["kept_entries"].to_list() == [9, 10, 11, 14, 16, 18, 21, 23, 25, 26]
-    assert curve["mean_kept_per_token"].to_list()[4] == 2.0
+    assert curve["kept_entries"].to_list() == [10, 11, 12, 15, 17, 19, 22, 24, 26, 27]
+    assert curve["mean_kept_per_token"].to_list()[4] == 2.125
     assert curve["projected_parquet_bytes"].to_list()[4] == parquet.stat().st_size
 
 
@@ -428,7 +434,8 @@ def test_parquet_with_struct_metadata(tmp_path: Path, dataset: tuple[Path, Path]
 
     jsonl, parquet = dataset
     table = pq.read_table(parquet)
-    structs = pa.array([{**json.loads(text), "extra": [1, 2]} for text in table["metadata"].to_pylist()])
+    # A struct written by another tool (no `json` field): its own fields are read.
+    structs = pa.array([{**json.loads(stored["json"]), "extra": [1, 2]} for stored in table["metadata"].to_pylist()])
     pq.write_table(table.set_column(2, "metadata", structs), parquet)
     metrics = compute_stats(jsonl, parquet, MIN_PROB_MASS).metrics
     assert metrics["failed_reference_samples"] == 1 and metrics["finish_reasons"] == {"length": 1, "stop": 2}
@@ -439,3 +446,29 @@ def test_a_min_prob_mass_other_than_converts_is_warned_about(dataset: tuple[Path
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     compute_stats(*dataset, 0.99)
     assert "holds 14 kept entries but min_prob_mass 0.99 would keep 21" in caplog.text
+
+
+def test_rejected_samples_are_counted_and_left_out_of_the_comparison(tmp_path: Path, dataset: tuple[Path, Path]) -> None:
+    jsonl, parquet = dataset
+    before = compute_stats(jsonl, parquet, MIN_PROB_MASS).metrics
+    assert before["rejected_samples"] == 0 and before["rejected_by_reason"] == {}
+    # One more JSONL record that convert rejected: the parquet does not hold it, the rejects file names it.
+    lines = jsonl.read_text().splitlines()
+    jsonl.write_text("\n".join(lines + [lines[0]]) + "\n")
+    with pytest.raises(UserError, match="stale"):
+        compute_stats(jsonl, parquet, MIN_PROB_MASS)
+    reject = {"record": len(lines), "where": f"{jsonl}:{len(lines) + 1}", "sample_idx": 0, "kind": "chosen_not_recovered", "reason": "x"}
+    parquet.with_name(parquet.name + ".rejects.jsonl").write_text(json.dumps(reject) + "\n")
+    after = compute_stats(jsonl, parquet, MIN_PROB_MASS).metrics
+    assert after["rejected_samples"] == 1 and after["rejected_by_reason"] == {"chosen_not_recovered": 1}
+    assert after["samples"] == before["samples"] and after["recorded_entries"] == before["recorded_entries"]
+
+
+def test_a_jsonl_mixing_raw_and_tempered_logprobs_is_refused(dataset: tuple[Path, Path]) -> None:
+    jsonl, parquet = dataset
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    for record, mode in zip(records, ["tempered", "raw", "tempered"]):
+        record["metadata"]["teacher"] = {**record["metadata"].get("teacher", {}), "logprobs": mode}
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(UserError, match=r"records mix logprob contracts \(raw, tempered"):
+        compute_stats(jsonl, parquet, MIN_PROB_MASS)

@@ -78,13 +78,15 @@ class LocalTeacher:
                 pad_token_id=pad_id,
                 eos_token_id=sorted(eos_ids),
                 output_scores=True,
+                output_logits=sampling.logprobs == "raw",
                 return_dict_in_generate=True,
                 streamer=StepCounter(self.on_tokens, eos_ids) if self.on_tokens else None,
             )
         # scores[t] are the processed logits the sampler drew step t from (after temperature and top_p), so
-        # their log-softmax is exactly the distribution each token was sampled from: [batch, steps, vocab].
-        scores = torch.stack(output.scores, dim=1).float()
-        logprobs = torch.log_softmax(scores, dim=-1)
+        # their log-softmax is exactly the distribution each token was sampled from (tempered); logits[t] are
+        # the model's own, before any of that (raw). [batch, steps, vocab]; equal at temperature 0.
+        steps = output.logits if sampling.logprobs == "raw" else output.scores
+        logprobs = torch.log_softmax(torch.stack(steps, dim=1).float(), dim=-1)
         k = max(1, sampling.top_logprobs)
         top_values, top_indices = torch.topk(logprobs, k=k, dim=-1)
         generated = output.sequences[:, width:]
