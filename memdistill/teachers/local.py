@@ -113,7 +113,7 @@ class LocalTeacher:
         """The cache of `ids` (one prompt), computing only the tokens past what `base` already holds."""
         import torch
 
-        from memdistill.teachers.prefix_cache import PrefixCache
+        from memdistill.teachers.prefix_cache import PrefixCache, cache_argument
 
         start = base.length if base is not None else 0
         if base is not None and start == len(ids):
@@ -125,7 +125,8 @@ class LocalTeacher:
 
             cache = DynamicCache(config=self._model.config)
         with torch.inference_mode():
-            self._model.get_decoder()(input_ids=torch.tensor([ids[start:]]), cache=cache, use_cache=True)
+            decoder = self._model.get_decoder()
+            decoder(input_ids=torch.tensor([ids[start:]]), use_cache=True, **{cache_argument(decoder): cache})
         return PrefixCache.from_dynamic_cache(cache)
 
     def _left_padded(self, prompts: list[list[int]], width: int) -> tuple[Any, Any]:
@@ -146,14 +147,17 @@ class LocalTeacher:
     def _generate(self, input_ids: Any, attention: Any, cache: Any) -> Any:
         import torch
 
+        from memdistill.teachers.prefix_cache import cache_argument
+
         sampling = self.sampling
         do_sample = sampling.temperature > 0
         torch.manual_seed(sampling.seed)
+        passed = {cache_argument(self._model): cache} if cache is not None else {}
         with torch.inference_mode():
             return self._model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
-                cache=cache,
+                **passed,
                 max_new_tokens=sampling.max_tokens,
                 do_sample=do_sample,
                 temperature=sampling.temperature if do_sample else None,

@@ -7,6 +7,7 @@ right-aligned (left padding, as batched generation expects), and hands them to `
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -78,3 +79,8 @@ class BatchCache:
                 yield self.layers.pop(0)
 
         return DynamicCache(ddp_cache_data=drain(), config=self.config)
+
+
+def cache_argument(model: Any) -> str:
+    """The keyword `model.forward` takes its cache by: transformers 5 renamed `past_key_values` to `cache`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
