@@ -4,7 +4,8 @@ The prompts come from the bundled example through the snapshots stage itself (`m
 --strategy S --max-prompt-tokens 8000`, which keeps the whole memory of ep_000200): for `full_memory` every
 prompt is system prompt + whole memory + its own observation; for `exclude_current` prompt i shares the
 memory up to sample i's own entries. `--prompts N` takes N samples spread evenly over the snapshot (all by
-default: a full run of the bare side costs minutes of CPU per prompt at ~7k tokens).
+default: a full run of the bare side costs about a CPU-minute per prompt at ~7k tokens); `--entries N`
+keeps only the snapshot's first N entries (a shorter memory, as earlier in the episode).
 
 Bare: the same prompts in the order the old teacher ran them (sorted by length), `batch_size` at a time,
 left-padded, one greedy `model.generate` per batch asking for the sequences only. Prefix reuse:
@@ -39,9 +40,17 @@ from memdistill.teachers.prefix_plan import plan_prefix_reuse, prefill_tokens  #
 TARGETS = {"full_memory": 5.0, "exclude_current": 1.7}
 
 
-def snapshot_requests(checkpoint: Path, snapshot: str, strategy: str, max_prompt_tokens: int, count: int | None) -> list[TeacherRequest]:
+def snapshot_requests(
+    checkpoint: Path, snapshot: str, strategy: str, max_prompt_tokens: int, count: int | None, entries: int | None
+) -> list[TeacherRequest]:
     with tempfile.TemporaryDirectory() as folder:
         output = Path(folder) / "prompts.jsonl"
+        if entries is not None:  # the snapshot's first entries, as the agent's memory was earlier in the episode
+            source = sorted(checkpoint.glob("memory_*.jsonl"))[-1] if snapshot == "latest" else checkpoint / snapshot
+            checkpoint, snapshot = Path(folder) / "checkpoint", source.name
+            checkpoint.mkdir()
+            lines = source.read_text(encoding="utf-8").splitlines(keepends=True)[:entries]
+            (checkpoint / snapshot).write_text("".join(lines), encoding="utf-8")
         subprocess.run(
             [sys.executable, "-m", "memdistill.cli", "snapshots", "--checkpoint-dir", str(checkpoint), "--snapshot", snapshot,
              "--strategy", strategy, "--max-prompt-tokens", str(max_prompt_tokens), "--output", str(output),
@@ -87,6 +96,7 @@ def main() -> None:
     parser.add_argument("--strategy", choices=sorted(TARGETS), default="full_memory")
     parser.add_argument("--checkpoint-dir", type=Path, default=REPO_ROOT / "data" / "checkpoints" / "ep_000200")
     parser.add_argument("--snapshot", default="latest")
+    parser.add_argument("--entries", type=int, default=None, help="keep only the snapshot's first N entries (default all)")
     parser.add_argument("--max-prompt-tokens", type=int, default=8000)
     parser.add_argument("--prompts", type=int, default=None, help="samples spread evenly over the snapshot (default all)")
     parser.add_argument("--max-tokens", type=int, default=16)
@@ -97,7 +107,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    requests = snapshot_requests(args.checkpoint_dir, args.snapshot, args.strategy, args.max_prompt_tokens, args.prompts)
+    requests = snapshot_requests(args.checkpoint_dir, args.snapshot, args.strategy, args.max_prompt_tokens, args.prompts, args.entries)
     teacher = LocalTeacher(EMBEDDED_MODEL, SamplingParams(max_tokens=args.max_tokens, top_logprobs=20), args.batch_size)
     teacher._load()
     prompts = teacher._encode(requests)
@@ -110,7 +120,7 @@ def main() -> None:
     r_wall, r_cpu, completions = reuse_generate(teacher, requests)
     same = sum(bare_ids[c.sample_idx] == c.token_ids for c in completions)
 
-    print(f"strategy={args.strategy} snapshot={args.snapshot} prompts={len(requests)} max_prompt_tokens={args.max_prompt_tokens} "
+    print(f"strategy={args.strategy} snapshot={args.snapshot} entries={args.entries or 'all'} prompts={len(requests)} max_prompt_tokens={args.max_prompt_tokens} "
           f"max_tokens={args.max_tokens} batch_size={args.batch_size} threads={args.threads}")
     print(f"prompt tokens          : {prompt_tokens} ({min(map(len, prompts))}-{max(map(len, prompts))} per prompt); "
           f"computed with reuse: {computed} ({prompt_tokens / computed:.2f}x fewer)")
