@@ -83,4 +83,4 @@ class BatchCache:
 
 def cache_argument(model: Any) -> str:
     """The keyword `model.forward` takes its cache by: transformers 5 renamed `past_key_values` to `cache`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
