@@ -27,6 +27,7 @@ from memdistill import fileio
 from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID, flatten_by_mass
+from memdistill.shards import LineSpan
 from memdistill.token_ids import TextTokenizer, TokenIdResolver, load_text_tokenizer
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,23 @@ def _parse_line(line: bytes, where: str) -> Any:
         raise UserError(f"{where}: not valid JSON ({detail})") from None
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+def _numbered_lines(handle: Any, span: LineSpan | None) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of an open binary file, or of one span of it (a shard of a sharded convert)."""
+    if span is None:
+        yield from enumerate(handle, start=1)
+        return
+    handle.seek(span.start)
+    remaining = span.end - span.start
+    for lineno, line in enumerate(handle, start=span.first_line):
+        if remaining <= 0:
+            return
+        remaining -= len(line)
+        yield lineno, line
+
+
+def iter_jsonl(path: Path, span: LineSpan | None = None) -> Iterator[tuple[str, Any]]:
     with open(path, "rb") as handle:
-        for lineno, line in enumerate(handle, start=1):
+        for lineno, line in _numbered_lines(handle, span):
             if line.strip():
                 where = f"{path}:{lineno}"
                 yield where, _parse_line(line, where)
@@ -111,11 +126,11 @@ def iter_parquet(path: Path, batch_rows: int = 64) -> Iterator[tuple[str, Any]]:
             number += 1
 
 
-def iter_records(path: Path) -> Iterator[tuple[str, Any]]:
+def iter_records(path: Path, span: LineSpan | None = None) -> Iterator[tuple[str, Any]]:
     """(where, record) for every row of the intermediate dataset; `where` names file and line for errors."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    return iter_parquet(path) if fileio.is_parquet(path) else iter_jsonl(path)
+    return iter_parquet(path) if fileio.is_parquet(path) else iter_jsonl(path, span)
 
 
 def recorded_teacher_model(path: Path) -> str | None:
@@ -644,13 +659,13 @@ class ColumnarReader:
         return rows
 
 
-def _jsonl_blocks(path: Path, block_bytes: int) -> Iterator[tuple[list[bytes], list[str]]]:
-    """Non-blank lines of a JSONL file in blocks of about `block_bytes`, with their file:line names."""
+def _jsonl_blocks(path: Path, block_bytes: int, span: LineSpan | None = None) -> Iterator[tuple[list[bytes], list[str]]]:
+    """Non-blank lines of a JSONL file (or of one span of it) in blocks of about `block_bytes`, with their file:line names."""
     lines: list[bytes] = []
     wheres: list[str] = []
     size = 0
     with open(path, "rb") as handle:
-        for lineno, line in enumerate(handle, start=1):
+        for lineno, line in _numbered_lines(handle, span):
             if not line.strip():
                 continue
             lines.append(line.strip(b" \t\r\n"))  # JSON whitespace only
@@ -663,13 +678,13 @@ def _jsonl_blocks(path: Path, block_bytes: int) -> Iterator[tuple[list[bytes], l
         yield lines, wheres
 
 
-def iter_converted(path: Path, converter: RowConverter, columnar: bool = True) -> Iterator[OutRow]:
+def iter_converted(path: Path, converter: RowConverter, columnar: bool = True, span: LineSpan | None = None) -> Iterator[OutRow]:
     """Converted rows in file order: JSONL through the columnar reader block by block (falling back to the
     per-row reader for a block it cannot take exactly), parquet and fallbacks row by row."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     if fileio.is_parquet(path) or not columnar:
-        for where, raw in iter_records(path):
+        for where, raw in iter_records(path, span):
             yield converter.row(raw, where)
         return
     import pyarrow as pa
@@ -680,7 +695,7 @@ def iter_converted(path: Path, converter: RowConverter, columnar: bool = True) -
     previous_pool = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
-        for lines, wheres in _jsonl_blocks(path, BLOCK_BYTES):
+        for lines, wheres in _jsonl_blocks(path, BLOCK_BYTES, span):
             try:
                 rows = reader.convert_block(lines, wheres)
             except _Fallback as why:
@@ -700,7 +715,9 @@ def convert_file(
     max_unmapped_rate: float = 0.01,
     rows_per_group: int = 64,
     append_eot: bool = True,
+    span: LineSpan | None = None,
 ) -> ConvertSummary:
+    """Convert one intermediate file (or the span of it given, for one shard) into one cartridges parquet."""
     if not 0.0 < min_prob_mass <= 1.0:
         raise UserError(f"min_prob_mass: must be in (0, 1], got {min_prob_mass}")
     if not input_path.is_file():
@@ -718,7 +735,7 @@ def convert_file(
     with fileio.atomic_path(output) as tmp:
         writer = CartridgesWriter(tmp, rows_per_group=rows_per_group)
         try:
-            for row in tqdm(iter_converted(input_path, converter, COLUMNAR), desc="convert", unit="row", dynamic_ncols=True, mininterval=1.0):
+            for row in tqdm(iter_converted(input_path, converter, COLUMNAR, span), desc="convert", unit="row", dynamic_ncols=True, mininterval=1.0):
                 writer.write(row)
                 summary.rows += 1
             if summary.rows == 0:

@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from memdistill import fileio
+from memdistill import fileio, shards
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID
 
@@ -135,7 +135,8 @@ def _collect(query: pl.LazyFrame | list[pl.LazyFrame], path: Path, what: str) ->
         return query.collect(engine="streaming")
     except (pl.exceptions.PolarsError, OSError) as exc:
         if path.suffix != ".parquet":
-            _locate_bad_line(path)
+            for part in shards.part_files(path):
+                _locate_bad_line(part)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: cannot read it as {what}: {first}") from None
 
@@ -153,22 +154,21 @@ def _locate_bad_line(path: Path) -> None:
                 raise UserError(f'{path}:{lineno}: messages[{number}].logprobs must be an object {{"content": [...]}} or null')
 
 
-def _require(path: Path) -> None:
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+def _require(path: Path) -> list[str]:
+    """The file, or the parts of a shard directory, as polars takes them."""
+    return [str(part) for part in shards.part_files(path)]
 
 
 def scan_jsonl(path: Path) -> pl.LazyFrame:
     """The intermediate JSONL as a lazy frame with row numbers, parsing only the fields stats needs."""
-    _require(path)
-    return pl.scan_ndjson(path, schema=JSONL_SCHEMA, ignore_errors=False).with_row_index("row")
+    return pl.scan_ndjson(_require(path), schema=JSONL_SCHEMA, ignore_errors=False).with_row_index("row")
 
 
 def scan_parquet(path: Path) -> pl.LazyFrame:
     """The cartridges parquet with row numbers and `metadata` as a struct (it is stored as JSON text)."""
-    _require(path)
+    files = _require(path)
     try:
-        frame = pl.scan_parquet(path)
+        frame = pl.scan_parquet(files)
         schema = frame.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise UserError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
@@ -283,21 +283,22 @@ def jsonl_figures(path: Path, thresholds: Sequence[float] = DEFAULT_MASS_THRESHO
         recorded_entries=int(totals["recorded"] or 0),
         top_k=int(totals["k"] or 0),
         mass_curve=_curve_frame(totals, thresholds),
-        file_bytes=path.stat().st_size,
+        file_bytes=shards.total_bytes(path),
     )
 
 
 def parquet_entry_bytes(path: Path) -> int:
     """Compressed bytes of the kept-entry columns (token_idx, token_id, logprobs), from the footer alone."""
-    metadata = pq.ParquetFile(path).metadata
     wanted = {f"{ENTRY_COLUMN_PREFIX}{name}.list.element" for name in ENTRY_COLUMNS}
     total = 0
-    for group in range(metadata.num_row_groups):
-        row_group = metadata.row_group(group)
-        for column in range(row_group.num_columns):
-            chunk = row_group.column(column)
-            if chunk.path_in_schema in wanted:
-                total += chunk.total_compressed_size
+    for part in shards.part_files(path):
+        metadata = pq.ParquetFile(part).metadata
+        for group in range(metadata.num_row_groups):
+            row_group = metadata.row_group(group)
+            for column in range(row_group.num_columns):
+                chunk = row_group.column(column)
+                if chunk.path_in_schema in wanted:
+                    total += chunk.total_compressed_size
     return total
 
 
@@ -347,7 +348,7 @@ def parquet_figures(path: Path) -> ParquetFigures:
         unmapped_kept=int(unmapped.item() or 0),
         mean_mass_kept=float(row["mass"] or 0.0),
         kept_histogram=histogram,
-        file_bytes=path.stat().st_size,
+        file_bytes=shards.total_bytes(path),
         entry_bytes=parquet_entry_bytes(path),
     )
 
