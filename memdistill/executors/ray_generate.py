@@ -6,7 +6,8 @@ the request keys, skips what the response store already holds, appends every com
 the moment it arrives (a killed job resumes without asking again), and writes the outputs. Only the
 driver touches the store and the outputs, so workers on other nodes need no shared path for them.
 
-An actor that dies mid-batch is restarted by Ray and the batch is run again; Ray Data hands each
+An actor that dies mid-batch is restarted by Ray and the batch is run again (Ray Data's actor pools
+default to unlimited restarts and task retries; the Ray test kills one to check); Ray Data hands each
 finished batch to the driver once, and the driver keys every response by its request, so nothing is
 recorded twice and nothing is lost.
 """
@@ -24,10 +25,6 @@ import orjson
 from memdistill.teachers.base import Completion, Failure, Teacher, TeacherRequest
 
 log = logging.getLogger(__name__)
-
-# Restart a dead actor and re-run its batch as often as it takes (a node lost, a process killed).
-ACTOR_FAULT_TOLERANCE = {"max_restarts": -1, "max_task_retries": -1}
-
 
 def encode_result(result: Completion | Failure) -> bytes:
     """One result as JSON bytes: Ray Data moves it as a plain binary column, whatever its nesting."""
@@ -94,20 +91,18 @@ class RayTeacherPool:
         from memdistill.executors.ray_runtime import ray_session
 
         with ray_session(self.ray_address, self.num_workers) as ray:
+            ray.data.DataContext.get_current().enable_progress_bars = False  # the driver's own bar counts
             items = [{"sample_idx": r.sample_idx, "messages": orjson.dumps(r.messages)} for r in requests]
             # Small blocks, so every actor gets work from the start instead of one block holding all.
             dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), self.num_workers * 4)))
-            resources: dict[str, float] = {"num_cpus": self.num_cpus_per_worker}
-            if self.num_gpus_per_worker:
-                resources["num_gpus"] = self.num_gpus_per_worker
             answered = dataset.map_batches(
                 TeacherActor,
                 fn_constructor_args=(self.make_teacher,),
                 batch_size=self.batch_size,
                 batch_format="numpy",
-                concurrency=self.num_workers,
-                **resources,
-                **ACTOR_FAULT_TOLERANCE,
+                compute=ray.data.ActorPoolStrategy(size=self.num_workers),
+                num_cpus=self.num_cpus_per_worker,
+                num_gpus=self.num_gpus_per_worker or None,
             )
             for batch in answered.iter_batches(batch_size=None, batch_format="numpy"):
                 for raw in batch["result"]:
