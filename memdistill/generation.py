@@ -133,13 +133,15 @@ def generate_dataset(
     use_cache: bool = True,
     max_failure_rate: float = 0.0,
     parts: int = 1,
+    output_format: str = "jsonl",
 ) -> GenerateSummary:
     """Ask `teacher` for every prompt not already answered, then write `output` in input order.
 
     With `use_cache`, any stored response to the same request is reused. Without it, only responses
     from an interrupted earlier attempt at this same run (same output, same requests) are reused, so
     `--no-cache` still resumes after a crash but never reuses answers from other runs. With `parts` > 1,
-    `output` is a shard directory of that many `part-NNNNN.jsonl` files holding the rows in the same order.
+    `output` is a shard directory of that many `part-NNNNN.jsonl` files holding the rows in the same order;
+    `output_format: parquet` writes the same records as parquet (`memdistill.intermediate_parquet`).
     """
     fileio.ensure_parent(output)
     described = teacher.describe()
@@ -175,8 +177,8 @@ def generate_dataset(
         # Failed within the allowed rate: left out, listed in the failures file.
         answered = [(row, completion) for row in prompts
                     if row.sample_idx not in failed and (completion := store.get(keys[row.sample_idx])) is not None]
-        lines = (fileio.dump_json_line(dataset_row(row, completion, described)) for row, completion in answered)
-        shards.write_jsonl_lines(output, lines, len(answered), parts)
+        records = (dataset_row(row, completion, described) for row, completion in answered)
+        shards.write_records(output, records, len(answered), parts, output_format)
         store.finish_run(run)
     finally:
         store.close()

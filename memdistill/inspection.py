@@ -216,7 +216,8 @@ def render_file_summary(path: Path) -> str:
     from memdistill import stats
 
     lines = [f"{path}  ({shards.total_bytes(path):,} bytes)"]
-    if _is_parquet(path):
+    cartridges = _is_parquet(path) and not stats.is_intermediate_parquet(path)
+    if cartridges:
         figures = stats.parquet_figures(path)
         samples, tokens = figures.samples, figures.assistant_tokens
         rows = [
@@ -242,7 +243,7 @@ def render_file_summary(path: Path) -> str:
     rows.append(("failed reference samples", int(samples["failed"].sum())))
     width = max(len(name) for name, _ in rows)
     lines += [f"{name:<{width}}  {value}" for name, value in rows]
-    if not _is_parquet(path):
+    if not cartridges:
         lines += ["", f"{'min_prob_mass':>13}  {'kept/token':>10}  {'rows below':>10}"]
         for r in figures.mass_curve.iter_rows(named=True):
             lines.append(f"{r['threshold']:>13}  {r['mean_kept_per_token']:>10.3f}  {r['share_rows_below']:>10.2%}")

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from memdistill import fileio
 from memdistill.errors import UserError
@@ -147,6 +148,30 @@ def part_sizes(count: int, parts: int) -> list[int]:
     """Rows per part when `count` rows in order are cut into `parts` contiguous parts of near-equal size."""
     parts = max(1, min(parts, count)) if count else 1
     return [count * (i + 1) // parts - count * i // parts for i in range(parts)]
+
+
+OUTPUT_FORMATS = ("jsonl", "parquet")
+
+
+def write_records(output: Path, records: Iterable[dict[str, Any]], count: int, parts: int, output_format: str = "jsonl") -> None:
+    """The intermediate dataset's `count` records in order, as JSONL or parquet, in one file or `parts` parts."""
+    if output_format == "jsonl":
+        write_jsonl_lines(output, (fileio.dump_json_line(record) for record in records), count, parts)
+        return
+    from memdistill.intermediate_parquet import write_intermediate_parquet
+
+    if parts <= 1:
+        replace_with_file(output)
+        with fileio.atomic_path(output) as tmp:
+            write_intermediate_parquet(tmp, records)
+        return
+    iterator = iter(records)
+    with atomic_directory(output) as folder:
+        for index, size in enumerate(part_sizes(count, parts)):
+            part = folder / part_name(index, ".parquet")
+            write_intermediate_parquet(part, itertools.islice(iterator, size))
+            with open(part, "rb") as handle:
+                os.fsync(handle.fileno())
 
 
 def write_jsonl_lines(output: Path, lines: Iterable[str], count: int, parts: int) -> None:

@@ -159,8 +159,25 @@ def _require(path: Path) -> list[str]:
     return [str(part) for part in shards.part_files(path)]
 
 
+def is_intermediate_parquet(path: Path) -> bool:
+    """A parquet holding generate's records (messages with `logprobs`), not convert's cartridges parquet."""
+    first = shards.part_files(path)[0]
+    if not fileio.is_parquet(first):
+        return False
+    messages = pq.read_schema(first).field("messages").type if "messages" in pq.read_schema(first).names else None
+    element = getattr(messages, "value_type", None)
+    return element is not None and hasattr(element, "get_field_index") and element.get_field_index("logprobs") >= 0
+
+
 def scan_jsonl(path: Path) -> pl.LazyFrame:
-    """The intermediate JSONL as a lazy frame with row numbers, parsing only the fields stats needs."""
+    """The intermediate dataset (JSONL, or generate's parquet form) as a lazy frame with row numbers,
+    parsing only the fields stats needs."""
+    if is_intermediate_parquet(path):
+        # Through JSON, so the stored structs (with more fields) land in the same types as the JSONL's.
+        messages = pl.struct("messages").struct.json_encode().str.json_decode(pl.Struct({"messages": JSONL_SCHEMA["messages"]}))
+        return pl.scan_parquet(_require(path)).select(
+            messages.struct.field("messages"), pl.col("metadata").str.json_decode(METADATA_TYPE)
+        ).with_row_index("row")
     return pl.scan_ndjson(_require(path), schema=JSONL_SCHEMA, ignore_errors=False).with_row_index("row")
 
 

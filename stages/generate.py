@@ -15,6 +15,7 @@ from memdistill.executors import EXECUTORS
 from memdistill.generation import generate_dataset
 from memdistill.models import EMBEDDED_MODEL
 from memdistill.prompt_file import read_prompts
+from memdistill.shards import OUTPUT_FORMATS
 from memdistill.teachers.base import SamplingParams, Teacher
 from memdistill.teachers.openai_compat import FLAVORS
 
@@ -47,6 +48,7 @@ class GenerateConfig:
     executor: str = "local"  # local: this process | ray: an actor pool on a Ray cluster
     ray_address: str | None = None  # executor ray: an existing cluster (e.g. ray://head:10001, auto); null = start a local one
     num_workers: int = 2  # executor ray: teacher actors (one teacher each)
+    output_format: str = "jsonl"  # intermediate dataset as jsonl | parquet (same fields, columnar)
     shards: int | None = None  # output parts: 1 = one file; N = a directory of N part files; null = 1 locally, num_workers on ray
 
     def validate(self) -> None:
@@ -74,6 +76,8 @@ class GenerateConfig:
             raise UserError(f"max_failure_rate: must be within 0..1, got {self.max_failure_rate}")
         if self.executor not in EXECUTORS:
             raise UserError(f"executor: expected one of {', '.join(EXECUTORS)}, got '{self.executor}'")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise UserError(f"output_format: expected one of {', '.join(OUTPUT_FORMATS)}, got '{self.output_format}'")
         if self.num_workers < 1:
             raise UserError(f"num_workers: must be at least 1, got {self.num_workers}")
         if self.shards is not None and self.shards < 1:
@@ -135,7 +139,8 @@ def run(config: GenerateConfig, input_path: Path, output: Path) -> dict:
     if config.executor == "ray":
         teacher = make_ray_pool(config, teacher.describe())
     summary = generate_dataset(
-        prompts, teacher, output, Path(config.cache_dir), config.use_cache, config.max_failure_rate, config.parts
+        prompts, teacher, output, Path(config.cache_dir), config.use_cache, config.max_failure_rate, config.parts,
+        config.output_format,
     )
     metrics = summary.to_metrics()
     log.info("generate: %s", ", ".join(f"{k}={v}" for k, v in metrics.items()))
@@ -172,6 +177,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-address", help="executor ray: address of an existing cluster (default: start a local one)")
     parser.add_argument("--num-workers", type=int, help="executor ray: number of teacher actors")
     parser.add_argument("--shards", type=int, help="write the output as a directory of this many part files")
+    parser.add_argument("--output-format", choices=OUTPUT_FORMATS, help="intermediate dataset as jsonl (default) or parquet")
     parser.add_argument("--params", type=Path, help="params.yaml to read the 'generate' section from")
 
 
@@ -196,6 +202,7 @@ def main(args: argparse.Namespace) -> int:
         "ray_address": args.ray_address,
         "num_workers": args.num_workers,
         "shards": args.shards,
+        "output_format": args.output_format,
     }
     source = f"{args.params} [generate]" if args.params else "generate flags"
     merged = params.merge(asdict(GenerateConfig()), params.load_section(args.params, "generate"), flags)

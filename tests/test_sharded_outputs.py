@@ -140,3 +140,29 @@ def test_convert_config_rejects_unknown_executor_and_bad_shards(tmp_path: Path) 
         convert_stage.ConvertConfig(executor="spark").validate()
     with pytest.raises(UserError, match="shards: must be an integer >= 1"):
         convert_stage.ConvertConfig(shards=0).validate()
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_parquet_intermediate_output_reads_like_the_jsonl_everywhere(tmp_path: Path, parts: int) -> None:
+    generate_dataset(prompts(5), EchoTeacher(), tmp_path / "dataset.jsonl", tmp_path / "cache")
+    generate_dataset(prompts(5), EchoTeacher(), tmp_path / "columnar", tmp_path / "cache", parts=parts, output_format="parquet")
+    assert all(p.read_bytes()[:4] == b"PAR1" for p in part_files(tmp_path / "columnar"))
+    assert len(part_files(tmp_path / "columnar")) == parts
+
+    options = dict(model="smollm2-135m-instruct", max_unmapped_rate=1.0)  # the echo teacher's ids are not real tokens
+    convert(tmp_path / "dataset.jsonl", tmp_path / "from_jsonl.parquet", **options)
+    convert(tmp_path / "columnar", tmp_path / "from_parquet.parquet", **options)
+    assert records_of(tmp_path / "from_parquet.parquet") == records_of(tmp_path / "from_jsonl.parquet")
+
+    from_jsonl = compute_stats(tmp_path / "dataset.jsonl", tmp_path / "from_jsonl.parquet", 0.99)
+    from_parquet = compute_stats(tmp_path / "columnar", tmp_path / "from_parquet.parquet", 0.99)
+    assert from_parquet.metrics == from_jsonl.metrics | {k: v for k, v in from_parquet.metrics.items() if "bytes" in k or "_mb" in k}
+    curve_columns = [c for c in from_jsonl.plots["mass_curve"].columns if "bytes" not in c and "_mb" not in c]
+    assert from_parquet.plots["mass_curve"].select(curve_columns).equals(from_jsonl.plots["mass_curve"].select(curve_columns))
+
+    for sample in range(5):
+        a, b = read_record(tmp_path / "columnar", sample), read_record(tmp_path / "dataset.jsonl", sample)
+        assert a["metadata"] == b["metadata"]
+        assert [m["logprobs"] and [i["token_id"] for i in m["logprobs"]["content"]] for m in a["messages"]] == \
+               [m["logprobs"] and [i["token_id"] for i in m["logprobs"]["content"]] for m in b["messages"]]
+    assert "recorded top-K entries" in render_file_summary(tmp_path / "columnar")

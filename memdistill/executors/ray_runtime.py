@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,9 +24,9 @@ def import_ray() -> Any:
 def ray_session(address: str | None, num_workers: int) -> Iterator[Any]:
     """Yield the `ray` module connected to a cluster; a local instance started here is shut down after.
 
-    Without an address a local instance gets at least `num_workers` + 1 logical CPUs, so the workers and
-    Ray Data's own small tasks never wait for each other on a small machine. An already connected
-    driver (a test, a notebook) is reused as it is.
+    Without an address a local instance gets `num_workers` logical CPUs: that many teacher actors or
+    convert tasks run at once. An already connected driver (a test, a notebook, a benchmark) is reused
+    as it is.
     """
     ray = import_ray()
     if ray.is_initialized():
@@ -37,7 +36,7 @@ def ray_session(address: str | None, num_workers: int) -> Iterator[Any]:
     if address:
         options["address"] = address
     else:
-        options["num_cpus"] = max(os.cpu_count() or 1, num_workers + 1)
+        options["num_cpus"] = num_workers
     try:
         ray.init(**options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
