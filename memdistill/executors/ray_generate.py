@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,9 @@ import orjson
 from memdistill.teachers.base import Completion, Failure, Teacher, TeacherRequest
 
 log = logging.getLogger(__name__)
+
+# Above this many prompts, blocks hold several batches (Ray's per-block bookkeeping stays small).
+MAX_BLOCKS = 10_000
 
 def encode_result(result: Completion | Failure) -> bytes:
     """One result as JSON bytes: Ray Data moves it as a plain binary column, whatever its nesting."""
@@ -93,8 +97,10 @@ class RayTeacherPool:
         with ray_session(self.ray_address, self.num_workers) as ray:
             ray.data.DataContext.get_current().enable_progress_bars = False  # the driver's own bar counts
             items = [{"sample_idx": r.sample_idx, "messages": orjson.dumps(r.messages)} for r in requests]
-            # Small blocks, so every actor gets work from the start instead of one block holding all.
-            dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), self.num_workers * 4)))
+            # A block's answers reach the driver (and the store) when its task ends, so blocks are kept
+            # to about one batch: a killed job loses only the blocks in flight.
+            blocks = max(self.num_workers, min(MAX_BLOCKS, math.ceil(len(items) / self.batch_size)))
+            dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), blocks)))
             answered = dataset.map_batches(
                 TeacherActor,
                 fn_constructor_args=(self.make_teacher,),
