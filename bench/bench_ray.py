@@ -1,7 +1,7 @@
 """Scaling out on Ray: convert with 1 and 2 Ray workers, and Ray's fixed overhead on the bundled example.
 
     python -m bench.bench_ray scaling --entries 4000000 --shards 4   # convert, 1 vs 2 workers
-    python -m bench.bench_ray overhead                                # bundled example: local vs ray
+    python -m bench.bench_ray overhead --samples 16 --repeat 3        # bundled example: local vs ray
 
 `scaling` writes the synthetic file once (token strings, no ids: convert's heaviest path), then for each
 worker count starts a local Ray instance with that many CPUs, lets it settle, and times the convert
@@ -68,7 +68,21 @@ def scaling(entries: int, shards: int, workers: list[int], repeat: int) -> None:
         print(f"  {name:18} {seconds:8.2f} s  {ratio}")
 
 
-def overhead(samples: int | None, with_generate: bool) -> None:
+def ray_start_stop() -> float:
+    """Seconds to start a local 2-CPU Ray instance, run one trivial task on each CPU, and stop it."""
+    import ray
+
+    started = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        task = ray.remote(num_cpus=1)(lambda: os.getpid())
+        ray.get([task.remote() for _ in range(2)])
+    finally:
+        ray.shutdown()
+    return time.perf_counter() - started
+
+
+def overhead(samples: int | None, with_generate: bool, repeat: int) -> None:
     from stages import generate as generate_stage
 
     with tempfile.TemporaryDirectory(prefix="bench_ray.") as folder:
@@ -92,10 +106,12 @@ def overhead(samples: int | None, with_generate: bool) -> None:
             generate_ray = time.perf_counter() - started
             lines.append(f"  generate  local {generate_local:7.2f} s   ray (2 actors, cold start) {generate_ray:7.2f} s   "
                          f"difference {generate_ray - generate_local:+.2f} s")
-        convert_local = _convert(work / "local.jsonl", work / "local.parquet")
-        convert_ray = _convert(work / "local.jsonl", work / "ray.parquet", executor="ray", num_workers=2)
+        convert_local = min(_convert(work / "local.jsonl", work / "local.parquet") for _ in range(repeat))
+        convert_ray = min(_convert(work / "local.jsonl", work / "ray.parquet", executor="ray", num_workers=2) for _ in range(repeat))
         lines.append(f"  convert   local {convert_local:7.2f} s   ray (2 workers, cold start) {convert_ray:7.2f} s   "
                      f"difference {convert_ray - convert_local:+.2f} s")
+        lines.append(f"  of which Ray itself: start a local instance, one task per CPU, stop: {min(ray_start_stop() for _ in range(repeat)):.2f} s")
+        lines.append(f"  (best of {repeat}; load average {os.getloadavg()[0]:.1f})")
     print("\n".join(lines))
 
 
@@ -110,12 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     fixed = commands.add_parser("overhead", help="Ray's fixed cost on the bundled example")
     fixed.add_argument("--samples", type=int, help="only the first N samples of the example")
     fixed.add_argument("--generate", action="store_true", help="also time generate on ray against local")
+    fixed.add_argument("--repeat", type=int, default=1, help="convert runs per executor; the fastest is reported")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     if args.command == "scaling":
         scaling(args.entries, args.shards, args.workers, args.repeat)
     else:
-        overhead(args.samples, args.generate)
+        overhead(args.samples, args.generate, args.repeat)
     return 0
 
 
