@@ -166,3 +166,26 @@ def test_parquet_intermediate_output_reads_like_the_jsonl_everywhere(tmp_path: P
         assert [m["logprobs"] and [i["token_id"] for i in m["logprobs"]["content"]] for m in a["messages"]] == \
                [m["logprobs"] and [i["token_id"] for i in m["logprobs"]["content"]] for m in b["messages"]]
     assert "recorded top-K entries" in render_file_summary(tmp_path / "columnar")
+
+
+def test_the_cli_takes_the_new_flags_and_inspects_a_shard_directory(tmp_path: Path, vocab: dict[str, int], capsys) -> None:
+    from memdistill.cli import main as cli_main
+
+    source = write_jsonl(tmp_path / "dataset.jsonl", dataset_records(vocab, 6))
+    assert cli_main(["convert", "--input", str(source), "--output", str(tmp_path / "out.parquet"), "--shards", "2", "--executor", "local"]) == 0
+    assert len(part_files(tmp_path / "out.parquet")) == 2
+    assert cli_main(["inspect", str(tmp_path / "out.parquet"), "--sample", "5", "--no-decode"]) == 0
+    assert "sample_idx=5" in capsys.readouterr().out
+    assert cli_main(["convert", "--input", str(source), "--output", str(tmp_path / "x.parquet"), "--shards", "0"]) == 2
+    assert "shards: must be an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_executor_ray_without_ray_installed_says_how_to_install_it(tmp_path: Path, vocab: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    source = write_jsonl(tmp_path / "dataset.jsonl", dataset_records(vocab, 2))
+    with pytest.raises(UserError, match=r"pip install 'memdistill\[ray\]'"):
+        convert(source, tmp_path / "out.parquet", executor="ray")
+    assert not (tmp_path / "out.parquet").exists()
