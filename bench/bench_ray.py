@@ -37,6 +37,14 @@ def _convert(source: Path, output: Path, **options: object) -> float:
     return time.perf_counter() - started
 
 
+def _warm_worker() -> int:
+    from memdistill.token_ids import load_text_tokenizer
+
+    load_text_tokenizer(MODEL)
+    time.sleep(0.5)  # hold the CPU so the next warm-up call lands on another worker
+    return os.getpid()
+
+
 def scaling(entries: int, shards: int, workers: list[int], repeat: int) -> None:
     import ray
 
@@ -52,8 +60,8 @@ def scaling(entries: int, shards: int, workers: list[int], repeat: int) -> None:
             ray.init(num_cpus=count, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
                      runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
             try:
-                # Start the worker processes (and their imports) before timing.
-                warm = ray.remote(num_cpus=1)(lambda: os.getpid())
+                # Start every worker process, with its imports and the tokenizer, before timing.
+                warm = ray.remote(num_cpus=1)(_warm_worker)
                 ray.get([warm.remote() for _ in range(count)])
                 best = min(_convert(source, work / f"ray{count}.parquet", executor="ray", shards=shards, num_workers=count)
                            for _ in range(repeat))

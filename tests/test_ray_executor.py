@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 import pytest
 import ray
@@ -124,19 +123,3 @@ def test_a_bad_line_under_ray_is_one_user_error_naming_the_line(cluster: Any, tm
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "out.parquet").exists()
 
-
-def test_the_actor_answers_a_batch_and_results_survive_the_trip_to_the_driver() -> None:
-    from memdistill.executors.ray_generate import TeacherActor, decode_result, encode_result
-    from memdistill.teachers.base import Failure, TeacherRequest
-    from tests.echo_teacher import echo_completion
-
-    requests = [TeacherRequest(i, [{"role": "user", "content": f"q{i}"}]) for i in (3, 8)]
-    actor = TeacherActor(EchoTeacher)
-    batch = {"sample_idx": np.array([r.sample_idx for r in requests]),
-             "messages": np.array([orjson.dumps(r.messages) for r in requests], dtype=object)}
-    out = actor(batch)
-    again = actor(batch)  # the actor keeps its teacher and its event loop across batches
-    assert out["sample_idx"] == [3, 8] and again["sample_idx"] == [3, 8]
-    assert [decode_result(raw) for raw in out["result"]] == [echo_completion(r) for r in requests]
-    failure = Failure(5, "timed out", 3)
-    assert decode_result(encode_result(failure)) == failure
