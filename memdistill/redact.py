@@ -10,6 +10,8 @@ from typing import Any
 from memdistill.errors import UserError
 
 REDACTION_MARKER = "[REDACTED]"
+# E-mail addresses and OpenAI-style API keys.
+DEFAULT_REDACT_PATTERNS: tuple[str, ...] = (r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", r"sk-[A-Za-z0-9_-]{16,}")
 
 
 @dataclass(frozen=True)

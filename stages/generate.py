@@ -22,6 +22,7 @@ from memdistill.teachers.openai_compat import FLAVORS
 log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "openai", "vllm")
+LOGPROBS_MODES = ("tempered", "raw")
 
 
 @dataclass
@@ -31,11 +32,12 @@ class GenerateConfig:
     base_url: list[str] = field(default_factory=list)
     flavor: str = "openai"
     api_key_env: str = "OPENAI_API_KEY"
-    max_tokens: int = 128
+    max_tokens: int = 48
     temperature: float = 0.0
     top_p: float = 1.0
     top_logprobs: int = 20
     seed: int = 0
+    logprobs: str = "tempered"  # raw | tempered (softmax(logits/T)); recorded in every row's metadata.teacher
     concurrency: int = 16
     batch_size: int = 8
     timeout: float = 120.0
@@ -58,6 +60,8 @@ class GenerateConfig:
             raise UserError(f"flavor: expected one of {', '.join(FLAVORS)}, got '{self.flavor}'")
         if self.max_tokens < 1:
             raise UserError(f"max_tokens: must be at least 1, got {self.max_tokens}")
+        if self.logprobs not in LOGPROBS_MODES:
+            raise UserError(f"logprobs: expected one of {', '.join(LOGPROBS_MODES)}, got '{self.logprobs}'")
         if self.temperature < 0:
             raise UserError(f"temperature: must be >= 0, got {self.temperature}")
         if not 0 <= self.top_logprobs <= 20 and self.backend == "openai" and self.flavor == "openai":
@@ -87,7 +91,7 @@ class GenerateConfig:
 
     @property
     def sampling(self) -> SamplingParams:
-        return SamplingParams(self.max_tokens, self.temperature, self.top_p, self.top_logprobs, self.seed)
+        return SamplingParams(self.max_tokens, self.temperature, self.top_p, self.top_logprobs, self.seed, self.logprobs)
 
     @property
     def parts(self) -> int:
@@ -161,6 +165,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-logprobs", type=int, help="K alternatives recorded per generated token")
     parser.add_argument("--max-tokens", type=int, help="maximum tokens generated per sample")
     parser.add_argument("--temperature", type=float, help="sampling temperature (0 = greedy)")
+    parser.add_argument("--logprobs", choices=LOGPROBS_MODES, help="tempered: softmax(logits/T) (default) | raw: softmax(logits)")
     parser.add_argument("--concurrency", type=int, help="requests in flight (openai backend)")
     parser.add_argument("--timeout", type=float, help="seconds before a request counts as timed out (openai backend)")
     parser.add_argument("--max-retries", type=int, help="retries per sample on timeouts, connection errors, 429 and 5xx")
@@ -190,6 +195,7 @@ def main(args: argparse.Namespace) -> int:
         "top_logprobs": args.top_logprobs,
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
+        "logprobs": args.logprobs,
         "concurrency": args.concurrency,
         "timeout": args.timeout,
         "max_retries": args.max_retries,

@@ -116,11 +116,12 @@ def test_units_follow_the_input_by_size_and_never_split_a_parquet(tmp_path: Path
 
 
 def test_unmapped_limit_applies_to_the_sum_of_the_parts(tmp_path: Path, vocab: dict[str, int]) -> None:
-    # One record of four has an id beyond the vocabulary: 25% of one part's ids, less over the whole file.
+    # One record has an alternative whose id cannot be recovered (no token_id, a string no token decodes
+    # to): a large share of one part's ids, less over the whole file.
     rows = dataset_records(vocab, 8)
-    rows[0]["messages"][-1]["logprobs"]["content"][0]["top_logprobs"].append({"token": "zz", "logprob": -9.0, "token_id": 10**9})
+    rows[0]["messages"][-1]["logprobs"]["content"][0]["top_logprobs"].append({"token": "\u2603no such token\u2603", "logprob": -9.0})
     source = write_jsonl(tmp_path / "dataset.jsonl", rows)
-    with pytest.raises(UserError, match="could not be mapped"):
+    with pytest.raises(UserError, match="could not be recovered exactly"):
         convert(source, tmp_path / "strict.parquet", shards=4, max_unmapped_rate=0.0)
     convert(source, tmp_path / "ok.parquet", shards=4, max_unmapped_rate=0.05)
     assert len(records_of(tmp_path / "ok.parquet")) == 8
@@ -189,3 +190,100 @@ def test_executor_ray_without_ray_installed_says_how_to_install_it(tmp_path: Pat
     with pytest.raises(UserError, match=r"pip install 'memdistill\[ray\]'"):
         convert(source, tmp_path / "out.parquet", executor="ray")
     assert not (tmp_path / "out.parquet").exists()
+
+
+def without_logprobs(row: dict) -> dict:
+    row["messages"][-1]["logprobs"] = None
+    return row
+
+
+def test_sharded_convert_keeps_rejected_samples_out_of_every_part_and_lists_them_once(tmp_path: Path, vocab: dict[str, int]) -> None:
+    rows = dataset_records(vocab, 8)
+    for index in (1, 6):  # in the first and the last part
+        without_logprobs(rows[index])
+    source = write_jsonl(tmp_path / "dataset.jsonl", rows)
+    convert(source, tmp_path / "single.parquet")
+    convert(source, tmp_path / "sharded.parquet", shards=3)
+
+    folder = tmp_path / "sharded.parquet"
+    assert len(part_files(folder)) == 3
+    assert all(p.name.startswith("part-") and p.suffix == ".parquet" for p in folder.iterdir())  # no per-part side files
+    assert [r["metadata"]["sample_idx"] for r in records_of(folder)] == [0, 2, 3, 4, 5, 7]
+    assert records_of(folder) == records_of(tmp_path / "single.parquet")
+    # One listing beside the directory, numbered over the whole input: the single file's listing.
+    listed = (tmp_path / "sharded.parquet.rejects.jsonl").read_text()
+    assert [json.loads(line)["record"] for line in listed.splitlines()] == [1, 6]
+    assert listed == (tmp_path / "single.parquet.rejects.jsonl").read_text()
+
+    metrics = compute_stats(source, folder, 0.99).metrics  # no figures: reads the files, skips the rejects
+    assert metrics["samples"] == 6 and metrics["rejected_samples"] == 2
+
+
+def test_every_part_holds_the_metadata_struct(tmp_path: Path, vocab: dict[str, int]) -> None:
+    import pyarrow.parquet as pq
+
+    from memdistill.cartridges_io import METADATA_TYPE
+
+    source = write_jsonl(tmp_path / "dataset.jsonl", dataset_records(vocab, 7))
+    convert(source, tmp_path / "sharded.parquet", shards=3)
+    parts = part_files(tmp_path / "sharded.parquet")
+    assert len(parts) == 3
+    assert all(pq.read_schema(part).field("metadata").type == METADATA_TYPE for part in parts)
+    assert [r["metadata"]["sample_idx"] for r in records_of(tmp_path / "sharded.parquet")] == list(range(7))
+
+
+def test_sharded_convert_writes_the_whole_outputs_figures_and_stats_reads_them(
+    tmp_path: Path, vocab: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import asdict
+
+    from memdistill import stats
+    from memdistill.convert_figures import read_figures
+
+    rows = dataset_records(vocab, 9)
+    without_logprobs(rows[4])
+    single = write_jsonl(tmp_path / "dataset.jsonl", rows)
+    folder = tmp_path / "sharded.jsonl"
+    folder.mkdir()
+    for index, chunk in enumerate((rows[:4], rows[4:6], rows[6:])):
+        write_jsonl(folder / f"part-{index:05d}.jsonl", chunk)
+    convert(single, tmp_path / "single.parquet")
+    convert(folder, tmp_path / "sharded.parquet")
+
+    whole, merged = read_figures(tmp_path / "single.figures.json"), read_figures(tmp_path / "sharded.figures.json")
+    sizes = ("input_bytes", "parquet_bytes")
+    assert {k: v for k, v in asdict(merged).items() if k not in sizes} == {k: v for k, v in asdict(whole).items() if k not in sizes}
+    assert merged.rows == 8 and merged.rejected_rows == 1
+
+    expected = compute_stats(single, tmp_path / "single.parquet", 0.99, figures=tmp_path / "single.figures.json")
+    # The figures match a reading of the files, per record too: a rejected record in the middle of a
+    # columnar block once wiped the counts of the block's other records.
+    from_files = compute_stats(single, tmp_path / "single.parquet", 0.99)
+    assert expected.samples.equals(from_files.samples)
+    for name in ("recorded_entries", "kept_entries", "assistant_tokens", "samples"):
+        assert expected.metrics[name] == from_files.metrics[name], name
+
+    def never(*args, **kwargs):
+        raise AssertionError("stats re-parsed the files although convert's figures were there")
+
+    monkeypatch.setattr(stats, "jsonl_figures", never)
+    monkeypatch.setattr(stats, "parquet_figures", never)
+    from_shards = compute_stats(folder, tmp_path / "sharded.parquet", 0.99, figures=tmp_path / "sharded.figures.json")
+    def same_data(metrics: dict) -> dict:  # sizes differ: several files have several footers
+        return {k: v for k, v in metrics.items() if "bytes" not in k and "_mb" not in k}
+
+    assert same_data(from_shards.metrics) == same_data(expected.metrics)
+    assert from_shards.metrics["samples"] == 8 and from_shards.metrics["rejected_samples"] == 1
+
+
+def test_parts_declaring_different_logprob_contracts_are_refused(tmp_path: Path, vocab: dict[str, int]) -> None:
+    rows = dataset_records(vocab, 4)
+    for index, row in enumerate(rows):
+        row["metadata"].setdefault("teacher", {})["logprobs"] = "tempered" if index < 2 else "raw"
+    folder = tmp_path / "dataset.jsonl"
+    folder.mkdir()
+    write_jsonl(folder / "part-00000.jsonl", rows[:2])  # each part is consistent on its own
+    write_jsonl(folder / "part-00001.jsonl", rows[2:])
+    with pytest.raises(UserError, match=r"part-00001.jsonl:1: metadata.teacher.logprobs is 'raw' but .*part-00000.jsonl:1 is 'tempered'"):
+        convert(folder, tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "out.parquet.rejects.jsonl").exists()

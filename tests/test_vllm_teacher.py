@@ -169,6 +169,13 @@ def test_a_sampled_token_outside_the_top_k_keeps_its_own_logprob_and_stays_out_o
         assert all(e["logprob"] > item["logprob"] for e in item["top_logprobs"])
 
 
+def test_raw_logprobs_keep_the_engines_default_and_every_record_says_which(fake_vllm: types.ModuleType, tmp_path: Path) -> None:
+    teacher = VLLMTeacher("m", SamplingParams(max_tokens=2, temperature=0.8, top_logprobs=2, logprobs="raw"))
+    generate_dataset(prompts(2), teacher, tmp_path / "dataset.jsonl", tmp_path / "cache")
+    assert "logprobs_mode" not in FakeLLM.instances[0].kwargs  # vLLM's default: softmax(logits), untempered
+    assert {r["metadata"]["teacher"]["logprobs"] for r in read_lines(tmp_path / "dataset.jsonl")} == {"raw"}
+
+
 def test_entries_without_rank_are_ordered_by_logprob() -> None:
     candidates = {7: Logprob(-2.0), 3: Logprob(-0.5), 9: Logprob(-1.0), 4: Logprob(-3.0, rank=None)}
     assert [t for t, _ in position_entries(candidates, 3)] == [3, 9, 7]
@@ -203,6 +210,7 @@ def test_generate_with_the_vllm_backend_writes_the_usual_records(fake_vllm: type
     rows = read_lines(tmp_path / "dataset.jsonl")
     assert summary.requests == 4 and [r["metadata"]["sample_idx"] for r in rows] == [0, 1, 2, 3]
     assert rows[0]["metadata"]["teacher"]["backend"] == "vllm"
+    assert rows[0]["metadata"]["teacher"]["logprobs"] == "tempered"
     assistant = rows[0]["messages"][-1]
     assert assistant["token_ids"] == [i["token_id"] for i in assistant["logprobs"]["content"]]
 

@@ -42,8 +42,18 @@ def decode_result(raw: bytes) -> Completion | Failure:
     return Failure(**record) if kind == "failure" else Completion(**record)
 
 
+def in_prefix_order(requests: Sequence[TeacherRequest]) -> list[TeacherRequest]:
+    """The requests sorted by their messages, so prompts sharing a prefix (system prompt, memory view)
+    land in the same batch, where the local teacher computes the shared prefix once (its `stream`)."""
+    return sorted(requests, key=lambda r: (orjson.dumps(r.messages), r.sample_idx))
+
+
 class TeacherActor:
-    """Ray Data's callable class: one teacher per actor, kept for every batch the actor gets."""
+    """Ray Data's callable class: one teacher per actor, kept for every batch the actor gets.
+
+    A batch goes through the teacher's `stream`, the path that reuses shared prompt prefixes for the
+    local teacher (`generate_reusing_prefixes`), never through the plain `generate_batch`.
+    """
 
     def __init__(self, make_teacher: Callable[[], Teacher]) -> None:
         self.teacher = make_teacher()
@@ -96,7 +106,9 @@ class RayTeacherPool:
 
         with ray_session(self.ray_address, self.num_workers) as ray:
             ray.data.DataContext.get_current().enable_progress_bars = False  # the driver's own bar counts
-            items = [{"sample_idx": r.sample_idx, "messages": orjson.dumps(r.messages)} for r in requests]
+            # Results are keyed by sample_idx, so the order sent is free: grouping shared prefixes lets each
+            # batch reuse them. Ray Data keeps block order, so neighbours stay in one batch.
+            items = [{"sample_idx": r.sample_idx, "messages": orjson.dumps(r.messages)} for r in in_prefix_order(requests)]
             # A block's answers reach the driver (and the store) when its task ends, so blocks are kept
             # to about one batch: a killed job loses only the blocks in flight.
             blocks = max(self.num_workers, min(MAX_BLOCKS, math.ceil(len(items) / self.batch_size)))

@@ -108,8 +108,9 @@ class VLLMTeacher:
             return
         vllm = _import_vllm()
         args: dict[str, Any] = {"max_logprobs": max(VLLM_DEFAULT_MAX_LOGPROBS, self.sampling.top_logprobs)}
-        if self.sampling.temperature > 0:
-            # Logprobs of the distribution actually sampled from (softmax(logits / T)), like Tokasaurus.
+        if self.sampling.temperature > 0 and self.sampling.logprobs == "tempered":
+            # Logprobs of the distribution actually sampled from (softmax(logits / T)), like Tokasaurus;
+            # generate.logprobs raw keeps vLLM's default, softmax(logits). Equal at T = 0.
             args["logprobs_mode"] = "processed_logprobs"
         if is_embedded(self.model_name):
             from memdistill.models import embedded_model_dir, embedded_tokenizer_dir
