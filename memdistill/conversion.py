@@ -28,6 +28,7 @@ from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTo
 from memdistill.convert_figures import FiguresCollector
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID, flatten_by_mass
+from memdistill.shards import LineSpan
 from memdistill.token_ids import OUT_OF_RANGE_ID, TOKEN_ID_PREFIX, TextTokenizer, TokenIdResolver, load_text_tokenizer
 
 log = logging.getLogger(__name__)
@@ -90,9 +91,23 @@ def _parse_line(line: bytes, where: str) -> Any:
         raise UserError(f"{where}: not valid JSON ({detail})") from None
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+def _numbered_lines(handle: Any, span: LineSpan | None) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of an open binary file, or of one span of it (a shard of a sharded convert)."""
+    if span is None:
+        yield from enumerate(handle, start=1)
+        return
+    handle.seek(span.start)
+    remaining = span.end - span.start
+    for lineno, line in enumerate(handle, start=span.first_line):
+        if remaining <= 0:
+            return
+        remaining -= len(line)
+        yield lineno, line
+
+
+def iter_jsonl(path: Path, span: LineSpan | None = None) -> Iterator[tuple[str, Any]]:
     with open(path, "rb") as handle:
-        for lineno, line in enumerate(handle, start=1):
+        for lineno, line in _numbered_lines(handle, span):
             if line.strip():
                 where = f"{path}:{lineno}"
                 yield where, _parse_line(line, where)
@@ -115,11 +130,11 @@ def iter_parquet(path: Path, batch_rows: int = 64) -> Iterator[tuple[str, Any]]:
             number += 1
 
 
-def iter_records(path: Path) -> Iterator[tuple[str, Any]]:
+def iter_records(path: Path, span: LineSpan | None = None) -> Iterator[tuple[str, Any]]:
     """(where, record) for every row of the intermediate dataset; `where` names file and line for errors."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    return iter_parquet(path) if fileio.is_parquet(path) else iter_jsonl(path)
+    return iter_parquet(path) if fileio.is_parquet(path) else iter_jsonl(path, span)
 
 
 def recorded_teacher_model(path: Path) -> str | None:
@@ -440,11 +455,19 @@ class RowConverter:
         """The converted row, or None when the sample was rejected (listed in `rejects`)."""
         self.records_seen += 1
         try:
-            return self._row(raw, where)
+            row = self._row(raw, where)
         except SampleRejected as rejected:
             metadata = raw.get("metadata") if isinstance(raw, dict) else None
             self.reject(where, metadata if isinstance(metadata, dict) else {}, rejected)
             return None
+        self.accept(row)
+        return row
+
+    def accept(self, row: OutRow) -> None:
+        """A row that will be written: its figures are committed now, before the next record's are counted
+        (the columnar reader converts a whole block before any of its rows is written)."""
+        if self.figures is not None:
+            self.figures.add_row(row)
 
     def reject(self, where: str, metadata: dict[str, Any], rejected: SampleRejected) -> None:
         """Leave a sample out of the parquet (listed with its reason), or fail under `strict`."""
@@ -802,6 +825,7 @@ class ColumnarReader:
             except SampleRejected as rejected:
                 converter.reject(where, metadata, rejected)
                 continue
+            converter.accept(row)
             rows.append(row)
         return rows
 
@@ -840,13 +864,13 @@ class ColumnarReader:
         return converter.finish_row(out, texts, metadata, eot_before, system_prompt, p["types"][r])
 
 
-def _jsonl_blocks(path: Path, block_bytes: int) -> Iterator[tuple[list[bytes], list[str]]]:
-    """Non-blank lines of a JSONL file in blocks of about `block_bytes`, with their file:line names."""
+def _jsonl_blocks(path: Path, block_bytes: int, span: LineSpan | None = None) -> Iterator[tuple[list[bytes], list[str]]]:
+    """Non-blank lines of a JSONL file (or of one span of it) in blocks of about `block_bytes`, with their file:line names."""
     lines: list[bytes] = []
     wheres: list[str] = []
     size = 0
     with open(path, "rb") as handle:
-        for lineno, line in enumerate(handle, start=1):
+        for lineno, line in _numbered_lines(handle, span):
             if not line.strip():
                 continue
             lines.append(line.strip(b" \t\r\n"))  # JSON whitespace only
@@ -859,13 +883,13 @@ def _jsonl_blocks(path: Path, block_bytes: int) -> Iterator[tuple[list[bytes], l
         yield lines, wheres
 
 
-def iter_converted(path: Path, converter: RowConverter, columnar: bool = True) -> Iterator[OutRow]:
+def iter_converted(path: Path, converter: RowConverter, columnar: bool = True, span: LineSpan | None = None) -> Iterator[OutRow]:
     """Converted rows in file order: JSONL through the columnar reader block by block (falling back to the
     per-row reader for a block it cannot take exactly), parquet and fallbacks row by row."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     if fileio.is_parquet(path) or not columnar:
-        for where, raw in iter_records(path):
+        for where, raw in iter_records(path, span):
             row = converter.row(raw, where)
             if row is not None:
                 yield row
@@ -878,7 +902,7 @@ def iter_converted(path: Path, converter: RowConverter, columnar: bool = True) -
     previous_pool = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
-        for lines, wheres in _jsonl_blocks(path, BLOCK_BYTES):
+        for lines, wheres in _jsonl_blocks(path, BLOCK_BYTES, span):
             try:
                 rows = reader.convert_block(lines, wheres)
             except _Fallback as why:
@@ -887,6 +911,74 @@ def iter_converted(path: Path, converter: RowConverter, columnar: bool = True) -
             yield from (row for row in rows if row is not None)
     finally:
         pa.set_memory_pool(previous_pool)
+
+
+@dataclass
+class ConvertedPart:
+    """What converting one file (or one span of it) produced besides the parquet: the counters, the samples
+    it rejected (`record` numbered within this part) and the logprob contract its records declare."""
+
+    summary: ConvertSummary
+    rejects: list[dict[str, Any]]
+    logprobs_mode: tuple[str, str] | None  # (mode, where it was first seen); None when no record says
+
+
+def convert_part(
+    input_path: Path,
+    output: Path,
+    tokenizer_name: str,
+    recorded: str | None,
+    min_prob_mass: float,
+    strict: bool = False,
+    rows_per_group: int = 64,
+    append_eot: bool = True,
+    figures: FiguresCollector | None = None,
+    span: LineSpan | None = None,
+) -> ConvertedPart:
+    """Write the converted rows of `input_path` (or its `span`) to the parquet `output`, atomically.
+
+    No whole-dataset checks here (unmapped-id limit, nothing left to write) and no rejects file: the
+    caller decides those over everything it converts (one file, or all parts of a shard directory).
+    """
+    summary = ConvertSummary(tokenizer=tokenizer_name, recorded_model=recorded, min_prob_mass=min_prob_mass)
+    converter = RowConverter(load_text_tokenizer(tokenizer_name), min_prob_mass, strict, summary, append_eot)
+    converter.figures = figures
+    with fileio.atomic_path(output) as tmp:
+        writer = CartridgesWriter(tmp, rows_per_group=rows_per_group)
+        try:
+            for row in tqdm(iter_converted(input_path, converter, COLUMNAR, span), desc="convert", unit="row", dynamic_ncols=True, mininterval=1.0):
+                writer.write(row)
+                summary.rows += 1
+            writer.set_footer("memdistill.convert", json.dumps(summary.to_dict()))
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+    return ConvertedPart(summary, converter.rejects, converter._logprobs_mode)
+
+
+def check_converted(input_path: Path, summary: ConvertSummary, rejects: list[dict[str, Any]], max_unmapped_rate: float) -> None:
+    """The checks over a whole converted dataset: the unmapped-id limit, and at least one row written."""
+    if summary.unmapped_rate > max_unmapped_rate:
+        raise UserError(
+            f"{input_path}: {summary.unmapped_ids} token ids ({summary.unmapped_rate:.1%}, more than "
+            f"max_unmapped_rate {max_unmapped_rate:.1%}) could not be recovered exactly: dataset generated by "
+            f"{summary.recorded_model or 'an unrecorded model'}, converting with {summary.tokenizer}; pass --model with the teacher's tokenizer"
+        )
+    if summary.rows == 0:
+        if rejects:
+            raise UserError(f"{input_path}: every sample was rejected ({summary.rejected}), e.g. {rejects[0]['reason']}")
+        raise UserError(f"{input_path}: no rows to convert (the file is empty)")
+
+
+def log_converted(summary: ConvertSummary, rejected_file: Path) -> None:
+    if summary.rejected:
+        log.warning("%d sample(s) rejected (not in the parquet): %s; listed in %s", summary.rejected,
+                    ", ".join(f"{k}: {v}" for k, v in sorted(summary.rejected_by_reason.items())), rejected_file)
+    if summary.dropped_alternatives:
+        log.warning("%d top-k alternative(s) whose id could not be recovered exactly were dropped from their rows", summary.dropped_alternatives)
+    if summary.eot_appended:
+        log.warning("%d assistant message(s) stopped on end-of-turn without its logprob; appended it at logprob 0", summary.eot_appended)
 
 
 def convert_file(
@@ -900,6 +992,7 @@ def convert_file(
     append_eot: bool = True,
     figures: FiguresCollector | None = None,
 ) -> ConvertSummary:
+    """Convert one intermediate file into one cartridges parquet, rejected samples into `<output>.rejects.jsonl`."""
     if not 0.0 < min_prob_mass <= 1.0:
         raise UserError(f"min_prob_mass: must be in (0, 1], got {min_prob_mass}")
     if not input_path.is_file():
@@ -912,43 +1005,14 @@ def convert_file(
             f"{input_path}: the dataset records no teacher model (metadata.teacher.model); "
             f"pass --model (a hub id, a local folder, or smollm2-135m-instruct)"
         )
-    summary = ConvertSummary(tokenizer=tokenizer_name, recorded_model=recorded, min_prob_mass=min_prob_mass)
-    converter = RowConverter(load_text_tokenizer(tokenizer_name), min_prob_mass, strict, summary, append_eot)
-    converter.figures = figures
     rejected_file = rejects_path(output)
     with fileio.atomic_path(output) as tmp:
-        writer = CartridgesWriter(tmp, rows_per_group=rows_per_group)
-        try:
-            for row in tqdm(iter_converted(input_path, converter, COLUMNAR), desc="convert", unit="row", dynamic_ncols=True, mininterval=1.0):
-                writer.write(row)
-                summary.rows += 1
-                if figures is not None:
-                    figures.add_row(row)
-            if summary.unmapped_rate > max_unmapped_rate:
-                raise UserError(
-                    f"{input_path}: {summary.unmapped_ids} token ids ({summary.unmapped_rate:.1%}, more than "
-                    f"max_unmapped_rate {max_unmapped_rate:.1%}) could not be recovered exactly: dataset generated by "
-                    f"{recorded or 'an unrecorded model'}, converting with {tokenizer_name}; pass --model with the teacher's tokenizer"
-                )
-            if summary.rows == 0:
-                if converter.rejects:
-                    first = converter.rejects[0]
-                    raise UserError(f"{input_path}: every sample was rejected ({summary.rejected}), e.g. {first['reason']}")
-                raise UserError(f"{input_path}: no rows to convert (the file is empty)")
-            writer.set_footer("memdistill.convert", json.dumps(summary.to_dict()))
-        except BaseException:
-            writer.abort()
-            raise
-        writer.close()
-        write_rejects(rejected_file, converter.rejects)
-    if summary.rejected:
-        log.warning("%d sample(s) rejected (not in the parquet): %s; listed in %s", summary.rejected,
-                    ", ".join(f"{k}: {v}" for k, v in sorted(summary.rejected_by_reason.items())), rejected_file)
-    if summary.dropped_alternatives:
-        log.warning("%d top-k alternative(s) whose id could not be recovered exactly were dropped from their rows", summary.dropped_alternatives)
-    if summary.eot_appended:
-        log.warning("%d assistant message(s) stopped on end-of-turn without its logprob; appended it at logprob 0", summary.eot_appended)
-    return summary
+        # Written to the temporary path, so a failed check leaves the previous output in place.
+        part = convert_part(input_path, tmp, tokenizer_name, recorded, min_prob_mass, strict, rows_per_group, append_eot, figures)
+        check_converted(input_path, part.summary, part.rejects, max_unmapped_rate)
+        write_rejects(rejected_file, part.rejects)
+    log_converted(part.summary, rejected_file)
+    return part.summary
 
 
 def write_rejects(path: Path, rejects: list[dict[str, Any]]) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memdistill import fileio
+from memdistill import fileio, shards
 from memdistill.errors import UserError
 from memdistill.progress import SampleProgress
 from memdistill.prompt_file import PromptRow
@@ -133,12 +133,16 @@ def generate_dataset(
     store_dir: Path,
     use_cache: bool = True,
     max_failure_rate: float = 0.0,
+    parts: int = 1,
+    output_format: str = "jsonl",
 ) -> GenerateSummary:
     """Ask `teacher` for every prompt not already answered, then write `output` in input order.
 
     With `use_cache`, any stored response to the same request is reused. Without it, only responses
     from an interrupted earlier attempt at this same run (same output, same requests) are reused, so
-    `--no-cache` still resumes after a crash but never reuses answers from other runs.
+    `--no-cache` still resumes after a crash but never reuses answers from other runs. With `parts` > 1,
+    `output` is a shard directory of that many `part-NNNNN.jsonl` files holding the rows in the same order;
+    `output_format: parquet` writes the same records as parquet (`memdistill.intermediate_parquet`).
     """
     fileio.ensure_parent(output)
     described = teacher.describe()
@@ -171,12 +175,11 @@ def generate_dataset(
                 f"run again to retry only those"
             )
         failed = {failure.sample_idx for failure in failures}
-        with fileio.atomic_output(output) as handle:
-            for row in prompts:
-                completion = store.get(keys[row.sample_idx])
-                if completion is None or row.sample_idx in failed:
-                    continue  # failed within the allowed rate; listed in the failures file
-                handle.write(fileio.dump_json_line(dataset_row(row, completion, described)))
+        # Failed within the allowed rate: left out, listed in the failures file.
+        answered = [(row, completion) for row in prompts
+                    if row.sample_idx not in failed and (completion := store.get(keys[row.sample_idx])) is not None]
+        records = (dataset_row(row, completion, described) for row, completion in answered)
+        shards.write_records(output, records, len(answered), parts, output_format)
         store.finish_run(run)
     finally:
         store.close()

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.style import Style
 from rich.text import Text
 
-from memdistill import fileio
+from memdistill import fileio, shards
 from memdistill.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -41,18 +41,30 @@ class TokenRow:
 
 
 def _is_parquet(path: Path) -> bool:
-    return path.suffix == ".parquet" or fileio.is_parquet(path)
+    return path.suffix == ".parquet" or fileio.is_parquet(shards.part_files(path)[0])
 
 
 def read_record(path: Path, sample: int) -> dict[str, Any]:
-    """Record number `sample` (0-based) without loading the whole file."""
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    """Record number `sample` (0-based) of a file or a shard directory, without loading the whole file."""
+    parts = shards.part_files(path)
     if sample < 0:
         raise UserError(f"--sample must be 0 or more, got {sample}")
-    if _is_parquet(path):
-        return _parquet_record(path, sample)
-    return _jsonl_record(path, sample)
+    seen = 0
+    for part in parts:
+        try:
+            if _is_parquet(part):
+                return _parquet_record(part, sample - seen)
+            return _jsonl_record(part, sample - seen)
+        except _OutOfRange as end:
+            seen += end.records
+    raise UserError(f"{path}: --sample {sample} is out of range (the {'shards hold' if len(parts) > 1 else 'file has'} {seen} records)")
+
+
+class _OutOfRange(Exception):
+    """The record asked for lies beyond this file (which holds `records`): look in the next part."""
+
+    def __init__(self, records: int) -> None:
+        self.records = records
 
 
 def _parquet_record(path: Path, sample: int) -> dict[str, Any]:
@@ -72,7 +84,7 @@ def _parquet_record(path: Path, sample: int) -> dict[str, Any]:
                     return record
                 offset -= batch.num_rows
         seen += rows
-    raise UserError(f"{path}: --sample {sample} is out of range (the file has {seen} records)")
+    raise _OutOfRange(seen)
 
 
 def _jsonl_record(path: Path, sample: int) -> dict[str, Any]:
@@ -90,7 +102,7 @@ def _jsonl_record(path: Path, sample: int) -> dict[str, Any]:
                 if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
                     raise UserError(f"{path}:{lineno}: expected an object with a 'messages' list")
                 return record
-    raise UserError(f"{path}: --sample {sample} is out of range (the file has {number + 1} records)")
+    raise _OutOfRange(number + 1)
 
 
 def readable_metadata(stored: Any) -> Any:
@@ -302,10 +314,9 @@ def render_file_summary(path: Path) -> str:
     """File-level figures: the parquet's tokens and kept entries, or the JSONL's tokens and mass curve."""
     from memdistill import stats
 
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    lines = [f"{path}  ({path.stat().st_size:,} bytes)"]
-    if _is_parquet(path):
+    lines = [f"{path}  ({shards.total_bytes(path):,} bytes)"]
+    cartridges = _is_parquet(path) and not stats.is_intermediate_parquet(path)
+    if cartridges:
         figures = stats.parquet_figures(path)
         samples, tokens = figures.samples, figures.assistant_tokens
         rows = [
@@ -331,7 +342,7 @@ def render_file_summary(path: Path) -> str:
     rows.append(("failed reference samples", int(samples["failed"].sum())))
     width = max(len(name) for name, _ in rows)
     lines += [f"{name:<{width}}  {value}" for name, value in rows]
-    if not _is_parquet(path):
+    if not cartridges:
         lines += ["", f"{'min_prob_mass':>13}  {'kept/token':>10}  {'rows below':>10}"]
         for r in figures.mass_curve.iter_rows(named=True):
             lines.append(f"{r['threshold']:>13}  {r['mean_kept_per_token']:>10.3f}  {r['share_rows_below']:>10.2%}")

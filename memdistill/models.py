@@ -132,6 +132,11 @@ def embedded_tokenizer_dir() -> Path:
     return _materialize("tokenizer")
 
 
+def embedded_model_dir() -> Path:
+    """A folder holding the embedded teacher's de-quantised weights and config (what engines such as vLLM load)."""
+    return _materialize("model")
+
+
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(name_or_path: str) -> "PreTrainedTokenizerBase":
     """A tokenizer from the embedded teacher's name, a local folder, or a hub id (hub needs network)."""

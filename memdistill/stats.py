@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
-from memdistill import fileio
+from memdistill import fileio, shards
 from memdistill.convert_figures import DEFAULT_MASS_THRESHOLDS, read_figures
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID
@@ -143,7 +143,8 @@ def _collect(query: pl.LazyFrame | list[pl.LazyFrame], path: Path, what: str) ->
         return query.collect(engine="streaming")
     except (pl.exceptions.PolarsError, OSError) as exc:
         if path.suffix != ".parquet":
-            _locate_bad_line(path)
+            for part in shards.part_files(path):
+                _locate_bad_line(part)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: cannot read it as {what}: {first}") from None
 
@@ -161,22 +162,38 @@ def _locate_bad_line(path: Path) -> None:
                 raise UserError(f'{path}:{lineno}: messages[{number}].logprobs must be an object {{"content": [...]}} or null')
 
 
-def _require(path: Path) -> None:
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+def _require(path: Path) -> list[str]:
+    """The file, or the parts of a shard directory, as polars takes them."""
+    return [str(part) for part in shards.part_files(path)]
+
+
+def is_intermediate_parquet(path: Path) -> bool:
+    """A parquet holding generate's records (messages with `logprobs`), not convert's cartridges parquet."""
+    first = shards.part_files(path)[0]
+    if not fileio.is_parquet(first):
+        return False
+    messages = pq.read_schema(first).field("messages").type if "messages" in pq.read_schema(first).names else None
+    element = getattr(messages, "value_type", None)
+    return element is not None and hasattr(element, "get_field_index") and element.get_field_index("logprobs") >= 0
 
 
 def scan_jsonl(path: Path) -> pl.LazyFrame:
-    """The intermediate JSONL as a lazy frame with row numbers, parsing only the fields stats needs."""
-    _require(path)
-    return pl.scan_ndjson(path, schema=JSONL_SCHEMA, ignore_errors=False).with_row_index("row")
+    """The intermediate dataset (JSONL, or generate's parquet form) as a lazy frame with row numbers,
+    parsing only the fields stats needs."""
+    if is_intermediate_parquet(path):
+        # Through JSON, so the stored structs (with more fields) land in the same types as the JSONL's.
+        messages = pl.struct("messages").struct.json_encode().str.json_decode(pl.Struct({"messages": JSONL_SCHEMA["messages"]}))
+        return pl.scan_parquet(_require(path)).select(
+            messages.struct.field("messages"), pl.col("metadata").str.json_decode(METADATA_TYPE)
+        ).with_row_index("row")
+    return pl.scan_ndjson(_require(path), schema=JSONL_SCHEMA, ignore_errors=False).with_row_index("row")
 
 
 def scan_parquet(path: Path) -> pl.LazyFrame:
     """The cartridges parquet with row numbers and `metadata` as a struct (it is stored as JSON text)."""
-    _require(path)
+    files = _require(path)
     try:
-        frame = pl.scan_parquet(path)
+        frame = pl.scan_parquet(files)
         schema = frame.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise UserError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
@@ -304,21 +321,22 @@ def jsonl_figures(path: Path, thresholds: Sequence[float] = DEFAULT_MASS_THRESHO
         recorded_entries=int(totals["recorded"] or 0),
         top_k=int(totals["k"] or 0),
         mass_curve=_curve_frame(totals, thresholds),
-        file_bytes=path.stat().st_size,
+        file_bytes=shards.total_bytes(path),
     )
 
 
 def parquet_entry_bytes(path: Path) -> int:
     """Compressed bytes of the kept-entry columns (token_idx, token_id, logprobs), from the footer alone."""
-    metadata = pq.ParquetFile(path).metadata
     wanted = {f"{ENTRY_COLUMN_PREFIX}{name}.list.element" for name in ENTRY_COLUMNS}
     total = 0
-    for group in range(metadata.num_row_groups):
-        row_group = metadata.row_group(group)
-        for column in range(row_group.num_columns):
-            chunk = row_group.column(column)
-            if chunk.path_in_schema in wanted:
-                total += chunk.total_compressed_size
+    for part in shards.part_files(path):
+        metadata = pq.ParquetFile(part).metadata
+        for group in range(metadata.num_row_groups):
+            row_group = metadata.row_group(group)
+            for column in range(row_group.num_columns):
+                chunk = row_group.column(column)
+                if chunk.path_in_schema in wanted:
+                    total += chunk.total_compressed_size
     return total
 
 
@@ -364,7 +382,7 @@ def parquet_figures(path: Path) -> ParquetFigures:
         unmapped_kept=int(unmapped.item() or 0),
         mean_mass_kept=float(row["mass"] or 0.0),
         kept_histogram=_with_zero_bar(histogram, int(samples["tokens"].sum()), int(row["tokens_with_entries"] or 0)),
-        file_bytes=path.stat().st_size,
+        file_bytes=shards.total_bytes(path),
         entry_bytes=parquet_entry_bytes(path),
     )
 
@@ -397,7 +415,7 @@ def figures_from_convert(
     missing = sorted(set(thresholds) - set(figures.thresholds))
     if missing:
         reason = f"counted at {figures.thresholds}, not at {missing} (re-run convert with these stats.mass_thresholds)"
-    elif (figures.input_bytes, figures.parquet_bytes) != (jsonl.stat().st_size, parquet.stat().st_size):
+    elif (figures.input_bytes, figures.parquet_bytes) != (shards.total_bytes(jsonl), shards.total_bytes(parquet)):
         reason = f"written for other files than {jsonl} and {parquet}"
     else:
         reason = None
@@ -417,7 +435,7 @@ def figures_from_convert(
         recorded_entries=figures.recorded_entries,
         top_k=figures.recorded_top_k,
         mass_curve=_curve_frame(totals, thresholds),
-        file_bytes=jsonl.stat().st_size,
+        file_bytes=shards.total_bytes(jsonl),
     )
     histogram = pl.DataFrame(
         {"kept": [int(k) for k in figures.kept_histogram], "tokens": list(figures.kept_histogram.values())},
@@ -431,7 +449,7 @@ def figures_from_convert(
         unmapped_kept=figures.unmapped_kept,
         mean_mass_kept=figures.mass_kept_sum / figures.tokens_with_entries if figures.tokens_with_entries else 0.0,
         kept_histogram=_with_zero_bar(histogram, sum(figures.tokens_per_row), figures.tokens_with_entries),
-        file_bytes=parquet.stat().st_size,
+        file_bytes=shards.total_bytes(parquet),
         entry_bytes=parquet_entry_bytes(parquet),
     )
     return from_jsonl, from_parquet

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from memdistill import fileio, params
 from memdistill.errors import UserError
+from memdistill.executors import EXECUTORS
 from memdistill.generation import generate_dataset
 from memdistill.models import EMBEDDED_MODEL
 from memdistill.prompt_file import read_prompts
+from memdistill.shards import OUTPUT_FORMATS
 from memdistill.teachers.base import SamplingParams, Teacher
 from memdistill.teachers.openai_compat import FLAVORS
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("local", "openai")
+BACKENDS = ("local", "openai", "vllm")
 LOGPROBS_MODES = ("tempered", "raw")
 
 
@@ -44,6 +47,11 @@ class GenerateConfig:
     cache_dir: str = ".memdistill/responses"
     use_cache: bool = True
     metrics: str | None = None
+    executor: str = "local"  # local: this process | ray: an actor pool on a Ray cluster
+    ray_address: str | None = None  # executor ray: an existing cluster (e.g. ray://head:10001, auto); null = start a local one
+    num_workers: int = 2  # executor ray: teacher actors (one teacher each)
+    output_format: str = "jsonl"  # intermediate dataset as jsonl | parquet (same fields, columnar)
+    shards: int | None = None  # output parts: 1 = one file; N = a directory of N part files; null = 1 locally, num_workers on ray
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:
@@ -70,6 +78,14 @@ class GenerateConfig:
             raise UserError(f"retry_backoff: must be >= 0 seconds, got {self.retry_backoff}")
         if not 0 <= self.max_failure_rate <= 1:
             raise UserError(f"max_failure_rate: must be within 0..1, got {self.max_failure_rate}")
+        if self.executor not in EXECUTORS:
+            raise UserError(f"executor: expected one of {', '.join(EXECUTORS)}, got '{self.executor}'")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise UserError(f"output_format: expected one of {', '.join(OUTPUT_FORMATS)}, got '{self.output_format}'")
+        if self.num_workers < 1:
+            raise UserError(f"num_workers: must be at least 1, got {self.num_workers}")
+        if self.shards is not None and self.shards < 1:
+            raise UserError(f"shards: must be at least 1 (or null), got {self.shards}")
         if self.backend == "openai" and not self.base_url:
             raise UserError("base_url: the openai backend needs at least one server URL (--base-url)")
 
@@ -77,12 +93,22 @@ class GenerateConfig:
     def sampling(self) -> SamplingParams:
         return SamplingParams(self.max_tokens, self.temperature, self.top_p, self.top_logprobs, self.seed, self.logprobs)
 
+    @property
+    def parts(self) -> int:
+        if self.shards is not None:
+            return self.shards
+        return self.num_workers if self.executor == "ray" else 1
+
 
 def make_teacher(config: GenerateConfig) -> Teacher:
     if config.backend == "local":
         from memdistill.teachers.local import LocalTeacher
 
         return LocalTeacher(config.model, config.sampling, config.batch_size)
+    if config.backend == "vllm":
+        from memdistill.teachers.vllm_inprocess import VLLMTeacher
+
+        return VLLMTeacher(config.model, config.sampling, config.batch_size)
     from memdistill.teachers.openai_compat import OpenAITeacher
 
     return OpenAITeacher(
@@ -98,13 +124,27 @@ def make_teacher(config: GenerateConfig) -> Teacher:
     )
 
 
+def make_ray_pool(config: GenerateConfig, description: dict) -> Teacher:
+    """Teachers on Ray actors; each openai-backend actor keeps its share of the requests in flight,
+    each vllm-backend actor holds one engine on one GPU."""
+    from memdistill.executors.ray_generate import RayTeacherPool
+
+    per_actor = replace(config, concurrency=max(1, config.concurrency // config.num_workers))
+    return RayTeacherPool(functools.partial(make_teacher, per_actor), description, config.num_workers,
+                          config.batch_size, config.ray_address,
+                          num_gpus_per_worker=1.0 if config.backend == "vllm" else 0.0)  # one vLLM engine per GPU
+
+
 def run(config: GenerateConfig, input_path: Path, output: Path) -> dict:
     config.validate()
     fileio.ensure_parent(output)
     prompts = read_prompts(input_path)
     teacher = make_teacher(config)
+    if config.executor == "ray":
+        teacher = make_ray_pool(config, teacher.describe())
     summary = generate_dataset(
-        prompts, teacher, output, Path(config.cache_dir), config.use_cache, config.max_failure_rate
+        prompts, teacher, output, Path(config.cache_dir), config.use_cache, config.max_failure_rate, config.parts,
+        config.output_format,
     )
     metrics = summary.to_metrics()
     log.info("generate: %s", ", ".join(f"{k}={v}" for k, v in metrics.items()))
@@ -118,7 +158,7 @@ def run(config: GenerateConfig, input_path: Path, output: Path) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="prompts.jsonl from the snapshots stage")
     parser.add_argument("--output", required=True, type=Path, help="where to write dataset.jsonl")
-    parser.add_argument("--backend", choices=BACKENDS, help="local: embedded SmolLM2 on CPU; openai: a chat-completions server")
+    parser.add_argument("--backend", choices=BACKENDS, help="local: embedded SmolLM2 on CPU; openai: a chat-completions server; vllm: vllm.LLM in-process")
     parser.add_argument("--base-url", nargs="+", help="server URL(s), e.g. http://localhost:8000/v1; requests spread across them")
     parser.add_argument("--flavor", choices=FLAVORS, help="how the server returns token ids and logprobs")
     parser.add_argument("--model", help=f"teacher model name (local backend: {EMBEDDED_MODEL})")
@@ -138,6 +178,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="ask the teacher again instead of reusing cached responses (an interrupted --no-cache run still resumes its own work)",
     )
+    parser.add_argument("--executor", choices=EXECUTORS, help="local: this process; ray: teacher actors on a Ray cluster")
+    parser.add_argument("--ray-address", help="executor ray: address of an existing cluster (default: start a local one)")
+    parser.add_argument("--num-workers", type=int, help="executor ray: number of teacher actors")
+    parser.add_argument("--shards", type=int, help="write the output as a directory of this many part files")
+    parser.add_argument("--output-format", choices=OUTPUT_FORMATS, help="intermediate dataset as jsonl (default) or parquet")
     parser.add_argument("--params", type=Path, help="params.yaml to read the 'generate' section from")
 
 
@@ -159,6 +204,11 @@ def main(args: argparse.Namespace) -> int:
         "cache_dir": args.cache_dir,
         "metrics": args.metrics,
         "use_cache": False if args.no_cache else None,
+        "executor": args.executor,
+        "ray_address": args.ray_address,
+        "num_workers": args.num_workers,
+        "shards": args.shards,
+        "output_format": args.output_format,
     }
     source = f"{args.params} [generate]" if args.params else "generate flags"
     merged = params.merge(asdict(GenerateConfig()), params.load_section(args.params, "generate"), flags)
