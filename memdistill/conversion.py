@@ -850,10 +850,17 @@ class ColumnarReader:
         np.cumsum(tokens, out=message_rows[1:])
         exact = np.logical_and.reduceat(p["chosen_exact"][items], message_rows[:-1])
         contents = p["contents"]
-        for j in np.flatnonzero(~exact):
-            decoded = converter.tokenizer.decode_text(chosen[message_rows[j]:message_rows[j + 1]].tolist())
-            if decoded is not None and decoded != (contents[messages[j]] or ""):
-                return None
+        tokenizer = converter.tokenizer
+        if tokenizer.decode is not None and not exact.all():
+            # decode_text's rule (special tokens left out) for the whole block at once; one decode a message.
+            special = np.fromiter(tokenizer.special_ids, dtype=np.int64, count=len(tokenizer.special_ids))
+            plain = ~np.isin(chosen, special)
+            bounds = np.zeros(message_rows.size, dtype=np.int64)
+            np.cumsum(np.add.reduceat(plain, message_rows[:-1]), out=bounds[1:])
+            text_ids = chosen[plain].tolist()
+            for j in np.flatnonzero(~exact):
+                if tokenizer.decode(text_ids[bounds[j]:bounds[j + 1]]) != (contents[messages[j]] or ""):
+                    return None
         record_of_message = np.searchsorted(p["row_offsets"], messages, side="right") - 1
         return BlockMessages(messages, record_of_message, message_rows, counts, alt_lp, alt_ids, chosen, chosen_lp, recorded)
 
