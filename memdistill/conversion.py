@@ -3,8 +3,10 @@
 Streaming: JSONL is read in blocks of whole lines through pyarrow's JSON reader with an explicit schema
 (`ColumnarReader`: no Python object per top-k entry); a block it cannot take exactly, and the
 intermediate parquet, go through the per-row reader (`RowConverter.row`: orjson, then a few dict
-look-ups per entry), which also owns every bad-input error. Both feed the same per-message code and
-writer, so they write the same bytes. Rows are written one row group at a time, so peak memory depends
+look-ups per entry), which also owns every bad-input error. A columnar block's assistant messages are
+converted together (`ColumnarReader._assemble_block`: id checks, mass cut and counts once over the
+block's flat arrays); a block with a message that needs a per-message rule goes through the per-row
+reader's `with_logprobs` message by message. Both write the same bytes through the same writer. Rows are written one row group at a time, so peak memory depends
 on the block and `rows_per_group`, never on the file size. Token strings resolve to ids once per
 distinct string (see token_ids.py).
 """
@@ -650,8 +652,9 @@ _JSON_DECODER = json.JSONDecoder()
 class ColumnarReader:
     """Converts a block of JSONL lines with pyarrow's JSON reader (explicit schema) instead of per-entry
     Python objects: token strings resolve once per distinct (token, bytes) pair, logprobs are validated
-    for the whole block at once, and each assistant message goes through the same `with_logprobs` as the
-    per-row reader, so the output is byte-identical. Any shape it does not handle exactly raises
+    for the whole block at once, and the block's assistant messages are converted together
+    (`_assemble_block`), or, when one needs a per-message rule, each through the per-row reader's
+    `with_logprobs`; the output is byte-identical either way. Any shape it does not handle exactly raises
     `_Fallback` before a single count is taken, and the caller redoes the block row by row (which then
     raises the usual file:line errors)."""
 
@@ -842,8 +845,7 @@ class ColumnarReader:
         counts = p["alt_counts"][items]
         # Every token row padded to the block's widest: per row, the same values in the same columns
         # as in its own message's [T, K] (padding is -inf, mass 0), so the mass cut keeps the same entries.
-        recorded = _dense_rows(counts, alt_lp, alt_ids)
-        ordered_ids = np.sort(recorded[1], axis=1)
+        ordered_ids = np.sort(_dense_rows(counts, alt_lp, alt_ids)[1], axis=1)
         if ((ordered_ids[:, 1:] == ordered_ids[:, :-1]) & (ordered_ids[:, 1:] != MISSING_ID)).any():
             return None
         message_rows = np.zeros(messages.size + 1, dtype=np.int64)
@@ -862,7 +864,7 @@ class ColumnarReader:
                 if tokenizer.decode(text_ids[bounds[j]:bounds[j + 1]]) != (contents[messages[j]] or ""):
                     return None
         record_of_message = np.searchsorted(p["row_offsets"], messages, side="right") - 1
-        return BlockMessages(messages, record_of_message, message_rows, counts, alt_lp, alt_ids, chosen, chosen_lp, recorded)
+        return BlockMessages(messages, record_of_message, message_rows, counts, alt_lp, alt_ids, chosen, chosen_lp)
 
     def _assemble_block(self, p: dict[str, Any], wheres: list[str], b: BlockMessages) -> list[OutRow]:
         """Every row of a block whose assistant messages need no per-message rule: the drop of unrecovered
@@ -1006,7 +1008,6 @@ class BlockMessages:
     alt_ids: np.ndarray
     chosen: np.ndarray  # chosen id per token row
     chosen_lp: np.ndarray
-    recorded: tuple[np.ndarray, np.ndarray]  # the alternatives as dense [rows, K] (logprobs, ids)
 
 
 def _dense_rows(counts: np.ndarray, lp: np.ndarray, ids: np.ndarray, lone: np.ndarray | None = None,
