@@ -3,8 +3,10 @@
 Streaming: JSONL is read in blocks of whole lines through pyarrow's JSON reader with an explicit schema
 (`ColumnarReader`: no Python object per top-k entry); a block it cannot take exactly, and the
 intermediate parquet, go through the per-row reader (`RowConverter.row`: orjson, then a few dict
-look-ups per entry), which also owns every bad-input error. Both feed the same per-message code and
-writer, so they write the same bytes. Rows are written one row group at a time, so peak memory depends
+look-ups per entry), which also owns every bad-input error. A columnar block's assistant messages are
+converted together (`ColumnarReader._assemble_block`: id checks, mass cut and counts once over the
+block's flat arrays); a block with a message that needs a per-message rule goes through the per-row
+reader's `with_logprobs` message by message. Both write the same bytes through the same writer. Rows are written one row group at a time, so peak memory depends
 on the block and `rows_per_group`, never on the file size. Token strings resolve to ids once per
 distinct string (see token_ids.py).
 """
@@ -25,7 +27,7 @@ from tqdm import tqdm
 
 from memdistill import fileio
 from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop, RowMetadata
-from memdistill.convert_figures import FiguresCollector
+from memdistill.convert_figures import FiguresCollector, mass_curve_row_counts
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID, flatten_by_mass
 from memdistill.shards import LineSpan
@@ -546,6 +548,8 @@ class RowConverter:
             eot_appended=eot_appended,
             json=_metadata_json(metadata),
         )
+        if self.figures is not None:
+            self.figures.close_record()
         return OutRow(out, str(system_prompt), row_metadata, str(kind or ""))
 
 
@@ -595,11 +599,20 @@ class _Fallback(Exception):
 
 def _list_parts(array: Any) -> tuple[np.ndarray, np.ndarray, Any]:
     """(lengths with -1 for null lists, offsets [n+1] into the values, values) of a list array."""
-    import pyarrow.compute as pc
+    # Arrow's own offsets (a null list spans nothing), rebased to the values `flatten` returns.
+    raw = array.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = raw - raw[0]
+    lengths = np.diff(offsets)
+    if array.null_count:
+        null = ~array.is_valid().to_numpy(zero_copy_only=False)
+        if lengths[null].any():  # a null list over values: flatten skips them, so count as arrow does
+            import pyarrow.compute as pc
 
-    lengths = pc.list_value_length(array).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-    np.cumsum(np.maximum(lengths, 0), out=offsets[1:])
+            lengths = pc.list_value_length(array).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+            offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+            np.cumsum(np.maximum(lengths, 0), out=offsets[1:])
+            return lengths, offsets, array.flatten()
+        lengths[null] = -1
     return lengths, offsets, array.flatten()
 
 
@@ -662,8 +675,9 @@ _JSON_DECODER = json.JSONDecoder()
 class ColumnarReader:
     """Converts a block of JSONL lines with pyarrow's JSON reader (explicit schema) instead of per-entry
     Python objects: token strings resolve once per distinct (token, bytes) pair, logprobs are validated
-    for the whole block at once, and each assistant message goes through the same `with_logprobs` as the
-    per-row reader, so the output is byte-identical. Any shape it does not handle exactly raises
+    for the whole block at once, and the block's assistant messages are converted together
+    (`_assemble_block`), or, when one needs a per-message rule, each through the per-row reader's
+    `with_logprobs`; the output is byte-identical either way. Any shape it does not handle exactly raises
     `_Fallback` before a single count is taken, and the caller redoes the block row by row (which then
     raises the usual file:line errors)."""
 
@@ -815,6 +829,9 @@ class ColumnarReader:
         }
 
     def _assemble(self, p: dict[str, Any], wheres: list[str]) -> list[OutRow]:
+        block = self._block_messages(p, wheres)
+        if block is not None:
+            return self._assemble_block(p, wheres, block)
         converter = self.converter
         rows: list[OutRow] = []
         for r, where in enumerate(wheres):
@@ -825,6 +842,147 @@ class ColumnarReader:
             except SampleRejected as rejected:
                 converter.reject(where, metadata, rejected)
                 continue
+            converter.accept(row)
+            rows.append(row)
+        return rows
+
+    def _block_messages(self, p: dict[str, Any], wheres: list[str]) -> BlockMessages | None:
+        """The block's assistant messages as flat arrays, or None (nothing counted) when one of them needs the
+        per-message rules: given token_ids, no or empty logprobs, an id out of range or twice in a row, a
+        chosen token not recovered, ids that do not decode to the content. Those rows go message by message."""
+        converter = self.converter
+        roles = p["roles"]
+        assistant = np.fromiter((role == "assistant" for role in roles), dtype=bool, count=len(roles))
+        messages = np.flatnonzero(assistant)
+        if messages.size == 0:
+            return None
+        tokens = p["item_lengths"][messages]
+        if (tokens <= 0).any() or (p["given_lengths"][messages] >= 0).any():
+            return None
+        item_of_message = np.repeat(assistant, np.maximum(p["item_lengths"], 0))
+        items = np.flatnonzero(item_of_message)
+        alt_taken = np.repeat(item_of_message, p["alt_counts"])
+        alt_ids, alt_lp = p["alt_ids"][alt_taken], p["alt_lp"][alt_taken]
+        chosen, chosen_lp = p["chosen_ids"][items], p["chosen_lp"][items]
+        if (alt_ids == OUT_OF_RANGE_ID).any() or (chosen == OUT_OF_RANGE_ID).any() or (chosen == MISSING_ID).any():
+            return None
+        counts = p["alt_counts"][items]
+        # Every token row padded to the block's widest: per row, the same values in the same columns
+        # as in its own message's [T, K] (padding is -inf, mass 0), so the mass cut keeps the same entries.
+        ordered_ids = np.sort(_dense_rows(counts, alt_lp, alt_ids)[1], axis=1)
+        if ((ordered_ids[:, 1:] == ordered_ids[:, :-1]) & (ordered_ids[:, 1:] != MISSING_ID)).any():
+            return None
+        message_rows = np.zeros(messages.size + 1, dtype=np.int64)
+        np.cumsum(tokens, out=message_rows[1:])
+        exact = np.logical_and.reduceat(p["chosen_exact"][items], message_rows[:-1])
+        contents = p["contents"]
+        tokenizer = converter.tokenizer
+        if tokenizer.decode is not None and not exact.all():
+            # decode_text's rule (special tokens left out) for the whole block at once; one decode a message.
+            special = np.fromiter(tokenizer.special_ids, dtype=np.int64, count=len(tokenizer.special_ids))
+            plain = ~np.isin(chosen, special)
+            bounds = np.zeros(message_rows.size, dtype=np.int64)
+            np.cumsum(np.add.reduceat(plain, message_rows[:-1]), out=bounds[1:])
+            text_ids = chosen[plain].tolist()
+            for j in np.flatnonzero(~exact):
+                if tokenizer.decode(text_ids[bounds[j]:bounds[j + 1]]) != (contents[messages[j]] or ""):
+                    return None
+        record_of_message = np.searchsorted(p["row_offsets"], messages, side="right") - 1
+        return BlockMessages(messages, record_of_message, message_rows, counts, alt_lp, alt_ids, chosen, chosen_lp)
+
+    def _assemble_block(self, p: dict[str, Any], wheres: list[str], b: BlockMessages) -> list[OutRow]:
+        """Every row of a block whose assistant messages need no per-message rule: the drop of unrecovered
+        alternatives, the end-of-turn rows, the mass cut and the counts, each once over the whole block."""
+        converter = self.converter
+        summary = converter.summary
+        metadata = p["metadata"]
+        n_records = len(wheres)
+        summary.checked_ids += int(b.chosen.size + b.alt_ids.size)
+        kept_alt = b.alt_ids != MISSING_ID
+        dropped = int(kept_alt.size - np.count_nonzero(kept_alt))
+        counts, alt_lp, alt_ids = b.counts, b.alt_lp, b.alt_ids
+        if dropped:
+            row_of = np.repeat(np.arange(counts.size), counts)[kept_alt]
+            counts = np.bincount(row_of, minlength=counts.size).astype(np.int64)
+            alt_lp, alt_ids = alt_lp[kept_alt], alt_ids[kept_alt]
+            summary.dropped_alternatives += dropped
+            summary.unmapped_ids += dropped
+        summary.assistant_messages += int(b.messages.size)
+        empty = counts == 0
+        summary.rows_without_alternatives += int(np.count_nonzero(empty))
+        # Rows with no alternatives recorded: the chosen token is the only known entry of its row.
+        dense_lp, dense_ids = _dense_rows(np.maximum(counts, 1), alt_lp, alt_ids, empty, b.chosen_lp, b.chosen)
+        valid = np.isfinite(dense_lp)
+        per_row = valid.sum(axis=1)
+        summary.topk_entries += int(per_row.sum())
+        in_top = ((dense_ids == b.chosen[:, None]) & valid).any(axis=1)
+        summary.chosen_not_in_topk += int(np.count_nonzero(~in_top))
+        starts = b.message_rows[:-1]
+        widths = np.maximum.reduceat(np.maximum(counts, 1), starts)  # K of each message's [T, K]
+        row_record = np.repeat(b.record_of_message, np.diff(b.message_rows))
+        record_rows = np.searchsorted(row_record, np.arange(n_records + 1))
+        if converter.figures is not None:
+            kept, below = mass_curve_row_counts(dense_lp, converter.figures.thresholds)
+            kept_sums, below_sums = _segment_sums(kept, record_rows), _segment_sums(below.astype(np.int64), record_rows)
+            recorded_sums = _segment_sums(per_row, record_rows)
+            top_k = np.zeros(n_records, dtype=np.int64)
+            np.maximum.at(top_k, row_record, per_row)
+
+        # End of turn the logprobs omit: one more row per message, holding just the id at logprob 0.
+        stops = np.array([metadata[r].get("finish_reason") == "stop" for r in range(n_records)], dtype=bool)
+        last = b.chosen[b.message_rows[1:] - 1]
+        eot = np.zeros(b.messages.size, dtype=bool)
+        if converter.append_eot and converter.eot_ids:
+            eot = stops[b.record_of_message] & ~np.isin(last, converter.eot_ids)
+        rows_out = np.diff(b.message_rows) + eot
+        out_rows = np.zeros(b.messages.size + 1, dtype=np.int64)
+        np.cumsum(rows_out, out=out_rows[1:])
+        position = np.arange(b.chosen.size) + np.repeat(out_rows[:-1] - starts, np.diff(b.message_rows))
+        eot_rows = out_rows[1:][eot] - 1
+        full_lp = np.full((int(out_rows[-1]), dense_lp.shape[1]), -np.inf)
+        full_ids = np.full(full_lp.shape, MISSING_ID, dtype=np.int64)
+        full_lp[position], full_ids[position] = dense_lp, dense_ids
+        eot_id = converter.eot_ids[0] if converter.eot_ids else MISSING_ID
+        full_lp[eot_rows, 0], full_ids[eot_rows, 0] = 0.0, eot_id
+        full_chosen = np.full(full_lp.shape[0], eot_id, dtype=np.int64)
+        full_chosen[position] = b.chosen
+        flat = flatten_by_mass(full_lp, full_ids, converter.min_prob_mass)
+        summary.assistant_tokens += int(full_chosen.size)
+        summary.kept_entries += int(flat.token_id.size)
+        entry_rows = np.zeros(full_lp.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(flat.token_idx, minlength=full_lp.shape[0]), out=entry_rows[1:])
+        message_of_row = np.repeat(np.arange(b.messages.size), rows_out)
+        token_idx = flat.token_idx - out_rows[:-1][message_of_row][flat.token_idx]
+        eot_of_record = np.bincount(b.record_of_message, weights=eot, minlength=n_records).astype(np.int64)
+
+        by_message = dict(zip(b.messages.tolist(), range(b.messages.size)))
+        roles, contents = p["roles"], p["contents"]
+        rows: list[OutRow] = []
+        for r, where in enumerate(wheres):
+            converter.records_seen += 1
+            converter.check_logprobs_mode(metadata[r], where)
+            if converter.figures is not None:
+                converter.figures.add_counts(kept_sums[r], below_sums[r], int(record_rows[r + 1] - record_rows[r]), int(recorded_sums[r]), int(top_k[r]))
+            out: list[OutMessage] = []
+            texts: list[tuple[int, str]] = []
+            first, end = int(p["row_offsets"][r]), int(p["row_offsets"][r + 1])
+            for m in range(first, end):
+                content = contents[m] or ""
+                j = by_message.get(m)
+                if j is None:
+                    texts.append((len(out), content))
+                    out.append(OutMessage(roles[m], content, np.empty(0, dtype=np.int64), None))
+                    continue
+                lo, hi = int(out_rows[j]), int(out_rows[j + 1])
+                a, z = int(entry_rows[lo]), int(entry_rows[hi])
+                top = OutTop(token_idx[a:z], flat.token_id[a:z], flat.logprobs[a:z], (hi - lo, int(widths[j])))
+                out.append(OutMessage("assistant", content, full_chosen[lo:hi], top))
+            eot_before = summary.eot_appended
+            summary.eot_appended += int(eot_of_record[r])
+            system_prompt = p["system_prompts"][r]
+            if system_prompt is None:
+                system_prompt = next((contents[m] or "" for m in range(first, end) if roles[m] == "system"), "")
+            row = converter.finish_row(out, texts, metadata[r], eot_before, system_prompt, p["types"][r])
             converter.accept(row)
             rows.append(row)
         return rows
@@ -862,6 +1020,46 @@ class ColumnarReader:
         if system_prompt is None:
             system_prompt = next((contents[m] or "" for m in range(first, last) if roles[m] == "system"), "")
         return converter.finish_row(out, texts, metadata, eot_before, system_prompt, p["types"][r])
+
+
+@dataclass(slots=True)
+class BlockMessages:
+    """A block's assistant messages, flat: token rows in file order, alternatives row-major."""
+
+    messages: np.ndarray  # indices (into the block's messages) of the assistant messages
+    record_of_message: np.ndarray  # the record (line) of each
+    message_rows: np.ndarray  # [M+1] offsets of each message's token rows
+    counts: np.ndarray  # alternatives per token row
+    alt_lp: np.ndarray
+    alt_ids: np.ndarray
+    chosen: np.ndarray  # chosen id per token row
+    chosen_lp: np.ndarray
+
+
+def _dense_rows(counts: np.ndarray, lp: np.ndarray, ids: np.ndarray, lone: np.ndarray | None = None,
+                lone_lp: np.ndarray | None = None, lone_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major entries (`counts[t]` of row t) as dense [rows, K] logprobs (-inf padding) and ids; rows
+    flagged `lone` hold instead the single entry (lone_lp[t], lone_ids[t])."""
+    rows = int(counts.size)
+    width = int(counts.max()) if rows else 1
+    dense_lp = np.full((rows, width), -np.inf)
+    dense_ids = np.full((rows, width), MISSING_ID, dtype=np.int64)
+    filled = counts if lone is None else np.where(lone, 0, counts)
+    row_of = np.repeat(np.arange(rows), filled)
+    column = np.arange(row_of.size) - np.repeat(np.cumsum(filled) - filled, filled)
+    dense_lp[row_of, column] = lp
+    dense_ids[row_of, column] = ids
+    if lone is not None:
+        dense_lp[lone, 0] = lone_lp[lone]
+        dense_ids[lone, 0] = lone_ids[lone]
+    return dense_lp, dense_ids
+
+
+def _segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Sums of values[bounds[i]:bounds[i+1]] along axis 0 (empty segments give 0)."""
+    totals = np.zeros((values.shape[0] + 1, *values.shape[1:]), dtype=values.dtype)
+    np.cumsum(values, axis=0, out=totals[1:])
+    return totals[bounds[1:]] - totals[bounds[:-1]]
 
 
 def _jsonl_blocks(path: Path, block_bytes: int, span: LineSpan | None = None) -> Iterator[tuple[list[bytes], list[str]]]:

@@ -17,6 +17,7 @@ probability sitting exactly on a threshold: the figures decide on the float32 va
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,6 +61,23 @@ def mass_curve_counts(logprobs: np.ndarray, thresholds: np.ndarray) -> tuple[np.
     return kept.astype(np.int64), below.astype(np.int64)
 
 
+def mass_curve_row_counts(logprobs: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`mass_curve_counts` per row: [T, H] entries kept and [T, H] whether the row's recorded mass stays
+    below each threshold; summed over rows they are mass_curve_counts' figures (same float32 decisions).
+    A block of messages padded to one K gives each row what its own message's [T, K] gives it."""
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    clean = np.where(np.isfinite(logprobs), logprobs, -np.inf).astype(np.float32)
+    ordered = -np.sort(-clean, axis=1)
+    T, K = ordered.shape
+    cumulative = np.cumsum(np.exp(ordered.astype(np.float64)), axis=1)
+    available = np.isfinite(ordered).sum(axis=1)
+    mass = cumulative[:, -1] if K else np.zeros(T)
+    never = mass[:, None] < thresholds[None, :]
+    below_count = np.stack([np.count_nonzero(cumulative < t, axis=1) for t in thresholds], axis=1) if K else np.zeros((T, thresholds.size), dtype=np.int64)
+    kept = np.where(never, available[:, None], below_count + 1)
+    return kept.astype(np.int64), never
+
+
 @dataclass
 class ConvertFigures:
     """The side output's content; plain numbers and lists, so it round-trips through JSON unchanged."""
@@ -89,9 +107,22 @@ class ConvertFigures:
         return json.dumps({"format": FIGURES_FORMAT, **asdict(self)}, separators=(",", ":")) + "\n"
 
 
+@dataclass(slots=True)
+class RecordCounts:
+    """The curve counts of one record's recorded top-k, waiting for the record to be written."""
+
+    kept: np.ndarray  # int64 [H]
+    below: np.ndarray  # int64 [H]
+    tokens: int = 0
+    recorded: int = 0
+    top_k: int = 0
+
+
 class FiguresCollector:
-    """Counts a convert run: `add_token_rows` per assistant message (the recorded dense top-k), `add_row`
-    per record written (commits that record's pending counts), `drop_row` for a record not written."""
+    """Counts a convert run: `add_token_rows` per assistant message (the recorded dense top-k) or
+    `add_counts` for messages counted elsewhere, `close_record` when a record is converted,
+    `drop_row` for a record not written, `add_row` per record written (commits the oldest closed
+    record's counts: a block of records is converted before its rows are written)."""
 
     def __init__(self, min_prob_mass: float, thresholds: Sequence[float]) -> None:
         values = sorted({float(t) for t in (*thresholds, min_prob_mass)})
@@ -100,39 +131,50 @@ class FiguresCollector:
         self.thresholds = np.asarray(values, dtype=np.float64)
         self.figures = ConvertFigures(float(min_prob_mass), values, kept_at=[0] * len(values), rows_below=[0] * len(values))
         self._histogram = np.zeros(0, dtype=np.int64)
-        self._clear_pending()
+        self._closed: deque[RecordCounts] = deque()
+        self._open = self._empty()
 
-    def _clear_pending(self) -> None:
-        self._kept = np.zeros(self.thresholds.size, dtype=np.int64)
-        self._below = np.zeros(self.thresholds.size, dtype=np.int64)
-        self._tokens = 0
-        self._recorded = 0
-        self._k = 0
+    def _empty(self) -> RecordCounts:
+        return RecordCounts(np.zeros(self.thresholds.size, dtype=np.int64), np.zeros(self.thresholds.size, dtype=np.int64))
 
     def add_token_rows(self, logprobs: np.ndarray) -> None:
         """One assistant message's recorded top-k as a dense [T, K] array (-inf where nothing was recorded)."""
         kept, below = mass_curve_counts(logprobs, self.thresholds)
-        self._kept += kept
-        self._below += below
-        self._tokens += int(logprobs.shape[0])
         valid = np.isfinite(logprobs)
-        self._recorded += int(valid.sum())
-        if valid.size:
-            self._k = max(self._k, int(valid.sum(axis=1).max()))
+        top_k = int(valid.sum(axis=1).max()) if valid.size else 0
+        self.add_counts(kept, below, int(logprobs.shape[0]), int(valid.sum()), top_k)
+
+    def add_counts(self, kept: np.ndarray, below: np.ndarray, tokens: int, recorded: int, top_k: int) -> None:
+        """Counts of assistant messages counted elsewhere (convert's block path), into the open record."""
+        record = self._open
+        record.kept += kept
+        record.below += below
+        record.tokens += tokens
+        record.recorded += recorded
+        record.top_k = max(record.top_k, top_k)
+
+    def close_record(self) -> None:
+        """The record whose messages were just added is converted: its counts wait for `add_row`."""
+        self._closed.append(self._open)
+        self._open = self._empty()
 
     def drop_row(self) -> None:
         """The record whose messages were just added is not written (rejected): forget its counts."""
-        self._clear_pending()
+        self._open = self._empty()
         self.figures.rejected_rows += 1
 
     def add_row(self, row: OutRow) -> None:
         """A record written to the parquet: commit its curve counts and count what it holds."""
         f = self.figures
-        f.kept_at = [a + int(b) for a, b in zip(f.kept_at, self._kept)]
-        f.rows_below = [a + int(b) for a, b in zip(f.rows_below, self._below)]
-        f.tokens_with_logprobs += self._tokens
-        f.recorded_entries += self._recorded
-        f.recorded_top_k = max(f.recorded_top_k, self._k)
+        if self._closed:
+            record = self._closed.popleft()
+        else:  # counted but never closed: the record just added
+            record, self._open = self._open, self._empty()
+        f.kept_at = [a + int(b) for a, b in zip(f.kept_at, record.kept)]
+        f.rows_below = [a + int(b) for a, b in zip(f.rows_below, record.below)]
+        f.tokens_with_logprobs += record.tokens
+        f.recorded_entries += record.recorded
+        f.recorded_top_k = max(f.recorded_top_k, record.top_k)
         tokens = bare = 0
         for message in row.messages:
             if message.role != "assistant":
@@ -157,9 +199,8 @@ class FiguresCollector:
                 self._histogram = np.pad(self._histogram, (0, counts.size - self._histogram.size))
             self._histogram[: counts.size] += counts
         f.tokens_per_row.append(tokens)
-        f.recorded_tokens_per_row.append(self._tokens + bare)
+        f.recorded_tokens_per_row.append(record.tokens + bare)
         f.rows += 1
-        self._clear_pending()
 
     def finish(self, input_path: Path, output: Path) -> ConvertFigures:
         self.figures.input_bytes = input_path.stat().st_size

@@ -697,3 +697,79 @@ def test_first_duplicate_finds_the_first_repeated_id_of_a_row(rows: list[list[in
     kept_rows, kept_lp, kept_ids, dropped = drop_unrecovered(row_of, lp, ids)
     assert dropped == int((ids == -1).sum()) and (kept_ids != -1).all()
     assert kept_rows.tolist() == row_of[ids != -1].tolist() and kept_lp.tolist() == lp[ids != -1].tolist()
+
+
+# ------------------------------------------------------------------ the block path (whole-block arrays)
+
+
+def block_records(vocab: dict[str, int]) -> list[dict]:
+    """Records every one of which the block path takes: token strings and ids mixed, an alternative whose
+    id cannot be recovered (dropped), an empty top-k, a chosen token outside its top-k, stop with and
+    without the end-of-turn, several messages per record, rows of different widths."""
+    the, a, four = vocab["Ġthe"], vocab["Ġa"], vocab["4"]
+    rows = [
+        record([item((" the", 0.6), [(" the", 0.6), (" a", 0.3), ("no-such-token\u2603", 0.05)]),
+                item((" a", 0.5), [(" a", 0.5)])], content=" the a", index=0),
+        record([item(("4", 0.9, four), [("4", 0.9, four), (" a", 0.05, a), (" the", 0.01, the), ("5", 0.01)]),
+                item(("<|im_end|>", 0.9, IM_END), [])], finish_reason="stop", index=1),
+        record([item((" a", 0.2, a), [(" the", 0.7, the)])], finish_reason="length", index=2),
+        record([item((" the", 0.999), [(" the", 0.999), (" a", 0.0005)])], content=" the", finish_reason=None, index=3),
+    ]
+    second = json.loads(json.dumps(rows[0]["messages"][2]))
+    rows[3]["messages"] += [{"role": "user", "content": "again", "token_ids": None, "logprobs": None}, second]
+    return rows
+
+
+def test_block_path_converts_whole_blocks_to_the_per_row_bytes(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
+    """Clean blocks go through the whole-block arrays, never message by message, and write the bytes the
+    per-row reader writes (drops, end-of-turn rows, empty rows, per-message K, summary counts)."""
+    from memdistill import conversion
+
+    def per_message(*args, **kwargs):
+        raise AssertionError("a clean block went message by message")
+
+    source = write_jsonl(tmp_path / "in.jsonl", block_records(vocab) * 3)
+    monkeypatch.setattr(conversion.ColumnarReader, "_assemble_row", per_message)
+    monkeypatch.setattr(conversion, "COLUMNAR", True)
+    block = conversion.convert_file(source, tmp_path / "block.parquet", MODEL, 0.99, max_unmapped_rate=1.0)
+    monkeypatch.setattr(conversion, "COLUMNAR", False)
+    per_row = conversion.convert_file(source, tmp_path / "row.parquet", MODEL, 0.99, max_unmapped_rate=1.0)
+    assert (tmp_path / "block.parquet").read_bytes() == (tmp_path / "row.parquet").read_bytes()
+    assert block.to_dict() == per_row.to_dict()
+    assert block.dropped_alternatives == 6 and block.eot_appended > 0 and block.rows_without_alternatives == 3
+
+
+def test_block_with_a_message_needing_its_own_rules_goes_message_by_message(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
+    """One message with given token_ids, or a chosen token that cannot be recovered, sends its block
+    through the per-message code: same bytes and rejects as the per-row reader."""
+    from memdistill import conversion
+
+    records = block_records(vocab)
+    records.insert(1, record([item(("no-such-token\u2603", 0.9), [])], index=9))
+    records.append(record([item(("4", 0.9, vocab["4"]), [])], token_ids=[vocab["4"], IM_END], index=10))
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    columnar, per_row = convert_both(source, tmp_path, monkeypatch, max_unmapped_rate=1.0)
+    assert columnar == per_row
+    rejects = conversion.rejects_path(tmp_path / "columnar_True.parquet").read_text()
+    assert '"kind":"chosen_not_recovered"' in rejects.replace(" ", "")
+
+
+def test_figures_are_counted_per_record_across_a_block(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
+    """A block converts all its records before its rows are written: each record's curve counts still go
+    to its own row, and a rejected record in the block forgets only its own (columnar == per-row)."""
+    from memdistill import conversion
+    from memdistill.convert_figures import FiguresCollector
+
+    records = block_records(vocab)
+    records.insert(2, record([item(("no-such-token\u2603", 0.9), [])], index=9))
+    for name, chosen in (("clean", block_records(vocab)), ("with_reject", records)):
+        source = write_jsonl(tmp_path / f"{name}.jsonl", chosen)
+        figures = []
+        for columnar in (True, False):
+            monkeypatch.setattr(conversion, "COLUMNAR", columnar)
+            collector = FiguresCollector(0.99, (0.5, 0.9))
+            conversion.convert_file(source, tmp_path / f"{name}_{columnar}.parquet", MODEL, 0.99, max_unmapped_rate=1.0, figures=collector)
+            figures.append(collector.figures)
+        assert figures[0] == figures[1]
+        assert figures[0].recorded_tokens_per_row == [2, 2, 1, 3]
+    assert figures[0].rejected_rows == 1 and figures[0].rows == 4

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 from memdistill import cli
 from memdistill import stats as stats_module
 from memdistill.cartridges_io import OutMessage, OutRow, OutTop
-from memdistill.convert_figures import FiguresCollector, figures_path, mass_curve_counts, read_figures
+from memdistill.convert_figures import FiguresCollector, figures_path, mass_curve_counts, mass_curve_row_counts, read_figures
 from memdistill.errors import UserError
 from memdistill.logprobs import flatten_by_mass
 from memdistill.stats import compute_stats
@@ -43,6 +43,31 @@ def test_curve_counts_are_what_flatten_by_mass_keeps(logprobs: np.ndarray) -> No
     for threshold, count, rows in zip(THRESHOLDS, kept, below):
         assert count == flatten_by_mass(logprobs, ids, threshold).token_id.size
         assert rows == int((mass < threshold).sum())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hnp.arrays(
+        np.float64,
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=8),
+        elements=st.one_of(st.floats(min_value=-12.0, max_value=0.0), st.just(-np.inf)),
+    ),
+    st.integers(min_value=0, max_value=5),
+)
+def test_row_counts_sum_to_the_message_counts_at_any_padding(logprobs: np.ndarray, extra: int) -> None:
+    """convert's block path pads every message to the block's widest K and counts per row: the per-row
+    counts sum to the message's, and padding changes neither them nor what flatten_by_mass keeps."""
+    thresholds = np.array(THRESHOLDS)
+    padded = np.hstack([logprobs, np.full((logprobs.shape[0], extra), -np.inf)])
+    kept, below = mass_curve_row_counts(padded, thresholds)
+    expected_kept, expected_below = mass_curve_counts(logprobs, thresholds)
+    assert kept.sum(axis=0).tolist() == expected_kept.tolist()
+    assert below.sum(axis=0).tolist() == expected_below.tolist()
+    ids = np.arange(padded.size, dtype=np.int64).reshape(padded.shape)
+    for threshold in THRESHOLDS:
+        narrow, wide = flatten_by_mass(logprobs, ids[:, : logprobs.shape[1]], threshold), flatten_by_mass(padded, ids, threshold)
+        assert narrow.token_idx.tolist() == wide.token_idx.tolist() and narrow.token_id.tolist() == wide.token_id.tolist()
+        assert narrow.logprobs.tobytes() == wide.logprobs.tobytes()
 
 
 def _row(token_ids: list[int], top: OutTop | None) -> OutRow:
