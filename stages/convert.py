@@ -4,41 +4,29 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
 
 from memdistill import params
 from memdistill.conversion import ConvertSummary, convert_file
-from memdistill.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class ConvertConfig:
-    model: str | None = None
-    min_prob_mass: float = 0.99
-    strict: bool = False
-    max_unmapped_rate: float = 0.01
-    rows_per_group: int = 64
-    append_eot: bool = True
+class ConvertConfig(params.StageParams):
+    section: ClassVar[str] = "convert"
 
-    def validate(self) -> None:
-        if isinstance(self.min_prob_mass, bool) or not isinstance(self.min_prob_mass, (int, float)):
-            raise UserError(f"min_prob_mass: expected a number in (0, 1], got {self.min_prob_mass!r}")
-        if not 0.0 < float(self.min_prob_mass) <= 1.0:
-            raise UserError(f"min_prob_mass: must be in (0, 1], got {self.min_prob_mass}")
-        if not isinstance(self.max_unmapped_rate, (int, float)) or not 0.0 <= float(self.max_unmapped_rate) <= 1.0:
-            raise UserError(f"max_unmapped_rate: must be in [0, 1], got {self.max_unmapped_rate!r}")
-        if not isinstance(self.rows_per_group, int) or self.rows_per_group < 1:
-            raise UserError(f"rows_per_group: must be an integer >= 1, got {self.rows_per_group!r}")
-        for name in ("strict", "append_eot"):
-            if not isinstance(getattr(self, name), bool):
-                raise UserError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+    model: str | None = Field(None, description="tokenizer: hub id, local folder, or smollm2-135m-instruct (null = the teacher recorded in the dataset)")
+    min_prob_mass: float = Field(0.99, gt=0, le=1, description="keep per token the fewest top-k entries reaching this probability mass")
+    strict: bool = Field(False, description="fail on assistant messages without logprobs instead of counting them")
+    max_unmapped_rate: float = Field(0.01, ge=0, le=1, description="fail when more than this share of token ids cannot be recovered")
+    rows_per_group: int = Field(64, ge=1, description="rows buffered per parquet row group (bounds memory)")
+    append_eot: bool = Field(True, description="append the end-of-turn id a teacher that stopped left out of its logprobs")
 
 
 def run(config: ConvertConfig, input_path: Path, output: Path) -> ConvertSummary:
-    config.validate()
     summary = convert_file(
         input_path, output, config.model, float(config.min_prob_mass), config.strict,
         float(config.max_unmapped_rate), config.rows_per_group, config.append_eot,
@@ -50,16 +38,10 @@ def run(config: ConvertConfig, input_path: Path, output: Path) -> ConvertSummary
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="intermediate dataset from generate (.jsonl, or its parquet form)")
     parser.add_argument("--output", required=True, type=Path, help="where to write the cartridges parquet")
-    parser.add_argument("--model", help="tokenizer: hub id, local folder, or smollm2-135m-instruct (default: the teacher recorded in the dataset)")
-    parser.add_argument("--min-prob-mass", type=float, help="keep per token the fewest top-k entries reaching this mass (default 0.99)")
-    parser.add_argument("--strict", action="store_true", default=None, help="fail on assistant messages without logprobs instead of counting them")
-    parser.add_argument("--max-unmapped-rate", type=float, help="fail when more than this share of token ids cannot be recovered (default 0.01)")
     parser.add_argument("--params", type=Path, help="params.yaml to read the 'convert' section from")
+    params.add_arguments(parser, ConvertConfig)
 
 
 def main(args: argparse.Namespace) -> int:
-    flags = {"model": args.model, "min_prob_mass": args.min_prob_mass, "strict": args.strict, "max_unmapped_rate": args.max_unmapped_rate}
-    source = f"{args.params} [convert]" if args.params else "convert flags"
-    merged = params.merge(asdict(ConvertConfig()), params.load_section(args.params, "convert"), flags)
-    run(params.build_config(ConvertConfig, merged, source), args.input, args.output)
+    run(params.build(ConvertConfig, args.params, params.flag_values(args, ConvertConfig)), args.input, args.output)
     return 0

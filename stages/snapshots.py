@@ -13,9 +13,11 @@ import itertools
 import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
 
 from tqdm import tqdm
 
@@ -39,7 +41,7 @@ from memdistill.prompts import (
 )
 from memdistill.redact import Redactor
 from memdistill.snapshot import MemoryEntry, Snapshot, find_snapshot, load_snapshot, split_samples
-from memdistill.strategies import MemoryView, StrategyParams, get_strategy
+from memdistill.strategies import MemoryView, StrategyParams, get_strategy, strategy_names
 
 log = logging.getLogger(__name__)
 
@@ -49,55 +51,46 @@ SELECTIONS = ("first", "last", "random")
 GIVE_BACK_SLACK = 8
 
 
-@dataclass
-class SnapshotsConfig:
-    checkpoint_dir: str = "data/checkpoints/ep_000200"
-    snapshot: str = "latest"
-    strategy: str = "exclude_current"
-    window_k: int = 12
-    max_memory_samples: int = 8
-    failure_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_FAILURE_PATTERNS))
-    max_prompt_tokens: int | None = None
-    tokenizer: str | None = None
-    system_prompt: str = "You are a helpful agent."
-    student_view: str = "observation_only"
-    max_samples: int | None = None
-    sample_selection: str = "first"
-    seed: int = 0
-    redact_patterns: list[str] = field(default_factory=list)
+class SnapshotsConfig(params.StageParams):
+    section: ClassVar[str] = "snapshots"
+
+    checkpoint_dir: str = Field("data/checkpoints/ep_000200", description="episode checkpoint folder holding memory_<id>.jsonl snapshots")
+    snapshot: str = Field("latest", description="'latest' (highest numeric id) or a file name in checkpoint_dir such as memory_000100.jsonl")
+    strategy: str = Field("exclude_current", description="memory formation: " + ", ".join(strategy_names()))
+    window_k: int = Field(12, ge=1, description="rolling_window: entries before the current observation the teacher sees")
+    max_memory_samples: int = Field(8, ge=0, description="failure_focus: past samples the teacher sees (failed first)")
+    failure_patterns: list[str] | None = Field(
+        default_factory=lambda: list(DEFAULT_FAILURE_PATTERNS), description="regexes (case-insensitive) marking text feedback as a failure"
+    )
+    max_prompt_tokens: int | None = Field(None, ge=1, description="longest teacher prompt in tokens; the oldest memory is dropped to fit (null = no limit)")
+    tokenizer: str | None = Field(None, description="tokenizer counting prompt tokens (null = 4 characters per token)")
+    system_prompt: str = Field("You are a helpful agent.", description="the agent's own system prompt")
+    student_view: Literal[STUDENT_VIEWS] = Field("observation_only", description="training messages: observation_only (no memory) or teacher")
+    max_samples: int | None = Field(None, ge=1, description="keep at most this many samples (null = all)")
+    sample_selection: Literal[SELECTIONS] = Field("first", description="which samples max_samples keeps")
+    seed: int = Field(0, description="seed for sample_selection: random")
+    redact_patterns: list[str] | None = Field(default_factory=list, description="regexes whose matches become [REDACTED] (null = none)")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        params.check_with(get_strategy, value)
+        return value
+
+    @field_validator("failure_patterns")
+    @classmethod
+    def _failure_regexes(cls, value: list[str] | None) -> list[str] | None:
+        params.check_with(compile_failure_patterns, value)
+        return value
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _redact_regexes(cls, value: list[str] | None) -> list[str] | None:
+        params.check_with(Redactor.compile, value)
+        return value
 
     def strategy_params(self) -> StrategyParams:
         return StrategyParams(self.window_k, self.max_memory_samples, tuple(self.failure_patterns or ()))
-
-    def validate(self) -> None:
-        """Reject bad parameters before reading anything; each error names the field."""
-        for name in ("checkpoint_dir", "snapshot", "strategy", "system_prompt", "student_view", "sample_selection"):
-            if not isinstance(getattr(self, name), str):
-                raise UserError(f"{name}: expected a string, got {getattr(self, name)!r}")
-        _check_int("window_k", self.window_k, 1)
-        _check_int("max_memory_samples", self.max_memory_samples, 0)
-        _check_int("seed", self.seed, None)
-        if self.max_samples is not None:
-            _check_int("max_samples", self.max_samples, 1)
-        if self.max_prompt_tokens is not None:
-            _check_int("max_prompt_tokens", self.max_prompt_tokens, 1)
-        if self.tokenizer is not None and not isinstance(self.tokenizer, str):
-            raise UserError(f"tokenizer: expected a name or null, got {self.tokenizer!r}")
-        compile_failure_patterns(self.failure_patterns)
-        Redactor.compile(self.redact_patterns)
-        strategy = get_strategy(self.strategy)
-        strategy.check(self.strategy_params())
-        if self.student_view not in STUDENT_VIEWS:
-            raise UserError(f"student_view: expected one of {', '.join(STUDENT_VIEWS)}, got '{self.student_view}'")
-        if self.sample_selection not in SELECTIONS:
-            raise UserError(f"sample_selection: expected one of {', '.join(SELECTIONS)}, got '{self.sample_selection}'")
-
-
-def _check_int(name: str, value: Any, minimum: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{name}: expected an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise UserError(f"{name}: must be at least {minimum}, got {value}")
 
 
 @dataclass
@@ -288,8 +281,7 @@ def iter_prompt_rows(
 
 
 def run(config: SnapshotsConfig, output: Path, count_tokens: TokenCounter | None = None) -> SnapshotsSummary:
-    """Validate, read the snapshot, stream the rows into `output` atomically (nothing is left on error)."""
-    config.validate()
+    """Read the snapshot, stream the rows into `output` atomically (nothing is left on error)."""
     fileio.ensure_parent(output)
     path = find_snapshot(config.checkpoint_dir, config.snapshot)
     snapshot = load_snapshot(path)
@@ -306,27 +298,11 @@ def run(config: SnapshotsConfig, output: Path, count_tokens: TokenCounter | None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint-dir", help="episode checkpoint folder holding memory_<id>.jsonl files")
-    parser.add_argument("--strategy", help="memory formation strategy: full_memory, exclude_current, rolling_window, failure_focus")
     parser.add_argument("--output", required=True, type=Path, help="where to write prompts.jsonl")
-    parser.add_argument("--window-k", type=int, help="entries kept by rolling_window")
-    parser.add_argument("--max-samples", type=int, help="keep at most N samples (see sample_selection)")
-    parser.add_argument("--snapshot", help="'latest' (highest id) or a file name such as memory_000100.jsonl")
-    parser.add_argument("--max-prompt-tokens", type=int, help="longest teacher prompt; the oldest memory entries are dropped to fit")
     parser.add_argument("--params", type=Path, help="params.yaml to read the 'snapshots' section from")
+    params.add_arguments(parser, SnapshotsConfig)
 
 
 def main(args: argparse.Namespace) -> int:
-    flags = {
-        "checkpoint_dir": args.checkpoint_dir,
-        "strategy": args.strategy,
-        "window_k": args.window_k,
-        "max_samples": args.max_samples,
-        "snapshot": args.snapshot,
-        "max_prompt_tokens": args.max_prompt_tokens,
-    }
-    source = f"{args.params} [snapshots]" if args.params else "snapshots flags"
-    merged = params.merge(asdict(SnapshotsConfig()), params.load_section(args.params, "snapshots"), flags)
-    config = params.build_config(SnapshotsConfig, merged, source)
-    run(config, args.output)
+    run(params.build(SnapshotsConfig, args.params, params.flag_values(args, SnapshotsConfig)), args.output)
     return 0

@@ -9,39 +9,33 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
 
 from memdistill import fileio, params
-from memdistill.errors import UserError
 from stages.convert import ConvertConfig
 from memdistill.stats import DEFAULT_MASS_THRESHOLDS, StatsResult, compute_stats, render_summary
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_PROB_MASS = ConvertConfig.min_prob_mass
+
+class StatsConfig(params.StageParams):
+    section: ClassVar[str] = "stats"
+    borrowed: ClassVar[dict[str, str]] = {"min_prob_mass": "convert"}
+
+    min_prob_mass: float = Field(
+        ConvertConfig.model_fields["min_prob_mass"].default, gt=0, le=1, description="the threshold convert used (read from convert.min_prob_mass)"
+    )
+    mass_thresholds: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_MASS_THRESHOLDS), description="min_prob_mass values for the mass curve, comma-separated"
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class StatsConfig:
-    min_prob_mass: float = DEFAULT_MIN_PROB_MASS
-    mass_thresholds: tuple[float, ...] = DEFAULT_MASS_THRESHOLDS
-
-
-def load_config(params_path: Path | None, min_prob_mass: float | None, thresholds: list[float] | None) -> StatsConfig:
+def load_config(params_path: Path | None, flags: dict[str, Any] | None = None) -> StatsConfig:
     """min_prob_mass from `convert.min_prob_mass` (what convert used), thresholds from `stats`; flags win."""
-    convert = params.load_section(params_path, "convert")
-    section = params.load_section(params_path, "stats")
-    unknown = sorted(set(section) - {"mass_thresholds"})
-    if unknown:
-        raise UserError(f"{params_path}: unknown parameter(s) in 'stats': {', '.join(unknown)}; expected mass_thresholds")
-    mass = min_prob_mass if min_prob_mass is not None else convert.get("min_prob_mass", DEFAULT_MIN_PROB_MASS)
-    listed = thresholds if thresholds is not None else section.get("mass_thresholds", list(DEFAULT_MASS_THRESHOLDS))
-    if not isinstance(mass, (int, float)) or isinstance(mass, bool):
-        raise UserError(f"{params_path}: convert.min_prob_mass must be a number, got {mass!r}")
-    if not isinstance(listed, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in listed):
-        raise UserError(f"{params_path}: stats.mass_thresholds must be a list of numbers, got {listed!r}")
-    return StatsConfig(float(mass), tuple(float(v) for v in listed))
+    return params.build(StatsConfig, params_path, flags or {})
 
 
 def run(
@@ -50,10 +44,11 @@ def run(
     metrics_path: Path,
     plots_dir: Path | None = None,
     summary_path: Path | None = None,
-    config: StatsConfig = StatsConfig(),
+    config: StatsConfig | None = None,
     generate_metrics: Path | None = None,
 ) -> StatsResult:
-    result = compute_stats(jsonl, parquet, config.min_prob_mass, generate_metrics, config.mass_thresholds)
+    config = config or StatsConfig()
+    result = compute_stats(jsonl, parquet, config.min_prob_mass, generate_metrics, tuple(config.mass_thresholds))
     # Every output is computed before the first is written: a failure leaves the old set intact.
     # The folders are this stage's own (DVC does not create them), so a fresh clone needs no mkdir.
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,13 +73,6 @@ def run(
     return result
 
 
-def _thresholds(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,0.9,0.99, got {text!r}") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jsonl", required=True, type=Path, help="intermediate dataset.jsonl (for the mass curve)")
     parser.add_argument("--parquet", required=True, type=Path, help="cartridges parquet from convert")
@@ -93,11 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", type=Path, help="where to write a readable markdown summary (reports/summary.md)")
     parser.add_argument("--generate-metrics", type=Path, help="metrics/generate.json to carry into stats (skipped if absent)")
     parser.add_argument("--params", type=Path, help="params.yaml: reads convert.min_prob_mass and stats.mass_thresholds")
-    parser.add_argument("--min-prob-mass", type=float, help="the threshold convert used (default: convert.min_prob_mass, else 0.99)")
-    parser.add_argument("--mass-thresholds", type=_thresholds, help="comma-separated thresholds for the mass curve (default 0.5..0.999)")
+    params.add_arguments(parser, StatsConfig)
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load_config(args.params, args.min_prob_mass, args.mass_thresholds)
+    config = load_config(args.params, params.flag_values(args, StatsConfig))
     run(args.jsonl, args.parquet, args.metrics, args.plots_dir, args.summary, config, args.generate_metrics)
     return 0
