@@ -234,11 +234,11 @@ def _scalar_parser(annotation: Any) -> Callable[[str], Any]:
 
 
 def _split_list(parse: Callable[[str], Any]) -> Callable[[str], list[Any]]:
-    """A list flag takes several values or one comma-separated value (0.5,0.9,0.99)."""
+    """A list of numbers takes several values or one comma-separated value (0.5,0.9,0.99); strings such
+    as regexes may hold commas themselves, so they are never split."""
 
     def parse_all(text: str) -> list[Any]:
-        parts = [part for part in text.split(",") if part.strip()] if "," in text else [text]
-        return [parse(part.strip()) for part in parts]
+        return [parse(part.strip()) for part in text.split(",") if part.strip()]
 
     return parse_all
 
@@ -256,7 +256,8 @@ def add_arguments(parser: argparse.ArgumentParser, model: type[StageParams], ski
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
         elif typing.get_origin(base) in (list, tuple):
-            parse = _split_list(_scalar_parser(typing.get_args(base)[0]))
+            item = typing.get_args(base)[0]
+            parse = _split_list(_scalar_parser(item)) if item in (int, float) else _scalar_parser(item)
             parser.add_argument(flag, nargs="*", type=parse, metavar=name.upper(), **options)
         elif typing.get_origin(base) is Literal:
             choices = [str(v) for v in typing.get_args(base)]

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from memdistill import params
+from memdistill import fileio, params
 from memdistill.conversion import ConvertSummary, convert_file
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ class ConvertConfig(params.StageParams):
 
 
 def run(config: ConvertConfig, input_path: Path, output: Path) -> ConvertSummary:
+    fileio.refuse_input_as_output(output, input_path)
     summary = convert_file(
         input_path, output, config.model, float(config.min_prob_mass), config.strict,
         float(config.max_unmapped_rate), config.rows_per_group, config.append_eot,

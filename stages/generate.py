@@ -85,8 +85,10 @@ def make_teacher(config: GenerateConfig) -> Teacher:
 
 def run(config: GenerateConfig, input_path: Path, output: Path) -> dict:
     fileio.ensure_parent(output)
+    fileio.refuse_input_as_output(output, input_path)
     if config.metrics:
         fileio.ensure_parent(Path(config.metrics))  # before the teacher runs, not after
+        fileio.refuse_input_as_output(config.metrics, input_path, output)
     prompts = read_prompts(input_path)
     teacher = make_teacher(config)
     summary = generate_dataset(

@@ -40,7 +40,7 @@ from memdistill.prompts import (
     view_cost,
 )
 from memdistill.redact import Redactor
-from memdistill.snapshot import MemoryEntry, Snapshot, find_snapshot, load_snapshot, split_samples
+from memdistill.snapshot import SNAPSHOT_PATTERN, MemoryEntry, Snapshot, find_snapshot, load_snapshot, split_samples
 from memdistill.strategies import MemoryView, StrategyParams, get_strategy, strategy_names
 
 log = logging.getLogger(__name__)
@@ -284,6 +284,9 @@ def run(config: SnapshotsConfig, output: Path, count_tokens: TokenCounter | None
     """Read the snapshot, stream the rows into `output` atomically (nothing is left on error)."""
     fileio.ensure_parent(output)
     path = find_snapshot(config.checkpoint_dir, config.snapshot)
+    fileio.refuse_input_as_output(output, path)
+    if output.resolve().parent == path.resolve().parent and SNAPSHOT_PATTERN.match(output.name):
+        raise UserError(f"{output}: this output would become the checkpoint's newest snapshot; write it outside {path.parent}")
     snapshot = load_snapshot(path)
     counter = make_counter(config, count_tokens)
     summary = SnapshotsSummary()

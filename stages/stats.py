@@ -49,6 +49,10 @@ def run(
 ) -> StatsResult:
     config = config or StatsConfig()
     result = compute_stats(jsonl, parquet, config.min_prob_mass, generate_metrics, tuple(config.mass_thresholds))
+    plots = [plots_dir / f"{name}.csv" for name in result.plots] if plots_dir is not None else []
+    for output in (metrics_path, summary_path, *plots):
+        if output is not None:
+            fileio.refuse_input_as_output(output, jsonl, parquet, generate_metrics)
     # Every output is computed before the first is written: a failure leaves the old set intact.
     # The folders are this stage's own (DVC does not create them), so a fresh clone needs no mkdir.
     metrics_path.parent.mkdir(parents=True, exist_ok=True)

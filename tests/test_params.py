@@ -201,3 +201,8 @@ def test_params_check_rejects_malformed_files(text: str, message: str, tmp_path:
 def test_params_check_accepts_the_repository_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["params", "--check", str(REPO / "params.yaml")]) == 0
     assert capsys.readouterr().out.strip() == f"{REPO / 'params.yaml'}: ok (snapshots, generate, convert, stats)"
+
+
+def test_regex_flags_keep_their_commas() -> None:
+    args = parse("snapshots", "--redact-patterns", r"[a-z]{2,}@x\.org", r"sk-\w{16,}")
+    assert params.flag_values(args, SnapshotsConfig) == {"redact_patterns": [r"[a-z]{2,}@x\.org", r"sk-\w{16,}"]}
