@@ -108,10 +108,12 @@ def _lock_holder(path: Path) -> str:
 
 def _name_target(exc: OSError, tmp_name: str, target: Path) -> None:
     """Error messages name the output the user asked for, never the hidden temporary beside it."""
-    if exc.filename is None or exc.filename == tmp_name:
+    if exc.filename == tmp_name or (exc.filename is None and exc.errno is not None):
         exc.filename = str(target)
     if exc.filename2 == tmp_name:
         exc.filename2 = str(target)
+    if exc.strerror is None and len(exc.args) == 1 and tmp_name in str(exc.args[0]):
+        exc.args = (str(exc.args[0]).replace(tmp_name, str(target)),)  # pyarrow puts the path in its message
 
 
 @contextlib.contextmanager

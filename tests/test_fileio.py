@@ -108,3 +108,11 @@ def test_read_jsonl_too_deep_is_one_error(tmp_path: Path) -> None:
     source.write_text("[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(UserError, match=r"deep\.jsonl:1: JSON nested too deeply"):
         list(read_jsonl(source))
+
+
+def test_library_messages_name_the_output_too(tmp_path: Path) -> None:
+    target = tmp_path / "out.parquet"
+    with pytest.raises(OSError) as caught:
+        with atomic_path(target) as tmp:
+            raise OSError(f"Failed to open local file '{tmp}'")  # how pyarrow words it
+    assert str(caught.value) == f"Failed to open local file '{target}'"
