@@ -58,18 +58,6 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_section(params_path: str | Path | None, section: str) -> dict[str, Any]:
-    """Return `section` of a params file, or {} when no file was given."""
-    if params_path is None:
-        return {}
-    value = read_params_file(params_path).get(section)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise UserError(f"{params_path}: section '{section}' must be a mapping")
-    return value
-
-
 def check_with(check: Callable[[Any], Any], value: Any) -> None:
     """Run a library check inside a field validator: its UserError becomes the field's error message."""
     try:
@@ -92,29 +80,23 @@ def _non_null(annotation: Any) -> tuple[Any, bool]:
 
 
 def _range_text(field: FieldInfo) -> str:
-    bounds = {type(m): m for m in field.metadata}
-    low = bounds.get(annotated_types.Ge) or bounds.get(annotated_types.Gt)
-    high = bounds.get(annotated_types.Le) or bounds.get(annotated_types.Lt)
-    if low is not None and high is not None:
-        left = "[" if isinstance(low, annotated_types.Ge) else "("
-        right = "]" if isinstance(high, annotated_types.Le) else ")"
-        return f" in {left}{_number(_bound(low))}, {_number(_bound(high))}{right}"
-    if low is not None:
-        return f" {'>=' if isinstance(low, annotated_types.Ge) else '>'} {_number(_bound(low))}"
-    if high is not None:
-        return f" {'<=' if isinstance(high, annotated_types.Le) else '<'} {_number(_bound(high))}"
+    """' >= 1', ' in (0, 1]' or '' from the field's ge/gt/le/lt constraints."""
+    low = high = None
+    for constraint in field.metadata:
+        if isinstance(constraint, annotated_types.Ge):
+            low = ("[", ">=", constraint.ge)
+        elif isinstance(constraint, annotated_types.Gt):
+            low = ("(", ">", constraint.gt)
+        elif isinstance(constraint, annotated_types.Le):
+            high = ("]", "<=", constraint.le)
+        elif isinstance(constraint, annotated_types.Lt):
+            high = (")", "<", constraint.lt)
+    if low and high:
+        return f" in {low[0]}{low[2]}, {high[2]}{high[0]}"
+    if low or high:
+        _, operator, bound = low or high  # type: ignore[misc]
+        return f" {operator} {bound}"
     return ""
-
-
-def _bound(constraint: Any) -> Any:
-    for name in ("ge", "gt", "le", "lt"):
-        if hasattr(constraint, name):
-            return getattr(constraint, name)
-    raise AssertionError(constraint)
-
-
-def _number(value: Any) -> str:
-    return str(value)
 
 
 def _type_text(annotation: Any) -> str:
