@@ -131,7 +131,9 @@ def _where(model: type[StageParams], key: str, params_path: str | Path | None, f
     return f"{params_path or 'defaults'}: {section}.{key}"
 
 
-def _error_line(model: type[StageParams], exc: ValidationError, params_path: str | Path | None, flags: Mapping[str, Any]) -> str:
+def _error_line(
+    model: type[StageParams], exc: ValidationError, values: Mapping[str, Any], params_path: str | Path | None, flags: Mapping[str, Any]
+) -> str:
     """The first problem of a ValidationError as one line naming where the value came from."""
     errors = exc.errors(include_url=False)
     first = errors[0]
@@ -149,7 +151,8 @@ def _error_line(model: type[StageParams], exc: ValidationError, params_path: str
     if first["type"] == "value_error":
         return f"{where}: {first['msg'].removeprefix('Value error, ')}{more}"
     field = model.model_fields[key]
-    return f"{where}: expected {expected_text(field)}, got {_shown(first.get('input'))}{more}"
+    given = values.get(key, first.get("input"))  # the whole value, also when one list item is wrong
+    return f"{where}: expected {expected_text(field)}, got {_shown(given)}{more}"
 
 
 def validate(model: type[Params], values: Mapping[str, Any], params_path: str | Path | None = None, flags: Mapping[str, Any] = {}) -> Params:
@@ -157,7 +160,7 @@ def validate(model: type[Params], values: Mapping[str, Any], params_path: str | 
     try:
         return model.model_validate(dict(values), strict=True)
     except ValidationError as exc:
-        raise UserError(_error_line(model, exc, params_path, flags)) from None
+        raise UserError(_error_line(model, exc, values, params_path, flags)) from None
 
 
 def build(model: type[Params], params_path: str | Path | None, flags: Mapping[str, Any]) -> Params:
@@ -168,18 +171,13 @@ def build(model: type[Params], params_path: str | Path | None, flags: Mapping[st
         own = sections.get(model.section) or {}
         if not isinstance(own, dict):
             raise UserError(f"{params_path}: section '{model.section}' must be a mapping")
-        values.update(own)
-        for key in model.borrowed:
-            values.pop(key, None)  # a borrowed key written in the stage's own section is not its own
         for key, section in model.borrowed.items():
+            if key in own:
+                raise UserError(f"{params_path}: {model.section}.{key}: unknown parameter; it is read from {section}.{key}")
             other = sections.get(section)
             if isinstance(other, dict) and key in other:
                 values[key] = other[key]
-        unknown = sorted(set(own) & set(model.borrowed))
-        if unknown:
-            raise UserError(
-                f"{params_path}: {model.section}.{unknown[0]}: unknown parameter; it is read from {model.borrowed[unknown[0]]}.{unknown[0]}"
-            )
+        values.update(own)
     values.update(flags)
     return validate(model, values, params_path, flags)
 

@@ -206,3 +206,9 @@ def test_params_check_accepts_the_repository_file(capsys: pytest.CaptureFixture[
 def test_regex_flags_keep_their_commas() -> None:
     args = parse("snapshots", "--redact-patterns", r"[a-z]{2,}@x\.org", r"sk-\w{16,}")
     assert params.flag_values(args, SnapshotsConfig) == {"redact_patterns": [r"[a-z]{2,}@x\.org", r"sk-\w{16,}"]}
+
+
+def test_a_wrong_list_item_shows_the_whole_list(tmp_path: Path) -> None:
+    path = write_params(tmp_path, {"stats": {"mass_thresholds": [0.5, "x"]}})
+    with pytest.raises(UserError, match=r'stats\.mass_thresholds: expected a list of numbers, got \[0\.5, "x"\]$'):
+        params.build(StatsConfig, path, {})
