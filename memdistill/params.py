@@ -128,7 +128,7 @@ def _where(model: type[StageParams], key: str, params_path: str | Path | None, f
     if key in flags:
         return f"--{key.replace('_', '-')}"
     section = model.borrowed.get(key, model.section)
-    return f"{params_path or 'defaults'}: {section}.{key}"
+    return f"{params_path}: {section}.{key}" if params_path else f"{section}.{key}"
 
 
 def _error_line(

@@ -212,3 +212,11 @@ def test_a_wrong_list_item_shows_the_whole_list(tmp_path: Path) -> None:
     path = write_params(tmp_path, {"stats": {"mass_thresholds": [0.5, "x"]}})
     with pytest.raises(UserError, match=r'stats\.mass_thresholds: expected a list of numbers, got \[0\.5, "x"\]$'):
         params.build(StatsConfig, path, {})
+
+
+
+def test_values_from_python_get_the_same_user_error() -> None:
+    with pytest.raises(UserError, match=r"^snapshots\.window_k: expected an integer >= 1, got 0$"):
+        params.validate(SnapshotsConfig, {"window_k": 0})
+    with pytest.raises(UserError, match=r"^generate\.base_url: the openai backend needs at least one server URL"):
+        params.validate(GenerateConfig, {"backend": "openai"})

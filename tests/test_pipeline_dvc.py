@@ -124,7 +124,10 @@ def test_committed_lock_matches_the_committed_code(tmp_path: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / name, target)
     run(["git", "init", "-q"], repo)
-    status = json.loads(run([sys.executable, "-m", "dvc", "status", "--json", "-q"], repo).strip() or "{}")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1")
+    listed = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, env=env, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    status = json.loads(listed.stdout.strip() or "{}")
     produced = {
         str(next(iter(out)) if isinstance(out, dict) else out)
         for stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].values()
@@ -145,3 +148,20 @@ def test_committed_lock_matches_the_committed_code(tmp_path: Path) -> None:
                 else:
                     stale.append(f"{stage}: {kind} {entries}")
     assert not stale, "dvc.lock does not match the committed code (run `dvc repro` and commit dvc.lock): " + "; ".join(stale)
+
+
+def test_failed_generate_keeps_the_last_dataset(pipeline_repo: Path) -> None:
+    """generate's outputs are `persist: true`: DVC does not delete them before a run that then fails."""
+    dvc("checkout", "--force", cwd=pipeline_repo)
+    kept = {name: (pipeline_repo / name).read_bytes() for name in ("data/dataset.jsonl", "metrics/generate.json")}
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1")
+    failed = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "generate.backend=openai", "-S", "generate.base_url=[http://127.0.0.1:9/v1]",
+         "-S", "generate.max_retries=0", "-S", "generate.timeout=2"],
+        cwd=pipeline_repo, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert failed.returncode != 0, failed.stdout
+    assert "memdistill generate: error:" in failed.stdout + failed.stderr
+    for name, content in kept.items():
+        assert (pipeline_repo / name).read_bytes() == content, name
+    run(["git", "checkout", "--", "params.yaml"], pipeline_repo)
