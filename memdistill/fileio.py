@@ -78,7 +78,11 @@ def lock_path(target: Path) -> Path:
 
     resolved = str(target.parent.resolve() / target.name)
     folder = cache_root() / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: the temporary folder still serves every run of this user
+        folder = Path(tempfile.gettempdir()) / f"memdistill-locks-{os.getuid()}"
+        folder.mkdir(exist_ok=True)
     return folder / f"{target.name}.{hashlib.sha256(resolved.encode()).hexdigest()[:16]}.lock"
 
 

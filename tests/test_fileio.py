@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from memdistill.errors import UserError
-from memdistill.fileio import atomic_output, atomic_path, output_lock, read_jsonl
+from memdistill.fileio import atomic_output, atomic_path, lock_path, output_lock, read_jsonl
 from tests.conftest import REPO_ROOT
 
 
@@ -116,3 +116,13 @@ def test_library_messages_name_the_output_too(tmp_path: Path) -> None:
         with atomic_path(target) as tmp:
             raise OSError(f"Failed to open local file '{tmp}'")  # how pyarrow words it
     assert str(caught.value) == f"Failed to open local file '{target}'"
+
+
+def test_lock_folder_falls_back_when_the_cache_is_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("MEMDISTILL_CACHE", str(blocked))  # mkdir under a file fails
+    with atomic_output(tmp_path / "out.jsonl") as handle:
+        handle.write("x\n")
+    assert (tmp_path / "out.jsonl").read_text() == "x\n"
+    assert lock_path(tmp_path / "out.jsonl").parent.name == f"memdistill-locks-{os.getuid()}"
