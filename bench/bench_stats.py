@@ -1,8 +1,10 @@
-"""Benchmark: the stats stage (and `inspect`) over the 1M-entry synthetic bench file.
+"""Benchmark: the stats stage against convert (and `inspect`) over the 1M-entry synthetic bench file.
 
-Makes the synthetic JSONL with `bench.synthetic` and converts it with `memdistill convert` (both kept in
---workdir and reused on later runs), then times `memdistill stats` end to end in fresh processes
-(wall time and peak memory), the two halves of stats in process, and `memdistill inspect`.
+Makes the synthetic JSONL with `bench.synthetic` (kept in --workdir and reused on later runs), then,
+side by side in one run and in fresh processes (wall time and peak memory): `memdistill convert` (which
+also writes the figures stats reads), `memdistill stats` reading those figures, and `memdistill stats`
+without them (it parses the JSONL and the parquet's entries itself, as it did before convert counted
+them); then the halves of stats in process, and `memdistill inspect`.
 
     python -m bench.bench_stats                     # 1,000,000 top-k entries (50,000 tokens x 20)
     python -m bench.bench_stats --entries 5000000   # memory stays flat: everything streams
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memdistill import stats
+from memdistill.conversion import convert_file
+from memdistill.convert_figures import FiguresCollector, figures_path
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +73,20 @@ def timed_cli(args: list[str]) -> Run:
     return Run(wall, int(anon) / 1024, int(mapped) / 1024)
 
 
-def prepare(workdir: Path, entries: int, min_prob_mass: float) -> tuple[Path, Path, float | None]:
-    """The synthetic JSONL and its parquet; convert's wall time when it had to run."""
+def prepare(workdir: Path, entries: int) -> Path:
+    """The synthetic JSONL (made once, reused)."""
     workdir.mkdir(parents=True, exist_ok=True)
     jsonl = workdir / f"synthetic-{entries}.jsonl"
-    parquet = workdir / f"synthetic-{entries}-{min_prob_mass}.parquet"
     if not jsonl.is_file():
         log.info("writing %s", jsonl)
         subprocess.run([sys.executable, "-m", "bench.synthetic", "--entries", str(entries), "--output", str(jsonl)], check=True)
-    convert_seconds = None
-    if not parquet.is_file():
-        log.info("converting to %s", parquet)
-        convert_seconds = timed_cli(
-            ["convert", "--input", str(jsonl), "--output", str(parquet), "--model", "smollm2-135m-instruct", "--min-prob-mass", str(min_prob_mass)]
-        ).wall
-    return jsonl, parquet, convert_seconds
+    return jsonl
+
+
+def _median(runs: list[Run]) -> str:
+    walls = [run.wall for run in runs]
+    return (f"median {statistics.median(walls):.2f} s  (runs {', '.join(f'{w:.2f}' for w in walls)}), peak memory "
+            f"{max(r.anon_mib for r in runs):.0f} MiB (+ {max(r.file_mib for r in runs):.0f} MiB of mapped file pages)")
 
 
 def in_process(function, path: Path, repeat: int) -> float:  # type: ignore[no-untyped-def]
@@ -104,15 +107,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    jsonl, parquet, convert_seconds = prepare(args.workdir, args.entries, args.min_prob_mass)
+    jsonl = prepare(args.workdir, args.entries)
+    parquet = args.workdir / f"synthetic-{args.entries}-{args.min_prob_mass}.parquet"
+    figures = figures_path(parquet)
     out = args.workdir / "out"
+    convert_args = [
+        "convert", "--input", str(jsonl), "--output", str(parquet), "--model", "smollm2-135m-instruct",
+        "--min-prob-mass", str(args.min_prob_mass), "--figures", str(figures),
+    ]  # fmt: skip
     stats_args = [
         "stats", "--jsonl", str(jsonl), "--parquet", str(parquet), "--min-prob-mass", str(args.min_prob_mass),
         "--metrics", str(out / "stats.json"), "--plots-dir", str(out / "plots"), "--summary", str(out / "summary.md"),
     ]  # fmt: skip
-    runs = [timed_cli(stats_args) for _ in range(args.repeat)]
+    # Interleaved, so a burst of load on a shared machine hits every variant alike.
+    convert_runs, runs, bare_runs, reading_runs = [], [], [], []
+    for _ in range(args.repeat):
+        convert_runs.append(timed_cli(convert_args))
+        runs.append(timed_cli([*stats_args, "--figures", str(figures)]))
+        # Metrics only: no plot files, no summary, so nothing drawn (what drawing the SVG plots costs).
+        bare_runs.append(timed_cli([*stats_args[:-4], "--figures", str(figures)]))
+        reading_runs.append(timed_cli([*stats_args, "--figures", str(args.workdir / "absent.figures.json")]))
     jsonl_seconds = in_process(stats.jsonl_figures, jsonl, args.repeat)
     parquet_seconds = in_process(stats.parquet_figures, parquet, args.repeat)
+    thresholds = [*stats.DEFAULT_MASS_THRESHOLDS]
+    # What counting the figures costs convert: the same conversion in process, without and with them.
+    scratch = args.workdir / "scratch.parquet"
+    plain = in_process(lambda path: convert_file(path, scratch, "smollm2-135m-instruct", args.min_prob_mass), jsonl, args.repeat)
+    counted = in_process(
+        lambda path: convert_file(path, scratch, "smollm2-135m-instruct", args.min_prob_mass,
+                                  figures=FiguresCollector(args.min_prob_mass, thresholds)), jsonl, args.repeat,
+    )  # fmt: skip
+    figures_seconds = in_process(lambda path: stats.figures_from_convert(path, jsonl, parquet, thresholds), figures, args.repeat)
     samples = stats.parquet_figures(parquet).samples.height
     inspect_runs = {
         "inspect parquet --summary": timed_cli(["inspect", str(parquet), "--summary"]),
@@ -124,13 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nstats benchmark: {args.entries:,} top-k entries, {samples} records, min_prob_mass {args.min_prob_mass}")
     print(f"  JSONL    {jsonl.stat().st_size / 1e6:8.1f} MB  {jsonl}")
     print(f"  parquet  {parquet.stat().st_size / 1e6:8.1f} MB  {parquet}")
-    if convert_seconds is not None:
-        print(f"  memdistill convert (once, to make the parquet): {convert_seconds:.2f} s")
-    walls = [run.wall for run in runs]
-    print(f"  memdistill stats, end to end:  median {statistics.median(walls):.2f} s  (runs {', '.join(f'{w:.2f}' for w in walls)}),"
-          f" peak memory {max(r.anon_mib for r in runs):.0f} MiB (+ {max(r.file_mib for r in runs):.0f} MiB of mapped file pages)")
-    print(f"    JSONL pass (mass curve, samples):  {jsonl_seconds:.2f} s in process")
-    print(f"    parquet pass (kept, mass, -1 ids): {parquet_seconds:.2f} s in process")
+    print(f"  figures  {figures.stat().st_size / 1e3:8.1f} kB  {figures}")
+    convert_median = statistics.median(r.wall for r in convert_runs)
+    stats_median = statistics.median(r.wall for r in runs)
+    reading_median = statistics.median(r.wall for r in reading_runs)
+    print(f"  memdistill convert, end to end:                 {_median(convert_runs)}")
+    print(f"  memdistill stats, end to end (convert's figures): {_median(runs)}")
+    print(f"  memdistill stats, metrics only (no plots drawn): {_median(bare_runs)}")
+    print(f"  memdistill stats, end to end (reading the files): {_median(reading_runs)}")
+    bare_median = statistics.median(r.wall for r in bare_runs)
+    print(f"  stats / convert: {stats_median / convert_median:.2f} with the figures ({bare_median / convert_median:.2f} without drawing"
+          f" the plots), {reading_median / convert_median:.2f} reading the files")
+    print(f"  convert in process: {plain:.2f} s without the figures, {counted:.2f} s counting them")
+    print(f"    figures + parquet metadata and footer:  {figures_seconds:.2f} s in process")
+    print(f"    JSONL pass (mass curve, samples):       {jsonl_seconds:.2f} s in process")
+    print(f"    parquet pass (kept, mass, -1 ids):      {parquet_seconds:.2f} s in process")
     for name, run in inspect_runs.items():
         print(f"  memdistill {name}: {run}")
     return 0

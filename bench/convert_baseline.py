@@ -3,8 +3,9 @@
 Per row: `json.loads`; per token and per top-k entry a tokenizer look-up; a dense [T, K] array per
 message, sorted and cut by mass; every row built as Python lists and dicts and written at the end with
 `pyarrow.Table.from_pylist` (snappy). It resolves ids in the same order as memdistill (token_id:N,
-bytes, vocabulary entry, one-id encoding) and keeps all K when the mass is never reached, so its kept
-ids must equal memdistill's; it is slow and holds the whole dataset in memory.
+bytes, the string's UTF-8 bytes, vocabulary entry, one-id encoding) and keeps all K when the mass is never
+reached, so on whole-character tokens its kept ids must equal memdistill's; it is slow and holds the whole
+dataset in memory.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ class BaselineConverter:
             found = self.lookup("".join(self.table[b] for b in entry["bytes"]))
             if found >= 0:
                 return found
-        found = self.lookup(token)
+        found = self.lookup("".join(self.table[b] for b in token.encode("utf-8")))
         if found >= 0:
             return found
-        found = self.lookup("".join(self.table[b] for b in token.encode("utf-8")))
+        found = self.lookup(token)
         if found >= 0:
             return found
         encoded = self.tokenizer.encode(token, add_special_tokens=False)

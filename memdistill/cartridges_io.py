@@ -25,17 +25,29 @@ MESSAGE_TYPE = pa.struct(
         ("top_logprobs", TOP_LOGPROBS_TYPE),
     ]
 )
+# A struct, as cartridges' own writer stores a metadata dict (its viewer fails on a string). The typed
+# fields are what tools filter on; `json` holds the record's whole free-form metadata object.
+METADATA_TYPE = pa.struct(
+    [
+        ("sample_idx", pa.int64()),
+        ("finish_reason", pa.string()),  # "stop" also when the last token is end-of-turn but the server said "length"
+        ("logprobs", pa.string()),  # raw | tempered, as generate recorded it (null: not recorded)
+        ("eot_appended", pa.bool_()),  # convert appended an end-of-turn token the logprobs omitted
+        ("json", pa.string()),
+    ]
+)
 SCHEMA = pa.schema(
     [
         ("messages", pa.list_(MESSAGE_TYPE)),
         ("system_prompt", pa.string()),
-        ("metadata", pa.string()),
+        ("metadata", METADATA_TYPE),
         ("type", pa.string()),
     ]
 )
 
 
-DICTIONARY_COLUMNS = ["messages.list.element.content", "messages.list.element.role", "system_prompt", "metadata", "type"]
+DICTIONARY_COLUMNS = ["messages.list.element.content", "messages.list.element.role", "system_prompt", "metadata.finish_reason",
+                      "metadata.logprobs", "metadata.json", "type"]
 TOKEN_IDX_COLUMN = "messages.list.element.top_logprobs.token_idx.list.element"
 
 
@@ -55,11 +67,20 @@ class OutTop:
     shape: tuple[int, int]
 
 
+@dataclass(frozen=True, slots=True)
+class RowMetadata:
+    sample_idx: int | None
+    finish_reason: str | None
+    logprobs: str | None
+    eot_appended: bool
+    json: str
+
+
 @dataclass(slots=True)
 class OutRow:
     messages: list[OutMessage]
     system_prompt: str
-    metadata_json: str
+    metadata: RowMetadata
     type: str
 
 
@@ -110,7 +131,7 @@ def rows_to_table(rows: list[OutRow]) -> pa.Table:
         [
             messages_column,
             pa.array([r.system_prompt for r in rows], type=pa.string()),
-            pa.array([r.metadata_json for r in rows], type=pa.string()),
+            pa.array([{name: getattr(r.metadata, name) for name in METADATA_TYPE.names} for r in rows], type=METADATA_TYPE),
             pa.array([r.type for r in rows], type=pa.string()),
         ],
         schema=SCHEMA,

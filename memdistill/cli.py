@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,19 +26,33 @@ def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-decode", action="store_true", help="parquet: show token ids, load no tokenizer")
     parser.add_argument("--max-chars", type=int, default=2000, help="longest message text shown (default 2000)")
-    parser.add_argument("--max-alternatives", type=int, help="alternatives shown per token (default: all)")
+    parser.add_argument("--alternatives", action="store_true", help="show each token's recorded (JSONL) or kept (parquet) alternatives")
+    parser.add_argument("--max-alternatives", type=int, help="alternatives shown per token (implies --alternatives; default: all)")
+    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                        help="colour tokens by probability: auto (when printing to a terminal), always, never")
 
 
 def _inspect_main(args: argparse.Namespace) -> int:
-    from memdistill.inspection import id_decoder, read_record, recorded_teacher, render_file_summary, render_record
+    from memdistill.inspection import has_vllm_tokens, id_decoder, read_record, recorded_teacher, render_file_summary, render_record
 
     if args.summary:
         print(render_file_summary(args.file))
         return 0
     record = read_record(args.file, args.sample)
     needs_ids = any(isinstance(m, dict) and "logprobs" not in m and m.get("role") == "assistant" for m in record.get("messages") or [])
+    needs_ids = needs_ids or has_vllm_tokens(record)  # vLLM's `token_id:N` strings are shown as their text
     decode = None if args.no_decode or not needs_ids else id_decoder(args.tokenizer or recorded_teacher(record))
-    print(render_record(record, decode, max_chars=args.max_chars, max_alternatives=args.max_alternatives))
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    print(render_record(record, decode, max_chars=args.max_chars, max_alternatives=args.max_alternatives,
+                        alternatives=args.alternatives, color=color, width=shutil.get_terminal_size().columns))
+    return 0
+
+
+def _export_teacher_main(args: argparse.Namespace) -> int:
+    from memdistill.models import export_teacher
+
+    folder = export_teacher(args.dir)
+    print(folder)
     return 0
 
 
@@ -74,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--check", required=True, type=Path, metavar="PARAMS_YAML", help="the params file to validate, e.g. params.yaml")
     check.set_defaults(handler=_params_main)
+    export = commands.add_parser(
+        "export-teacher", help="write the embedded SmolLM2 as a Hugging Face model folder (serve it with vLLM)",
+        description="Write the embedded teacher as a Hugging Face model folder: float32 safetensors with tied embeddings "
+        "stored under model.embed_tokens.weight, config, generation config, tokenizer and chat template.",
+    )
+    export.add_argument("dir", type=Path, help="folder to write (created if missing)")
+    export.set_defaults(handler=_export_teacher_main)
     return parser
 
 

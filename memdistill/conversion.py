@@ -13,21 +13,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import chain, repeat
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
 from tqdm import tqdm
 
 from memdistill import fileio
-from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop
+from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop, RowMetadata
+from memdistill.convert_figures import FiguresCollector
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID, flatten_by_mass
-from memdistill.token_ids import TextTokenizer, TokenIdResolver, load_text_tokenizer
+from memdistill.token_ids import OUT_OF_RANGE_ID, TOKEN_ID_PREFIX, TextTokenizer, TokenIdResolver, load_text_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ class ConvertSummary:
     chosen_not_in_topk: int = 0
     rows_without_alternatives: int = 0
     missing_logprobs: int = 0
+    checked_ids: int = 0  # chosen and alternative ids looked at, rejected samples included
+    dropped_alternatives: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
     eot_appended: int = 0
     tokenizer: str = ""
     recorded_model: str | None = None
@@ -60,8 +65,7 @@ class ConvertSummary:
 
     @property
     def unmapped_rate(self) -> float:
-        total = self.assistant_tokens + self.topk_entries
-        return self.unmapped_ids / total if total else 0.0
+        return self.unmapped_ids / self.checked_ids if self.checked_ids else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -171,6 +175,12 @@ def _explain_bad_items(items: list[Any], where: str) -> None:
             raise UserError(f"{where}.logprobs.content[{t}].top_logprobs: expected a list of objects")
 
 
+def _exact_entry(entry: dict[str, Any]) -> bool:
+    """An entry whose id is given, not recovered from text: a `token_id` field or a `token_id:N` string."""
+    token = entry.get("token")
+    return type(entry.get("token_id")) is int or (isinstance(token, str) and token.startswith(TOKEN_ID_PREFIX))
+
+
 def _int_list(value: Any) -> list[int] | None:
     if isinstance(value, list) and all(type(x) is int for x in value):
         return value
@@ -180,8 +190,55 @@ def _int_list(value: Any) -> list[int] | None:
 # ---------------------------------------------------------------------------------------- conversion
 
 
+class SampleRejected(Exception):
+    """A sample cartridges could not train on correctly; it goes to the rejects file with this reason."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+def rejects_path(output: Path) -> Path:
+    """Where the samples left out of the parquet are listed, with their reasons: beside the output."""
+    return output.with_name(output.name + ".rejects.jsonl")
+
+
+def ends_turn(finish_reason: Any, last_id: int | None, eot_ids: Sequence[int]) -> bool:
+    """Whether the teacher ended its turn: it said "stop", or its last token is an end-of-turn id (Tokasaurus
+    reports "length" when the EOS is the max_tokens-th token)."""
+    return finish_reason == "stop" or (last_id is not None and last_id in eot_ids)
+
+
+def first_duplicate(row_of: np.ndarray, ids: np.ndarray, ignore: int = MISSING_ID) -> int:
+    """Index (into the flat arrays) of the first entry whose id already appeared in the same row, or -1."""
+    if ids.size < 2:
+        return -1
+    order = np.lexsort((np.arange(ids.size), ids, row_of))
+    same = (row_of[order][1:] == row_of[order][:-1]) & (ids[order][1:] == ids[order][:-1]) & (ids[order][1:] != ignore)
+    if not same.any():
+        return -1
+    return int(order[1:][same].min())
+
+
+def drop_unrecovered(row_of: np.ndarray, lp: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Alternatives whose id could not be recovered leave their row; the mass cut then uses what remains."""
+    keep = ids != MISSING_ID
+    dropped = int(keep.size - keep.sum())
+    if dropped == 0:
+        return row_of, lp, ids, 0
+    return row_of[keep], lp[keep], ids[keep], dropped
+
+
+def _id_field(where: str, t: int, column: int | None) -> str:
+    base = f"{where}.logprobs.content[{t}]"
+    return f"{base}.token_id" if column is None else f"{base}.top_logprobs[{column}].token_id"
+
+
 class RowConverter:
     """One intermediate record -> one cartridges row; counts what it saw into `summary`."""
+
+    figures: FiguresCollector | None = None  # stats' figures, counted from the recorded top-k (convert_figures.py)
 
     def __init__(self, tokenizer: Any, min_prob_mass: float, strict: bool, summary: ConvertSummary, append_eot: bool = True) -> None:
         self.resolver = TokenIdResolver(tokenizer)
@@ -192,12 +249,17 @@ class RowConverter:
         self.summary = summary
         self.eot_ids = self._end_of_turn_ids(self.tokenizer)
         self._text_ids: dict[str, np.ndarray] = {}
+        self.rejects: list[dict[str, Any]] = []
+        self.records_seen = 0  # 0-based number of the record being converted (named in the rejects file)
+        self._logprobs_mode: tuple[str, str] | None = None  # (mode, where first seen)
 
     @staticmethod
     def _end_of_turn_ids(tokenizer: TextTokenizer) -> list[int]:
-        """End-of-turn ids, the chat template's own first (what a normal stop ends with), then eos."""
+        """End-of-turn ids, the chat template's own first (what a normal stop ends with), then every id of the
+        model's generation_config `eos_token_id` (Llama-3.1: <|eot_id|> and <|eom_id|>), then eos."""
         vocab = tokenizer.vocab
         ids = [vocab[name] for name in END_OF_TURN_TOKENS if name in vocab]
+        ids += [i for i in tokenizer.generation_eos_ids if 0 <= i < tokenizer.size]
         if tokenizer.eos_token_id is not None:
             ids.append(int(tokenizer.eos_token_id))
         return list(dict.fromkeys(ids))
@@ -219,8 +281,11 @@ class RowConverter:
         content = message.get("content") or ""
         items = _items_of(message, where)
         given = _int_list(message.get("token_ids"))
+        if given is None and isinstance(message.get("token_ids"), list):
+            index, value = next((i, v) for i, v in enumerate(message["token_ids"]) if type(v) is not int)
+            raise UserError(f"{where}.token_ids[{index}]: id {value!r} is outside the vocabulary [0, {self.resolver.limit}) of {self.tokenizer.name}")
         if items is None:
-            return self.without_logprobs(content, given, where)
+            self.without_logprobs(where)
         T = len(items)
         try:
             # map(dict.get, ...) walks the entries in C: no Python frame per top-k entry.
@@ -243,16 +308,27 @@ class RowConverter:
         alt_ids = self.resolver.resolve_entries(flat)
         chosen_lp = _number_array(list(map(dict.get, items, repeat("logprob"))), lambda t: f"{where}.logprobs.content[{t}].logprob")
         chosen = self.resolver.resolve_entries(items)
-        return self.with_logprobs(content, given, where, finish_reason, counts, alt_lp, alt_ids, chosen_lp, chosen)
+        chosen_exact = given is not None or all(_exact_entry(item) for item in items)
+        return self.with_logprobs(content, given, where, finish_reason, counts, alt_lp, alt_ids, chosen_lp, chosen, chosen_exact)
 
-    def without_logprobs(self, content: str, given: list[int] | None, where: str) -> OutMessage:
-        """An assistant message with no per-token record at all: nothing to distill from it."""
-        self.summary.assistant_messages += 1
-        self.summary.missing_logprobs += 1
+    def without_logprobs(self, where: str) -> NoReturn:
+        """An assistant message with no per-token record: cartridges would crash or train on nothing."""
         if self.strict:
             raise UserError(f"{where}: assistant message has no logprobs (strict: every assistant message needs them)")
-        ids = np.asarray(given, dtype=np.int64) if given is not None else self.encode_texts([content])[0]
-        return OutMessage("assistant", content, ids, None)
+        self.summary.missing_logprobs += 1
+        raise SampleRejected("no_logprobs", f"{where}: assistant message has no logprobs")
+
+    def _check_given(self, given: list[int], where: str) -> np.ndarray:
+        limit = self.resolver.limit
+        try:
+            array = np.asarray(given, dtype=np.int64)
+            bad = np.flatnonzero((array < 0) | (array >= limit))
+            index = int(bad[0]) if bad.size else -1
+        except OverflowError:  # an id beyond int64 (e.g. 2**70)
+            index = next(i for i, value in enumerate(given) if not -(2**63) <= value < 2**63)
+        if index >= 0:
+            raise UserError(f"{where}.token_ids[{index}]: id {given[index]} is outside the vocabulary [0, {limit}) of {self.tokenizer.name}")
+        return array
 
     def with_logprobs(
         self,
@@ -265,27 +341,61 @@ class RowConverter:
         alt_ids: np.ndarray,
         chosen_lp: np.ndarray,
         chosen: np.ndarray,
+        chosen_exact: bool,
     ) -> OutMessage:
         """One assistant message from validated flat arrays: `counts[t]` alternatives of token t, their
         logprobs/ids in `alt_lp`/`alt_ids` (row-major), the chosen tokens' logprobs and ids. Shared by the
-        per-row and the columnar reader, so both write the same bytes."""
-        self.summary.assistant_messages += 1
+        per-row and the columnar reader, so both write the same bytes. Raises SampleRejected for a sample
+        that must not reach the parquet, UserError for input that is wrong."""
         T = int(counts.size)
+        self.summary.checked_ids += T + int(alt_ids.size)
+        row_of = np.repeat(np.arange(T, dtype=np.int64), counts)
+        row_starts = np.cumsum(counts) - counts
+        limit = self.resolver.limit
+        # Exact ids outside the vocabulary: cartridges would index the embedding with them.
+        bad = np.flatnonzero(alt_ids == OUT_OF_RANGE_ID)
+        if bad.size:
+            t = int(row_of[bad[0]])
+            raise UserError(f"{_id_field(where, t, int(bad[0] - row_starts[t]))}: id outside the vocabulary [0, {limit}) of {self.tokenizer.name}")
+        duplicate = first_duplicate(row_of, alt_ids)
+        if duplicate >= 0:
+            t = int(row_of[duplicate])
+            raise UserError(f"{_id_field(where, t, int(duplicate - row_starts[t]))}: id {int(alt_ids[duplicate])} appears twice in one top-k row")
         # The teacher's own sequence wins over per-item ids when the message carries it.
         eot_id = None
         if given is not None:
-            if len(given) == T + 1 and given[-1] in self.eot_ids:
+            given_ids = self._check_given(given, where)
+            if len(given) == T + 1 and int(given_ids[-1]) in self.eot_ids:
                 # The ids carry the end-of-turn the logprobs omit: keep it (with its row) or drop it.
-                eot_id = given[-1] if self.append_eot else None
+                eot_id = int(given_ids[-1]) if self.append_eot else None
             elif len(given) != T:
                 raise UserError(f"{where}: token_ids has {len(given)} ids but logprobs.content has {T} tokens")
-            chosen = np.asarray(given[:T], dtype=np.int64)
-        if eot_id is None and self.append_eot and finish_reason == "stop" and self.eot_ids and (T == 0 or int(chosen[-1]) not in self.eot_ids):
+            chosen = given_ids[:T]
+        else:
+            bad = np.flatnonzero(chosen == OUT_OF_RANGE_ID)
+            if bad.size:
+                raise UserError(f"{_id_field(where, int(bad[0]), None)}: id outside the vocabulary [0, {limit}) of {self.tokenizer.name}")
+        unrecovered = np.flatnonzero(chosen == MISSING_ID)
+        if unrecovered.size:
+            self.summary.unmapped_ids += int(unrecovered.size)
+            raise SampleRejected("chosen_not_recovered", f"{where}.logprobs.content[{int(unrecovered[0])}]: the chosen token's id cannot be recovered exactly ({unrecovered.size} of {T} tokens)")
+        if not chosen_exact:
+            decoded = self.tokenizer.decode_text(chosen.tolist())
+            if decoded is not None and decoded != content:
+                self.summary.unmapped_ids += T
+                raise SampleRejected("ids_do_not_decode_to_content", f"{where}: the recovered ids decode to {_short(decoded)!r}, not to the content {_short(content)!r}")
+        last = int(chosen[-1]) if T else None
+        if eot_id is None and self.append_eot and self.eot_ids and finish_reason == "stop" and (last is None or last not in self.eot_ids):
             eot_id = self.eot_ids[0]
 
+        row_of, alt_lp, alt_ids, dropped = drop_unrecovered(row_of, alt_lp, alt_ids)
+        if dropped:
+            counts = np.bincount(row_of, minlength=T).astype(np.int64)
+            self.summary.dropped_alternatives += dropped
+            self.summary.unmapped_ids += dropped
+        self.summary.assistant_messages += 1
         # Rows with no alternatives recorded: the chosen token is the only known entry of its row.
         empty = np.flatnonzero(counts == 0)
-        row_of = np.repeat(np.arange(T, dtype=np.int64), counts)
         if empty.size:
             row_of = np.concatenate([row_of, empty])
             alt_lp = np.concatenate([alt_lp, chosen_lp[empty]])
@@ -305,26 +415,63 @@ class RowConverter:
         valid = np.isfinite(dense_lp)
 
         self.summary.topk_entries += int(valid.sum())
-        self.summary.unmapped_ids += int((chosen == MISSING_ID).sum()) + int(((dense_ids == MISSING_ID) & valid).sum())
+        if self.figures is not None:
+            self.figures.add_token_rows(dense_lp)
         in_top = ((dense_ids == chosen[:, None]) & valid).any(axis=1)
         self.summary.chosen_not_in_topk += int((~in_top).sum())
 
         if eot_id is not None:
             # The teacher stopped on end-of-turn but its logprobs omit that token (some servers drop it):
             # keep the id, since training expects it, with a row that holds just it at logprob 0.
-            # Fabricated, so counted (eot_appended) and marked in the row's metadata.
+            # Fabricated, so counted (eot_appended) and flagged in the row's metadata.eot_appended.
             dense_lp = np.vstack([dense_lp, np.full((1, K), -np.inf)])
             dense_ids = np.vstack([dense_ids, np.full((1, K), MISSING_ID, dtype=np.int64)])
             dense_lp[T, 0], dense_ids[T, 0] = 0.0, eot_id
             chosen = np.append(chosen, eot_id)
             self.summary.eot_appended += 1
+
         flat_top = flatten_by_mass(dense_lp, dense_ids, self.min_prob_mass)
         self.summary.assistant_tokens += int(chosen.size)
         self.summary.kept_entries += int(flat_top.token_id.size)
         top = OutTop(flat_top.token_idx, flat_top.token_id, flat_top.logprobs, flat_top.shape)
         return OutMessage("assistant", content, chosen, top)
 
-    def row(self, raw: Any, where: str) -> OutRow:
+    def row(self, raw: Any, where: str) -> OutRow | None:
+        """The converted row, or None when the sample was rejected (listed in `rejects`)."""
+        self.records_seen += 1
+        try:
+            return self._row(raw, where)
+        except SampleRejected as rejected:
+            metadata = raw.get("metadata") if isinstance(raw, dict) else None
+            self.reject(where, metadata if isinstance(metadata, dict) else {}, rejected)
+            return None
+
+    def reject(self, where: str, metadata: dict[str, Any], rejected: SampleRejected) -> None:
+        """Leave a sample out of the parquet (listed with its reason), or fail under `strict`."""
+        if self.strict:
+            raise UserError(f"{rejected.reason} (strict: failing instead of rejecting the sample)")
+        if self.figures is not None:
+            self.figures.drop_row()  # its messages may already be counted
+        self.summary.rejected += 1
+        self.summary.rejected_by_reason[rejected.kind] = self.summary.rejected_by_reason.get(rejected.kind, 0) + 1
+        self.rejects.append({"record": self.records_seen - 1, "where": where, "sample_idx": metadata.get("sample_idx"),
+                             "kind": rejected.kind, "reason": rejected.reason})
+
+    def check_logprobs_mode(self, metadata: dict[str, Any], where: str) -> None:
+        """A file holds one logprob contract: raw and tempered values must not train side by side."""
+        mode = logprobs_mode(metadata)
+        if mode is None:
+            return
+        if self._logprobs_mode is None:
+            self._logprobs_mode = (mode, where)
+        elif self._logprobs_mode[0] != mode:
+            first, seen = self._logprobs_mode
+            raise UserError(
+                f"{where}: metadata.teacher.logprobs is '{mode}' but {seen} is '{first}'; a dataset must not mix raw "
+                f"and tempered logprobs: generate it again with one generate.logprobs"
+            )
+
+    def _row(self, raw: Any, where: str) -> OutRow:
         if not isinstance(raw, dict):
             raise UserError(f"{where}: expected an object with 'messages'")
         messages = raw.get("messages")
@@ -335,6 +482,7 @@ class RowConverter:
             metadata = {}
         if not isinstance(metadata, dict):
             raise UserError(f"{where}: 'metadata' must be an object")
+        self.check_logprobs_mode(metadata, where)
         finish_reason = metadata.get("finish_reason")
         out: list[OutMessage] = []
         texts: list[tuple[int, str]] = []
@@ -360,9 +508,33 @@ class RowConverter:
         """Token ids of the non-assistant texts (one batched call) and the row-level columns."""
         for (position, _), ids in zip(texts, self.encode_texts([text for _, text in texts])):
             out[position].token_ids = ids
-        if self.summary.eot_appended > eot_before:
+        eot_appended = self.summary.eot_appended > eot_before
+        if eot_appended:
             metadata = {**metadata, "convert": {"eot_appended": True}}
-        return OutRow(out, str(system_prompt), _metadata_json(metadata), str(kind or ""))
+        finish = metadata.get("finish_reason")
+        last = next((m.token_ids for m in reversed(out) if m.role == "assistant"), None)
+        if finish == "length" and last is not None and last.size and int(last[-1]) in self.eot_ids:
+            finish = "stop"  # ended on its end-of-turn token as the max_tokens-th (Tokasaurus says "length")
+        sample_idx = metadata.get("sample_idx")
+        row_metadata = RowMetadata(
+            sample_idx=sample_idx if type(sample_idx) is int and -(2**63) <= sample_idx < 2**63 else None,
+            finish_reason=finish if isinstance(finish, str) else None,
+            logprobs=logprobs_mode(metadata),
+            eot_appended=eot_appended,
+            json=_metadata_json(metadata),
+        )
+        return OutRow(out, str(system_prompt), row_metadata, str(kind or ""))
+
+
+def logprobs_mode(metadata: dict[str, Any]) -> str | None:
+    """The logprob contract a record says it was generated under (metadata.teacher.logprobs), if any."""
+    teacher = metadata.get("teacher")
+    mode = teacher.get("logprobs") if isinstance(teacher, dict) else None
+    return mode if isinstance(mode, str) else None
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _metadata_json(metadata: dict[str, Any]) -> str:
@@ -424,6 +596,14 @@ def _floats(array: Any) -> np.ndarray:
     return np.minimum(values, 0.0)
 
 
+def _exact_column(token_id: Any, token: Any) -> np.ndarray:
+    """Per entry: the id is given (a `token_id` field or a `token_id:N` string), as _exact_entry."""
+    import pyarrow.compute as pc
+
+    by_string = pc.fill_null(pc.starts_with(token, TOKEN_ID_PREFIX), False)
+    return pc.or_(token_id.is_valid(), by_string).to_numpy(zero_copy_only=False)
+
+
 def _line_metadata(line: bytes, present: bool) -> dict[str, Any]:
     """The record's `metadata` object, parsed from the line's own text (it is free-form).
 
@@ -476,6 +656,11 @@ class ColumnarReader:
         """Ids of entries (token, token_id, bytes columns), as TokenIdResolver.resolve_entries gives them."""
         exact = fields["token_id"]
         n = len(exact)
+        limit = self.converter.resolver.limit
+        if exact.null_count < n:
+            values = exact.drop_null().to_numpy(zero_copy_only=False)
+            if values.size and (values.min() < 0 or values.max() >= limit):
+                raise _Fallback("exact id outside the vocabulary")  # the per-row reader names the field
         if exact.null_count == 0:
             ids = exact.to_numpy(zero_copy_only=False).astype(np.int64, copy=True)
         else:
@@ -483,7 +668,6 @@ class ColumnarReader:
             if exact.null_count < n:
                 valid = exact.is_valid()
                 ids[valid.to_numpy(zero_copy_only=False)] = exact.filter(valid).to_numpy()
-        ids[(ids < MISSING_ID) | (ids >= self.converter.resolver.limit)] = MISSING_ID
         return ids
 
     @staticmethod
@@ -599,6 +783,7 @@ class ColumnarReader:
             "item_offsets": item_offsets,
             "alt_counts": np.maximum(alt_counts, 0),  # null top_logprobs: no alternatives, as per row
             "alt_offsets": alt_offsets,
+            "chosen_exact": _exact_column(item["token_id"], item["token"]),
             "chosen_lp": _floats(item["logprob"]),
             "alt_lp": _floats(alt["logprob"]),
             "metadata": [_line_metadata(line, bool(flag)) for line, flag in zip(lines, present)],
@@ -609,39 +794,50 @@ class ColumnarReader:
     def _assemble(self, p: dict[str, Any], wheres: list[str]) -> list[OutRow]:
         converter = self.converter
         rows: list[OutRow] = []
-        roles, contents = p["roles"], p["contents"]
-        item_offsets, alt_offsets = p["item_offsets"], p["alt_offsets"]
         for r, where in enumerate(wheres):
             metadata = p["metadata"][r]
-            finish_reason = metadata.get("finish_reason")
-            out: list[OutMessage] = []
-            texts: list[tuple[int, str]] = []
-            eot_before = converter.summary.eot_appended
-            first, last = int(p["row_offsets"][r]), int(p["row_offsets"][r + 1])
-            for m in range(first, last):
-                content = contents[m] or ""
-                if roles[m] != "assistant":
-                    texts.append((len(out), content))
-                    out.append(OutMessage(roles[m], content, np.empty(0, dtype=np.int64), None))
-                    continue
-                field = f"{where}: messages[{m - first}]"
-                given = None
-                if p["given_lengths"][m] >= 0:
-                    given = p["given_values"][p["given_offsets"][m]:p["given_offsets"][m + 1]].tolist()
-                if p["item_lengths"][m] < 0:
-                    out.append(converter.without_logprobs(content, given, field))
-                    continue
-                a, b = int(item_offsets[m]), int(item_offsets[m + 1])
-                lo, hi = int(alt_offsets[a]), int(alt_offsets[b])
-                out.append(converter.with_logprobs(
-                    content, given, field, finish_reason, p["alt_counts"][a:b],
-                    p["alt_lp"][lo:hi], p["alt_ids"][lo:hi], p["chosen_lp"][a:b], p["chosen_ids"][a:b],
-                ))
-            system_prompt = p["system_prompts"][r]
-            if system_prompt is None:
-                system_prompt = next((contents[m] or "" for m in range(first, last) if roles[m] == "system"), "")
-            rows.append(converter.finish_row(out, texts, metadata, eot_before, system_prompt, p["types"][r]))
+            converter.records_seen += 1
+            try:
+                row = self._assemble_row(p, r, where, metadata)
+            except SampleRejected as rejected:
+                converter.reject(where, metadata, rejected)
+                continue
+            rows.append(row)
         return rows
+
+    def _assemble_row(self, p: dict[str, Any], r: int, where: str, metadata: dict[str, Any]) -> OutRow:
+        converter = self.converter
+        roles, contents = p["roles"], p["contents"]
+        item_offsets, alt_offsets = p["item_offsets"], p["alt_offsets"]
+        converter.check_logprobs_mode(metadata, where)
+        finish_reason = metadata.get("finish_reason")
+        out: list[OutMessage] = []
+        texts: list[tuple[int, str]] = []
+        eot_before = converter.summary.eot_appended
+        first, last = int(p["row_offsets"][r]), int(p["row_offsets"][r + 1])
+        for m in range(first, last):
+            content = contents[m] or ""
+            if roles[m] != "assistant":
+                texts.append((len(out), content))
+                out.append(OutMessage(roles[m], content, np.empty(0, dtype=np.int64), None))
+                continue
+            field = f"{where}: messages[{m - first}]"
+            given = None
+            if p["given_lengths"][m] >= 0:
+                given = p["given_values"][p["given_offsets"][m]:p["given_offsets"][m + 1]].tolist()
+            if p["item_lengths"][m] < 0:
+                converter.without_logprobs(field)
+            a, b = int(item_offsets[m]), int(item_offsets[m + 1])
+            lo, hi = int(alt_offsets[a]), int(alt_offsets[b])
+            out.append(converter.with_logprobs(
+                content, given, field, finish_reason, p["alt_counts"][a:b],
+                p["alt_lp"][lo:hi], p["alt_ids"][lo:hi], p["chosen_lp"][a:b], p["chosen_ids"][a:b],
+                given is not None or bool(p["chosen_exact"][a:b].all()),
+            ))
+        system_prompt = p["system_prompts"][r]
+        if system_prompt is None:
+            system_prompt = next((contents[m] or "" for m in range(first, last) if roles[m] == "system"), "")
+        return converter.finish_row(out, texts, metadata, eot_before, system_prompt, p["types"][r])
 
 
 def _jsonl_blocks(path: Path, block_bytes: int) -> Iterator[tuple[list[bytes], list[str]]]:
@@ -670,7 +866,9 @@ def iter_converted(path: Path, converter: RowConverter, columnar: bool = True) -
         raise UserError(f"{path}: file not found")
     if fileio.is_parquet(path) or not columnar:
         for where, raw in iter_records(path):
-            yield converter.row(raw, where)
+            row = converter.row(raw, where)
+            if row is not None:
+                yield row
         return
     import pyarrow as pa
 
@@ -686,7 +884,7 @@ def iter_converted(path: Path, converter: RowConverter, columnar: bool = True) -
             except _Fallback as why:
                 log.debug("%s: per-row reader for %s..%s (%s)", path, wheres[0], wheres[-1], why)
                 rows = [converter.row(_parse_line(line, where), where) for line, where in zip(lines, wheres)]
-            yield from rows
+            yield from (row for row in rows if row is not None)
     finally:
         pa.set_memory_pool(previous_pool)
 
@@ -700,6 +898,7 @@ def convert_file(
     max_unmapped_rate: float = 0.01,
     rows_per_group: int = 64,
     append_eot: bool = True,
+    figures: FiguresCollector | None = None,
 ) -> ConvertSummary:
     if not 0.0 < min_prob_mass <= 1.0:
         raise UserError(f"min_prob_mass: must be in (0, 1], got {min_prob_mass}")
@@ -715,27 +914,48 @@ def convert_file(
         )
     summary = ConvertSummary(tokenizer=tokenizer_name, recorded_model=recorded, min_prob_mass=min_prob_mass)
     converter = RowConverter(load_text_tokenizer(tokenizer_name), min_prob_mass, strict, summary, append_eot)
+    converter.figures = figures
+    rejected_file = rejects_path(output)
     with fileio.atomic_path(output) as tmp:
         writer = CartridgesWriter(tmp, rows_per_group=rows_per_group)
         try:
             for row in tqdm(iter_converted(input_path, converter, COLUMNAR), desc="convert", unit="row", dynamic_ncols=True, mininterval=1.0):
                 writer.write(row)
                 summary.rows += 1
-            if summary.rows == 0:
-                raise UserError(f"{input_path}: no rows to convert (the file is empty)")
+                if figures is not None:
+                    figures.add_row(row)
             if summary.unmapped_rate > max_unmapped_rate:
                 raise UserError(
                     f"{input_path}: {summary.unmapped_ids} token ids ({summary.unmapped_rate:.1%}, more than "
-                    f"max_unmapped_rate {max_unmapped_rate:.1%}) could not be mapped: dataset generated by "
+                    f"max_unmapped_rate {max_unmapped_rate:.1%}) could not be recovered exactly: dataset generated by "
                     f"{recorded or 'an unrecorded model'}, converting with {tokenizer_name}; pass --model with the teacher's tokenizer"
                 )
+            if summary.rows == 0:
+                if converter.rejects:
+                    first = converter.rejects[0]
+                    raise UserError(f"{input_path}: every sample was rejected ({summary.rejected}), e.g. {first['reason']}")
+                raise UserError(f"{input_path}: no rows to convert (the file is empty)")
             writer.set_footer("memdistill.convert", json.dumps(summary.to_dict()))
         except BaseException:
             writer.abort()
             raise
         writer.close()
-    if summary.missing_logprobs:
-        log.warning("%d assistant message(s) had no logprobs; written without top_logprobs", summary.missing_logprobs)
+        write_rejects(rejected_file, converter.rejects)
+    if summary.rejected:
+        log.warning("%d sample(s) rejected (not in the parquet): %s; listed in %s", summary.rejected,
+                    ", ".join(f"{k}: {v}" for k, v in sorted(summary.rejected_by_reason.items())), rejected_file)
+    if summary.dropped_alternatives:
+        log.warning("%d top-k alternative(s) whose id could not be recovered exactly were dropped from their rows", summary.dropped_alternatives)
     if summary.eot_appended:
         log.warning("%d assistant message(s) stopped on end-of-turn without its logprob; appended it at logprob 0", summary.eot_appended)
     return summary
+
+
+def write_rejects(path: Path, rejects: list[dict[str, Any]]) -> None:
+    """The rejected samples, one JSON object a line; no file when none (a stale list would mislead)."""
+    if not rejects:
+        path.unlink(missing_ok=True)
+        return
+    with fileio.atomic_output(path) as handle:
+        for reject in rejects:
+            handle.write(fileio.dump_json_line(reject))

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from memdistill import fileio
 from memdistill.errors import UserError
+from memdistill.progress import SampleProgress
 from memdistill.prompt_file import PromptRow
 from memdistill.response_store import ResponseStore, request_key, run_id
 from memdistill.teachers.base import Completion, Failure, Teacher, TeacherRequest
@@ -93,26 +92,28 @@ async def _collect(
     run: str,
     failures: list[Failure],
 ) -> None:
-    started = time.perf_counter()
+    max_tokens = int(teacher.describe().get("max_tokens") or 1)
     try:
-        with tqdm(total=len(pending), desc="generate", unit="req", dynamic_ncols=True, smoothing=0.1) as bar:
+        with SampleProgress(len(pending), max_tokens) as progress:
+            if hasattr(teacher, "on_tokens"):
+                teacher.on_tokens = progress.tokens  # a teacher that streams its tokens moves the bar within a batch
             async for result in teacher.stream(pending):
                 if isinstance(result, Failure):
                     failures.append(result)
                     summary.failures += 1
                     summary.retries += max(0, result.attempts - 1)
                     log.warning("sample %d failed after %d attempt(s): %s", result.sample_idx, result.attempts, result.error)
+                    progress.finished(0, failed=True, retries=max(0, result.attempts - 1))
                 else:
                     store.put(keys[result.sample_idx], result, run)
-                    summary.retries += max(0, int(result.extra.get("attempts", 1)) - 1)
+                    retries = max(0, int(result.extra.get("attempts", 1)) - 1)
+                    summary.retries += retries
                     summary.output_tokens += result.output_tokens
                     summary.input_tokens += result.input_tokens
-                bar.update(1)
-                if bar.n % 16 == 0 or bar.n == len(pending):
-                    elapsed = max(1e-9, time.perf_counter() - started)
-                    bar.set_postfix(tok_s=f"{summary.output_tokens / elapsed:.1f}", retries=summary.retries,
-                                    failed=summary.failures, refresh=False)
+                    progress.finished(result.output_tokens, retries=retries)
     finally:
+        if hasattr(teacher, "on_tokens"):
+            teacher.on_tokens = None
         await teacher.aclose()
 
 

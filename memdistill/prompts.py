@@ -1,14 +1,15 @@
-"""The HistoryAgent prompt shape (teacher view: memory + observation; student view: no memory) and the
-token budget that trims the memory to fit `max_prompt_tokens`."""
+"""The HistoryAgent prompt shape (teacher view: memory + observation; student view: no memory), the agent's
+system prompt, and the token counters the budget (memdistill.budget) uses."""
 
 from __future__ import annotations
 
-import bisect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
+from memdistill.errors import UserError
 from memdistill.snapshot import MemoryEntry
 
 MEMORY_INSTRUCTION = (
@@ -18,6 +19,10 @@ MEMORY_INSTRUCTION = (
 MEMORY_HEADER = "Here is a list of your previous experiences:"
 EMPTY_MEMORY = "No previous experiences."
 CURRENT_HEADER = "Here is the current observation:"
+# The agent's system prompt when neither a flag, params.yaml nor the checkpoint gives one.
+DEFAULT_SYSTEM_PROMPT = "You are a helpful agent."
+# A checkpoint folder may hold its agent's system prompt in this file.
+CHECKPOINT_SYSTEM_PROMPT = "system_prompt.txt"
 
 # Without a tokenizer, each chat message costs about this many template tokens (role markers, end of turn).
 TEMPLATE_TOKENS_PER_MESSAGE = 5
@@ -44,6 +49,33 @@ def render_content(content: str | dict[str, Any]) -> str:
 
 def render_entry(entry: MemoryEntry) -> str:
     return f"{entry.type.strip().upper()}: {render_content(entry.content)}"
+
+
+def _read_prompt_file(path: Path, what: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8-sig").strip()
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not text:
+        raise UserError(f"{path}: {what} is empty")
+    return text
+
+
+def resolve_system_prompt(text: str | None, file: str | None, checkpoint_dir: str | Path) -> tuple[str, str]:
+    """The agent's system prompt and where it came from: `system_prompt` text, `system_prompt_file`, the
+    checkpoint's system_prompt.txt, or the generic default, in that order."""
+    if text is not None:
+        if not text.strip():
+            raise UserError("system_prompt: is empty; give the agent's system prompt or null")
+        return text, "system_prompt"
+    if file is not None:
+        return _read_prompt_file(Path(file), "system_prompt_file"), f"file:{file}"
+    candidate = Path(checkpoint_dir) / CHECKPOINT_SYSTEM_PROMPT
+    if candidate.is_file():
+        return _read_prompt_file(candidate, CHECKPOINT_SYSTEM_PROMPT), f"checkpoint:{candidate}"
+    return DEFAULT_SYSTEM_PROMPT, "default"
 
 
 def teacher_system_prompt(agent_system_prompt: str) -> str:
@@ -129,26 +161,3 @@ class TokenizerCounter:
 def view_cost(ranges: Sequence[tuple[int, int]], cumulative: Sequence[int]) -> int:
     """Total cost of the entries in half-open `ranges`; `cumulative[j]` is the cost of entries [0, j)."""
     return sum(cumulative[stop] - cumulative[start] for start, stop in ranges)
-
-
-def entries_to_drop(ranges: Sequence[tuple[int, int]], cumulative: Sequence[int], allowed: int) -> int:
-    """How many of the oldest entries of a view to drop so the rest costs at most `allowed`.
-
-    `ranges` are the view's sorted half-open ranges of entry indices; `cumulative` is the running sum of
-    per-entry costs (non-decreasing, costs >= 0), so each range is searched by bisection instead of
-    entry by entry. Returns the number of entries in the view when even an empty memory is over.
-    """
-    excess = view_cost(ranges, cumulative) - allowed
-    if excess <= 0:
-        return 0
-    dropped = 0
-    for start, stop in ranges:
-        cost = cumulative[stop] - cumulative[start]
-        if cost < excess:
-            excess -= cost
-            dropped += stop - start
-            continue
-        # Smallest cut j in (start, stop] whose prefix [start, j) covers the excess.
-        cut = bisect.bisect_left(cumulative, cumulative[start] + excess, lo=start + 1, hi=stop + 1)
-        return dropped + (cut - start)
-    return dropped

@@ -18,6 +18,8 @@ import re2
 from memdistill.errors import UserError
 
 REDACTION_MARKER = "[REDACTED]"
+# E-mail addresses and OpenAI-style API keys.
+DEFAULT_REDACT_PATTERNS: tuple[str, ...] = (r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}", r"sk-[A-Za-z0-9_-]{16,}")
 
 _UNANCHORED = re2._re2.RE2.Anchor.UNANCHORED
 

@@ -201,3 +201,42 @@ def load_snapshot(path: Path) -> Snapshot:
     if not samples:
         raise UserError(f"{path}: no Observation entries, so there is nothing to distil")
     return Snapshot(path=path, sha256=hashlib.sha256(data).hexdigest(), entries=entries, samples=samples)
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalObservation:
+    """An observation from outside the memory (`observations:` file) and the line it came from."""
+
+    sample: Sample
+    line: int
+
+
+def load_observations(path: str | Path, memory_size: int) -> tuple[ExternalObservation, ...]:
+    """Read an observations file: `{"content": ...}` per line, or memory-format entries whose Observations
+    are taken (other types skipped). Each becomes a sample with no action or feedback placed after the
+    memory's last entry (`start == stop == memory_size`), so it owns no memory entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: observations file not found (observations)")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    found: list[ExternalObservation] = []
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if isinstance(raw, dict) and "type" not in raw:
+            raw = {"type": "Observation", **raw}
+        entry = parse_entry(raw, memory_size, f"{path}:{lineno}")
+        if entry.kind != "observation":
+            continue
+        sample = Sample(len(found), entry, None, None, memory_size, memory_size)
+        found.append(ExternalObservation(sample, lineno))
+    if not found:
+        raise UserError(f"{path}: no observations; expected one {{\"content\": ...}} object per line")
+    return tuple(found)

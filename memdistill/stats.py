@@ -10,10 +10,12 @@ tokens. Two sources, each for what only it knows:
 
 from __future__ import annotations
 
+import collections
+
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,12 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from memdistill import fileio
+from memdistill.convert_figures import DEFAULT_MASS_THRESHOLDS, read_figures
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MASS_THRESHOLDS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999)
 # Parquet columns whose size grows with the number of kept entries; the rest is the fixed part.
 ENTRY_COLUMNS = ("token_idx", "token_id", "logprobs")
 ENTRY_COLUMN_PREFIX = "messages.list.element.top_logprobs."
@@ -39,7 +41,8 @@ METADATA_TYPE = pl.Struct(
         "failed": pl.Boolean,
         "memory_size_chars": pl.Int64,
         "memory_size_entries": pl.Int64,
-        "teacher": pl.Struct({"model": pl.String, "top_logprobs": pl.Int64}),
+        "memory_coverage": pl.Float64,
+        "teacher": pl.Struct({"model": pl.String, "top_logprobs": pl.Int64, "logprobs": pl.String}),
     }
 )
 _TOP_TYPE = pl.Struct({"logprob": pl.Float64})
@@ -58,7 +61,9 @@ JSONL_SCHEMA = pl.Schema(
         "metadata": METADATA_TYPE,
     }
 )
-SAMPLE_COLUMNS = ("row", "sample", "tokens", "finish_reason", "failed", "memory_size_chars", "memory_size_entries")
+SAMPLE_COLUMNS = ("row", "sample", "tokens", "finish_reason", "failed", "memory_size_chars", "memory_size_entries", "memory_coverage")
+# A sample that kept less than this share of the memory its strategy wanted counts as poorly covered.
+LOW_COVERAGE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,7 @@ class ParquetFigures:
     samples: pl.DataFrame  # SAMPLE_COLUMNS + unmapped_chosen, one row per record
     top_k: int
     kept_entries: int
+    unmapped_chosen: int
     unmapped_kept: int
     mean_mass_kept: float
     kept_histogram: pl.DataFrame  # kept, tokens
@@ -78,7 +84,7 @@ class ParquetFigures:
 
     @property
     def unmapped(self) -> int:
-        return int(self.samples["unmapped_chosen"].sum()) + self.unmapped_kept
+        return self.unmapped_chosen + self.unmapped_kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,8 @@ class StatsResult:
     metrics: dict[str, Any]
     plots: dict[str, pl.DataFrame]
     samples: pl.DataFrame  # per record: sample, tokens, finish_reason, memory sizes
+    # metrics/generate.json, shown in the summary; not repeated in metrics/stats.json (`dvc metrics show` lists both)
+    generation: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- queries
@@ -174,8 +182,16 @@ def scan_parquet(path: Path) -> pl.LazyFrame:
         raise UserError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
     if "messages" not in schema:
         raise UserError(f"{path}: no 'messages' column; expected a cartridges parquet")
-    if schema.get("metadata") == pl.String:
+    stored = schema.get("metadata")
+    if stored == pl.String:
         metadata = pl.col("metadata").str.json_decode(METADATA_TYPE)
+    elif isinstance(stored, pl.Struct) and {"json", "finish_reason"} <= {f.name for f in stored.fields}:
+        # convert's struct: the whole record metadata is its `json` field; `finish_reason` is the effective one.
+        decoded = pl.col("metadata").struct.field("json").str.json_decode(METADATA_TYPE)
+        metadata = pl.struct(
+            [pl.col("metadata").struct.field("finish_reason") if name == "finish_reason" else decoded.struct.field(name)
+             for name in METADATA_TYPE.to_schema()]
+        )
     elif "metadata" in schema:
         # A struct written by another tool may have other fields; going through JSON picks ours.
         metadata = pl.col("metadata").struct.json_encode().str.json_decode(METADATA_TYPE)
@@ -269,13 +285,18 @@ def _sample_columns(frame: pl.DataFrame | pl.LazyFrame) -> Any:
         meta.field("failed").fill_null(False).alias("failed"),
         meta.field("memory_size_chars"),
         meta.field("memory_size_entries"),
+        meta.field("memory_coverage"),
     )
 
 
-def jsonl_figures(path: Path, thresholds: Sequence[float] = DEFAULT_MASS_THRESHOLDS) -> JsonlFigures:
-    """What the intermediate JSONL holds: per-sample figures and the mass curve over `thresholds`."""
+def jsonl_figures(path: Path, thresholds: Sequence[float] = DEFAULT_MASS_THRESHOLDS, exclude: Sequence[int] = ()) -> JsonlFigures:
+    """What the intermediate JSONL holds: per-sample figures and the mass curve over `thresholds`, leaving
+    out the records numbered in `exclude` (those convert rejected)."""
     thresholds = _check_thresholds(thresholds, "thresholds")
-    records = _collect(jsonl_records(scan_jsonl(path), thresholds), path, "the intermediate JSONL").sort("row")
+    frame = scan_jsonl(path)
+    if exclude:
+        frame = frame.filter(~pl.col("row").is_in(pl.Series(list(exclude), dtype=pl.UInt32).implode()))
+    records = _collect(jsonl_records(frame, thresholds), path, "the intermediate JSONL").sort("row")
     totals = records.select(pl.exclude("row", "metadata", "k").sum(), pl.col("k").max()).row(0, named=True)
     return JsonlFigures(
         samples=_sample_columns(records),
@@ -335,21 +356,85 @@ def parquet_figures(path: Path) -> ParquetFigures:
         "a cartridges parquet",
     )
     row = totals.row(0, named=True)
-    tokens = int(samples["tokens"].sum())
-    # Tokens without any kept entry only happen for rows with no finite logprob; show them as bar 0.
-    without = tokens - int(row["tokens_with_entries"] or 0)
-    if without > 0:
-        histogram = pl.concat([pl.DataFrame({"kept": [0], "tokens": [without]}, schema=histogram.schema), histogram])
     return ParquetFigures(
         samples=samples,
         top_k=int(top_k.item() or 0),
         kept_entries=int(row["kept"] or 0),
+        unmapped_chosen=int(samples["unmapped_chosen"].sum()),
         unmapped_kept=int(unmapped.item() or 0),
         mean_mass_kept=float(row["mass"] or 0.0),
-        kept_histogram=histogram,
+        kept_histogram=_with_zero_bar(histogram, int(samples["tokens"].sum()), int(row["tokens_with_entries"] or 0)),
         file_bytes=path.stat().st_size,
         entry_bytes=parquet_entry_bytes(path),
     )
+
+
+def _with_zero_bar(histogram: pl.DataFrame, tokens: int, tokens_with_entries: int) -> pl.DataFrame:
+    """Tokens without any kept entry only happen for rows with no finite logprob; show them as bar 0."""
+    histogram = histogram.select(pl.col("kept").cast(pl.Int64), pl.col("tokens").cast(pl.Int64))
+    without = tokens - tokens_with_entries
+    if without > 0:
+        histogram = pl.concat([pl.DataFrame({"kept": [0], "tokens": [without]}, schema=histogram.schema), histogram])
+    return histogram
+
+
+# ------------------------------------------------------------------------------ figures convert counted
+
+
+def figures_from_convert(
+    figures_file: Path | None, jsonl: Path, parquet: Path, thresholds: Sequence[float]
+) -> tuple[JsonlFigures, ParquetFigures] | None:
+    """Both halves of the figures from convert's side output (convert_figures.py) and the parquet's
+    metadata column and footer, without parsing the JSONL or the parquet's entries. None, with the
+    reason logged, when the side output is absent, lacks a threshold, or belongs to other files: the
+    caller then reads the files themselves."""
+    if figures_file is None or not figures_file.is_file():
+        log.info("no convert figures%s; computing them from %s", f" at {figures_file}" if figures_file else "", jsonl)
+        return None
+    _require(jsonl)
+    _require(parquet)
+    figures = read_figures(figures_file)
+    missing = sorted(set(thresholds) - set(figures.thresholds))
+    if missing:
+        reason = f"counted at {figures.thresholds}, not at {missing} (re-run convert with these stats.mass_thresholds)"
+    elif (figures.input_bytes, figures.parquet_bytes) != (jsonl.stat().st_size, parquet.stat().st_size):
+        reason = f"written for other files than {jsonl} and {parquet}"
+    else:
+        reason = None
+    samples = None if reason else _collect(scan_parquet(parquet).select("row", "metadata"), parquet, "a cartridges parquet")
+    if samples is not None and samples.height != figures.rows:
+        reason, samples = f"counts {figures.rows} records but {parquet} has {samples.height}", None
+    if reason or samples is None:
+        log.warning("%s: %s; computing the figures from %s instead", figures_file, reason, jsonl)
+        return None
+    index = [figures.thresholds.index(t) for t in thresholds]
+    totals = {"tokens_with_logprobs": figures.tokens_with_logprobs}
+    for i, j in enumerate(index):
+        totals[f"kept_{i}"], totals[f"below_{i}"] = figures.kept_at[j], figures.rows_below[j]
+    from_jsonl = JsonlFigures(
+        samples=pl.DataFrame({"tokens": figures.recorded_tokens_per_row}, schema={"tokens": pl.Int64}),
+        tokens_with_logprobs=figures.tokens_with_logprobs,
+        recorded_entries=figures.recorded_entries,
+        top_k=figures.recorded_top_k,
+        mass_curve=_curve_frame(totals, thresholds),
+        file_bytes=jsonl.stat().st_size,
+    )
+    histogram = pl.DataFrame(
+        {"kept": [int(k) for k in figures.kept_histogram], "tokens": list(figures.kept_histogram.values())},
+        schema={"kept": pl.Int64, "tokens": pl.Int64},
+    ).sort("kept")
+    from_parquet = ParquetFigures(
+        samples=_sample_columns(samples.with_columns(pl.Series("tokens", figures.tokens_per_row, dtype=pl.Int64))),
+        top_k=figures.top_k,
+        kept_entries=figures.kept_entries,
+        unmapped_chosen=figures.unmapped_chosen,
+        unmapped_kept=figures.unmapped_kept,
+        mean_mass_kept=figures.mass_kept_sum / figures.tokens_with_entries if figures.tokens_with_entries else 0.0,
+        kept_histogram=_with_zero_bar(histogram, sum(figures.tokens_per_row), figures.tokens_with_entries),
+        file_bytes=parquet.stat().st_size,
+        entry_bytes=parquet_entry_bytes(parquet),
+    )
+    return from_jsonl, from_parquet
 
 
 # ------------------------------------------------------------------------------------------------- math
@@ -426,17 +511,61 @@ def read_generate_metrics(path: Path | None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ stats
 
 
+def memory_coverage_figures(coverage: pl.Series) -> dict[str, Any]:
+    """memory.coverage (kept / wanted memory tokens): mean, p10 and the share of samples below LOW_COVERAGE.
+
+    Nulls (records written before coverage was recorded) are left out; all null gives nulls.
+    """
+    known = coverage.drop_nulls()
+    if known.is_empty():
+        return {"coverage": {"mean": None, "p10": None}, "share_below_half": None, "samples_measured": 0}
+    return {
+        "coverage": {"mean": _round(known.mean()), "p10": _round(known.quantile(0.1, "linear"))},
+        "share_below_half": _ratio(int((known < LOW_COVERAGE).sum()), known.len()),
+        "samples_measured": known.len(),
+    }
+
+
+def read_rejects(parquet: Path) -> list[dict[str, Any]]:
+    """The samples convert left out of `parquet` (its `<parquet>.rejects.jsonl`; none when absent)."""
+    from memdistill.conversion import rejects_path
+
+    path = rejects_path(parquet)
+    if not path.is_file():
+        return []
+    return [record for _, record in fileio.read_jsonl(path)]
+
+
+def check_one_logprobs_mode(jsonl: Path) -> None:
+    """Refuse a dataset whose records mix raw and tempered logprobs (metadata.teacher.logprobs)."""
+    modes = _collect(
+        scan_jsonl(jsonl).select(pl.col("metadata").struct.field("teacher").struct.field("logprobs").alias("mode")).drop_nulls().unique(),
+        jsonl, "the intermediate JSONL",
+    )["mode"].sort().to_list()
+    if len(modes) > 1:
+        raise UserError(f"{jsonl}: records mix logprob contracts ({', '.join(modes)} in metadata.teacher.logprobs); generate it again with one generate.logprobs")
+
+
 def compute_stats(
     jsonl: Path,
     parquet: Path,
     min_prob_mass: float,
     generate_metrics: Path | None = None,
     thresholds: Sequence[float] = DEFAULT_MASS_THRESHOLDS,
+    figures: Path | None = None,
 ) -> StatsResult:
+    """The metrics, plot tables and per-sample figures; from convert's `figures` side output when it is
+    there and current, else by reading the JSONL and the parquet themselves (same figures either way)."""
     (min_prob_mass,) = _check_thresholds([min_prob_mass], "min_prob_mass")
     thresholds = _check_thresholds([*thresholds, min_prob_mass], "mass_thresholds")
-    from_jsonl = jsonl_figures(jsonl, thresholds)
-    from_parquet = parquet_figures(parquet)
+    rejects = read_rejects(parquet)
+    counted = figures_from_convert(figures, jsonl, parquet, thresholds)
+    if counted is None:
+        # convert refused a file mixing logprob contracts; reading the JSONL itself, stats checks it too.
+        check_one_logprobs_mode(jsonl)
+        skipped = [r["record"] for r in rejects if type(r.get("record")) is int]
+        counted = jsonl_figures(jsonl, thresholds, skipped), parquet_figures(parquet)
+    from_jsonl, from_parquet = counted
     if from_jsonl.samples.height != from_parquet.samples.height:
         raise UserError(
             f"{parquet}: {from_parquet.samples.height} records but {jsonl} has {from_jsonl.samples.height}; "
@@ -460,6 +589,7 @@ def compute_stats(
     metrics: dict[str, Any] = {
         "samples": samples.height,
         "failed_reference_samples": int(samples["failed"].sum()),
+        "memory": memory_coverage_figures(samples["memory_coverage"]),
         "assistant_tokens": {
             "total": total_tokens,
             "mean": _round(tokens.mean()),
@@ -473,21 +603,23 @@ def compute_stats(
         "mean_kept_per_token": _ratio(from_parquet.kept_entries, total_tokens),
         "mean_mass_kept": _round(from_parquet.mean_mass_kept),
         "share_rows_below_min_mass": _round(at_min_mass["share_rows_below"], 6),
+        "rejected_samples": len(rejects),
+        "rejected_by_reason": dict(sorted(collections.Counter(str(r.get("kind")) for r in rejects).items())),
         "unmapped_tokens": unmapped,
         "unmapped_rate": _ratio(unmapped, total_tokens + from_parquet.kept_entries, 6),
         "finish_reasons": {str(reason): int(count) for reason, count in finish.iter_rows()},
         "jsonl_bytes": from_jsonl.file_bytes,
         "parquet_bytes": from_parquet.file_bytes,
         "parquet_bytes_per_token": _ratio(from_parquet.file_bytes, total_tokens),
-        "generation": read_generate_metrics(generate_metrics),
     }
     plots = {
         "kept_per_token": from_parquet.kept_histogram,
         "mass_curve": curve,
         "tokens_per_sample": samples.select("sample", "tokens"),
         "memory_vs_output": samples.select("sample", "memory_size_chars", "memory_size_entries", "tokens"),
+        "memory_coverage": samples.select("sample", pl.col("memory_coverage").alias("coverage")),
     }
-    return StatsResult(metrics, plots, samples.select(*SAMPLE_COLUMNS[1:]))
+    return StatsResult(metrics, plots, samples.select(*SAMPLE_COLUMNS[1:]), read_generate_metrics(generate_metrics))
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -514,13 +646,21 @@ def extreme_samples(samples: pl.DataFrame, count: int = 5) -> tuple[pl.DataFrame
     return longest, shortest
 
 
-def render_summary(result: StatsResult) -> str:
-    """reports/summary.md: the metrics as a short table, the mass curve, the extreme samples."""
+def _coverage_cell(memory: dict[str, Any]) -> str:
+    coverage = memory["coverage"]
+    return "—" if coverage["mean"] is None else f"{coverage['mean']} / {coverage['p10']}"
+
+
+def render_summary(result: StatsResult, images: Sequence[tuple[str, str]] = ()) -> str:
+    """reports/summary.md: the metrics as a short table, the plots (`images`: title and path relative to
+    the summary), the mass curve, the extreme samples."""
     m = result.metrics
     tokens = m["assistant_tokens"]
     rows = [
         ("samples", m["samples"]),
         ("failed reference samples", m["failed_reference_samples"]),
+        ("memory coverage, kept / wanted tokens (mean / p10)", _coverage_cell(m["memory"])),
+        ("samples below 50% memory coverage", "—" if m["memory"]["share_below_half"] is None else f"{m['memory']['share_below_half']:.2%}"),
         ("assistant tokens (total)", tokens["total"]),
         ("assistant tokens per sample (mean / p50 / p95)", f"{tokens['mean']} / {tokens['p50']} / {tokens['p95']}"),
         ("K (top_logprobs recorded)", m["top_k"]),
@@ -535,11 +675,16 @@ def render_summary(result: StatsResult) -> str:
         ("parquet size", _bytes(m["parquet_bytes"])),
         ("parquet bytes per assistant token", m["parquet_bytes_per_token"]),
     ]
-    for key, value in m["generation"].items():
+    for key, value in result.generation.items():
         if isinstance(value, (int, float, str)):
             rows.append((f"generation: {key}", value))
-    lines = ["# Dataset summary", "", "Written by the stats stage (`memdistill stats`); `metrics/stats.json` holds the same figures.", ""]
+    lines = ["# Dataset summary", "", "Written by the stats stage (`memdistill stats`); `metrics/stats.json` and `metrics/generate.json` hold the same figures.", ""]
     lines += _table(("figure", "value"), rows)
+    if images:
+        lines += ["", "## Plots", ""]
+        for title, path in images:
+            lines += [f"![{title}]({path})", ""]
+        lines.pop()
     curve = result.plots["mass_curve"]
     lines += ["", "## What other `min_prob_mass` values would cost", ""]
     lines += _table(

@@ -1,17 +1,19 @@
 """Recovering exact vocabulary ids from the token strings a teacher server returns.
 
-Order (issue 6): `token_id:N` strings; the tokenizer's vocabulary entry (raw BPE strings, as Tokasaurus
-sends them); the `bytes` field mapped through the byte-level vocabulary; a string that encodes to exactly
-one id. Anything else is `MISSING_ID`.
+Order: `token_id:N` strings; the `bytes` field mapped through the byte-level vocabulary (exact); then the
+string itself, and an id recovered from a string must round-trip (issue 12): the decoded-text reading
+(the id whose `decode([id])` equals the string: its UTF-8 bytes, or a one-id encoding) first, then the raw
+vocabulary entry (BPE pieces such as "Ġthe", as Tokasaurus sends them) only when that piece decodes to
+whole characters. Anything else is `MISSING_ID`: never a guess.
 
-One refinement of that order: when an entry carries `bytes`, the bytes decide between a vocabulary-entry
-reading and a decoded-text reading of the same string. Byte-level alphabets reuse Latin-1 characters, so
-the decoded text "é" (bytes C3 A9) is also the vocabulary entry of the single byte E9; without the bytes
-the vocabulary reading wins, with them the bytes are exact and win.
+Why the order: byte-level alphabets reuse Latin-1 characters, so the decoded text "é" (bytes C3 A9, id
+2756 in SmolLM2) is also the vocabulary entry of the lone byte E9 (id 180), which decodes to U+FFFD. A
+server that sends no `bytes` (llama.cpp) means the text; reading the vocabulary entry would write 180.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from itertools import repeat
@@ -26,6 +28,9 @@ from memdistill import models
 from memdistill.logprobs import MISSING_ID
 
 TOKEN_ID_PREFIX = "token_id:"
+# An exact id given in the input (a `token_id` field) outside [0, vocab_size): an input error, not a miss.
+OUT_OF_RANGE_ID = -2
+REPLACEMENT_CHAR = "\ufffd"
 
 
 @functools.lru_cache(maxsize=1)
@@ -87,16 +92,51 @@ class TextTokenizer:
     encode_batch: Callable[[list[str]], list[list[int]]]
     # An encoding that falls back to the unknown token is not a match.
     unk_token_id: int | None = None
+    # ids -> text (special tokens kept); None: ids recovered from strings cannot be checked, so none are.
+    decode: Callable[[list[int]], str] | None = None
+    # Every id of the model's generation_config.json `eos_token_id` (a list for Llama-3.1).
+    generation_eos_ids: tuple[int, ...] = ()
+    special_ids: frozenset[int] = frozenset()
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
+
+    def decode_text(self, ids: Sequence[int]) -> str | None:
+        """Text of `ids` without special tokens (what a server puts in `content`); None without a decoder."""
+        if self.decode is None:
+            return None
+        return self.decode([int(i) for i in ids if int(i) not in self.special_ids])
+
+
+def generation_eos_ids(folder: Path) -> tuple[int, ...]:
+    """`eos_token_id` of a model folder's generation_config.json, as a tuple (it may be an int or a list)."""
+    config = folder / "generation_config.json"
+    if not config.is_file():
+        return ()
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("eos_token_id")
+    except (ValueError, AttributeError):
+        return ()
+    values = value if isinstance(value, list) else [value]
+    return tuple(v for v in values if type(v) is int)
 
 
 def text_tokenizer_from_transformers(tokenizer: Any, name: str = "") -> TextTokenizer:
     vocab = tokenizer.get_vocab()
     size = max(len(tokenizer), max(vocab.values(), default=-1) + 1)
     encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return TextTokenizer(name or getattr(tokenizer, "name_or_path", ""), vocab, size, tokenizer.eos_token_id, encode, tokenizer.unk_token_id)
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)  # noqa: E731
+    eos: tuple[int, ...] = ()
+    try:
+        from transformers import GenerationConfig
+
+        configured = GenerationConfig.from_pretrained(getattr(tokenizer, "name_or_path", "") or name).eos_token_id
+        eos = tuple(configured if isinstance(configured, list) else [configured] if isinstance(configured, int) else [])
+    except Exception:  # noqa: BLE001 - a tokenizer-only repository has no generation config; eos_token_id is enough
+        pass
+    special = frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", []))
+    return TextTokenizer(name or getattr(tokenizer, "name_or_path", ""), vocab, size, tokenizer.eos_token_id, encode,
+                         tokenizer.unk_token_id, decode, eos, special)
 
 
 def text_tokenizer_from_folder(folder: Path, name: str = "") -> TextTokenizer:
@@ -117,8 +157,13 @@ def text_tokenizer_from_folder(folder: Path, name: str = "") -> TextTokenizer:
     def encode(texts: list[str]) -> list[list[int]]:
         return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
 
+    def decode(ids: list[int]) -> str:
+        return backend.decode(ids, skip_special_tokens=False)
+
     unk = getattr(backend.model, "unk_token", None)
-    return TextTokenizer(name or str(folder), vocab, size, eos, encode, vocab.get(unk) if isinstance(unk, str) else None)
+    special = frozenset(token_id for token_id, token in backend.get_added_tokens_decoder().items() if token.special)
+    return TextTokenizer(name or str(folder), vocab, size, eos, encode, vocab.get(unk) if isinstance(unk, str) else None,
+                         decode, generation_eos_ids(folder), special)
 
 
 def load_text_tokenizer(name_or_path: str) -> TextTokenizer:
@@ -126,7 +171,10 @@ def load_text_tokenizer(name_or_path: str) -> TextTokenizer:
     if models.is_embedded(name_or_path):
         # The embedded tokenizer is materialised once into a transformers folder; read its tokenizer.json
         # directly, which keeps torch and transformers out of the convert process.
-        return text_tokenizer_from_folder(models.embedded_tokenizer_dir(), name_or_path)
+        tokenizer = text_tokenizer_from_folder(models.embedded_tokenizer_dir(), name_or_path)
+        # The tokenizer folder has no generation config; the model's copy has one once it was materialised
+        # (its end-of-turn, <|im_end|>, is in END_OF_TURN_TOKENS either way).
+        return dataclasses.replace(tokenizer, generation_eos_ids=generation_eos_ids(models.embedded_model_dir_if_present()))
     folder = Path(name_or_path)
     if folder.is_dir() and (folder / "tokenizer.json").is_file():
         return text_tokenizer_from_folder(folder, name_or_path)
@@ -151,6 +199,18 @@ class TokenIdResolver:
         self._strings: dict[str, int] = {}
         unk = self.tokenizer.unk_token_id
         self._unk_text = next((piece for piece, token_id in self.vocab.items() if token_id == unk), None) if unk is not None else None
+        self._decoded: dict[int, str | None] = {}
+
+    def text_of(self, token_id: int) -> str | None:
+        """`decode([token_id])`, memoised; None when the tokenizer has no decoder."""
+        if token_id not in self._decoded:
+            decode = self.tokenizer.decode
+            self._decoded[token_id] = decode([token_id]) if decode is not None else None
+        return self._decoded[token_id]
+
+    def round_trips(self, token_id: int, token: str) -> bool:
+        text = self.text_of(token_id)
+        return text is None or text == token
 
     def from_bytes(self, raw: Sequence[int] | None) -> int:
         if not raw:
@@ -180,8 +240,9 @@ class TokenIdResolver:
 
     def _learn(self, entry: dict[str, Any]) -> int:
         token_id = entry.get("token_id")
-        if type(token_id) is int:
-            return token_id
+        if token_id is not None:
+            # A given id that is not an int in range (JSON readers turn 2**70 into a float) is an input error.
+            return token_id if type(token_id) is int and 0 <= token_id < self.limit else OUT_OF_RANGE_ID
         token, raw = entry.get("token"), entry.get("bytes")
         found = self.resolve(token, raw)
         if isinstance(token, str):
@@ -220,23 +281,32 @@ class TokenIdResolver:
         else:
             candidate = np.asarray(exact)
             if candidate.dtype.kind == "i":
-                ids = candidate.astype(np.int64, copy=False)
+                ids = candidate.astype(np.int64, copy=True)
+                ids[(ids < 0) | (ids >= self.limit)] = OUT_OF_RANGE_ID
         if ids is None:
             ids = np.fromiter(map(self._learn, entries), dtype=np.int64, count=count)
-        ids[(ids < MISSING_ID) | (ids >= self.limit)] = MISSING_ID
         return ids
 
     def _resolve_uncached(self, token: str) -> int:
         parsed = parse_token_id(token, self.limit)
         if parsed is not None:
             return parsed
+        if REPLACEMENT_CHAR in token:
+            # Without bytes, U+FFFD stands for any partial character (or the literal U+FFFD token): no exact id.
+            return MISSING_ID
+        # Decoded-text readings first: the id must decode back to exactly this string.
+        found = self.byte_ids.get(token.encode("utf-8"))
+        if found is not None and self.round_trips(found, token):
+            return found
+        encoded = self.tokenizer.encode(token) if token else []
+        if len(encoded) == 1 and not (encoded[0] == self.tokenizer.unk_token_id and token != self._unk_text):
+            if self.round_trips(int(encoded[0]), token):
+                return int(encoded[0])
+        # A raw vocabulary piece: exact by construction, but only a piece of whole characters is read this way
+        # (the lone-byte piece "é" decodes to U+FFFD and is the decoded text of another id).
         found = self.vocab.get(token)
         if found is not None:
-            return found
-        found = self.byte_ids.get(token.encode("utf-8"))
-        if found is not None:
-            return found
-        encoded = self.tokenizer.encode(token)
-        if len(encoded) != 1 or (encoded[0] == self.tokenizer.unk_token_id and token != self._unk_text):
-            return MISSING_ID
-        return int(encoded[0])
+            text = self.text_of(found)
+            if text is None or REPLACEMENT_CHAR not in text:
+                return found
+        return MISSING_ID

@@ -11,27 +11,41 @@ from pydantic import Field
 
 from memdistill import fileio, params
 from memdistill.conversion import ConvertSummary, convert_file
+from memdistill.convert_figures import DEFAULT_MASS_THRESHOLDS, FiguresCollector, figures_path, write_figures
 
 log = logging.getLogger(__name__)
 
 
 class ConvertConfig(params.StageParams):
     section: ClassVar[str] = "convert"
+    # The figures count kept entries at the thresholds the stats stage draws its mass curve at.
+    borrowed: ClassVar[dict[str, str]] = {"mass_thresholds": "stats"}
 
     model: str | None = Field(None, description="tokenizer: hub id, local folder, or smollm2-135m-instruct (null = the teacher recorded in the dataset)")
     min_prob_mass: float = Field(0.99, gt=0, le=1, description="keep per token the fewest top-k entries reaching this probability mass")
-    strict: bool = Field(False, description="fail on assistant messages without logprobs instead of counting them")
+    strict: bool = Field(
+        False, description="fail on a sample that would be rejected (no logprobs, chosen id not exact) instead of listing it in OUTPUT.rejects.jsonl"
+    )
     max_unmapped_rate: float = Field(0.01, ge=0, le=1, description="fail when more than this share of token ids cannot be recovered")
     rows_per_group: int = Field(64, ge=1, description="rows buffered per parquet row group (bounds memory)")
     append_eot: bool = Field(True, description="append the end-of-turn id a teacher that stopped left out of its logprobs")
+    mass_thresholds: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_MASS_THRESHOLDS),
+        description="where the figures side output counts kept entries (read from stats.mass_thresholds)",
+    )
 
 
-def run(config: ConvertConfig, input_path: Path, output: Path) -> ConvertSummary:
+def run(config: ConvertConfig, input_path: Path, output: Path, figures: Path | None = None) -> ConvertSummary:
+    """Convert, then write the figures `stats` reads (default: beside the output, see convert_figures.py)."""
+    figures = figures or figures_path(output)
     fileio.refuse_input_as_output(output, input_path)
+    fileio.refuse_input_as_output(figures, input_path)
+    collector = FiguresCollector(float(config.min_prob_mass), tuple(config.mass_thresholds))
     summary = convert_file(
         input_path, output, config.model, float(config.min_prob_mass), config.strict,
-        float(config.max_unmapped_rate), config.rows_per_group, config.append_eot,
+        float(config.max_unmapped_rate), config.rows_per_group, config.append_eot, collector,
     )
+    write_figures(figures, collector.finish(input_path, output))
     log.info("convert: %s", ", ".join(f"{k}={v}" for k, v in summary.to_dict().items()))
     return summary
 
@@ -39,10 +53,11 @@ def run(config: ConvertConfig, input_path: Path, output: Path) -> ConvertSummary
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, help="intermediate dataset from generate (.jsonl, or its parquet form)")
     parser.add_argument("--output", required=True, type=Path, help="where to write the cartridges parquet")
-    parser.add_argument("--params", type=Path, help="params.yaml to read the 'convert' section from")
+    parser.add_argument("--figures", type=Path, help="where to write the figures stats reads (default: OUTPUT's stem + .figures.json)")
+    parser.add_argument("--params", type=Path, help="params.yaml to read the 'convert' section (and stats.mass_thresholds) from")
     params.add_arguments(parser, ConvertConfig)
 
 
 def main(args: argparse.Namespace) -> int:
-    run(params.build(ConvertConfig, args.params, params.flag_values(args, ConvertConfig)), args.input, args.output)
+    run(params.build(ConvertConfig, args.params, params.flag_values(args, ConvertConfig)), args.input, args.output, args.figures)
     return 0

@@ -20,6 +20,7 @@ from memdistill.teachers.openai_compat import FLAVORS
 log = logging.getLogger(__name__)
 
 BACKENDS = ("local", "openai")
+LOGPROBS_MODES = ("tempered", "raw")
 
 
 class GenerateConfig(params.StageParams):
@@ -30,11 +31,14 @@ class GenerateConfig(params.StageParams):
     base_url: list[str] = Field(default_factory=list, description="openai backend: server URL(s), e.g. http://localhost:8000/v1")
     flavor: Literal[FLAVORS] = Field("openai", description="openai backend: how the server returns token ids and logprobs")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (the key is never written)")
-    max_tokens: int = Field(128, ge=1, description="maximum tokens generated per sample")
+    max_tokens: int = Field(48, ge=1, description="maximum tokens generated per sample")
     temperature: float = Field(0.0, ge=0, description="sampling temperature (0 = greedy)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass, used when temperature > 0")
     top_logprobs: int = Field(20, ge=0, description="K alternatives recorded per generated token")
     seed: int = Field(0, description="sampling seed (repeatable sampling at temperature > 0)")
+    logprobs: Literal[LOGPROBS_MODES] = Field(
+        "tempered", description="tempered: softmax(logits/T); raw: softmax(logits); recorded in every row's metadata.teacher"
+    )
     concurrency: int = Field(16, ge=1, description="openai backend: requests in flight")
     batch_size: int = Field(8, ge=1, description="local backend: prompts per forward batch")
     timeout: float = Field(120.0, gt=0, description="openai backend: seconds before a request counts as timed out")
@@ -60,7 +64,7 @@ class GenerateConfig(params.StageParams):
 
     @property
     def sampling(self) -> SamplingParams:
-        return SamplingParams(self.max_tokens, self.temperature, self.top_p, self.top_logprobs, self.seed)
+        return SamplingParams(self.max_tokens, self.temperature, self.top_p, self.top_logprobs, self.seed, self.logprobs)
 
 
 def make_teacher(config: GenerateConfig) -> Teacher:

@@ -1,7 +1,9 @@
 """stats stage: dataset.jsonl + dataset.parquet -> metrics/stats.json, plot data for DVC, reports/summary.md.
 
-The mass curve (entries kept and projected parquet size for min_prob_mass from 0.5 to 0.999) is
-computed from the JSONL, so one look tells what any other `convert.min_prob_mass` would cost.
+The mass curve (entries kept and projected parquet size for min_prob_mass from 0.5 to 0.999) tells at
+one look what any other `convert.min_prob_mass` would cost. Convert counts it while it parses the JSONL
+and writes it beside the parquet (`dataset.figures.json`); stats reads that, and parses the JSONL itself
+only when the figures are absent or stale.
 """
 
 from __future__ import annotations
@@ -9,14 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field
 
 from memdistill import fileio, params
-from stages.convert import ConvertConfig
+from memdistill.convert_figures import figures_path
+from memdistill.plots import PLOTS, render_plots, write_plots
 from memdistill.stats import DEFAULT_MASS_THRESHOLDS, StatsResult, compute_stats, render_summary
+from stages.convert import ConvertConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +51,19 @@ def run(
     summary_path: Path | None = None,
     config: StatsConfig | None = None,
     generate_metrics: Path | None = None,
+    figures: Path | None = None,
 ) -> StatsResult:
     config = config or StatsConfig()
-    result = compute_stats(jsonl, parquet, config.min_prob_mass, generate_metrics, tuple(config.mass_thresholds))
+    figures = figures or figures_path(parquet)
+    result = compute_stats(jsonl, parquet, config.min_prob_mass, generate_metrics, tuple(config.mass_thresholds), figures)
     plots = [plots_dir / f"{name}.csv" for name in result.plots] if plots_dir is not None else []
+    plots += [plots_dir / f"{spec.name}.svg" for spec in PLOTS] if plots_dir is not None else []
     for output in (metrics_path, summary_path, *plots):
         if output is not None:
-            fileio.refuse_input_as_output(output, jsonl, parquet, generate_metrics)
+            fileio.refuse_input_as_output(output, jsonl, parquet, generate_metrics, figures)
     # Every output is computed before the first is written: a failure leaves the old set intact.
     # The folders are this stage's own (DVC does not create them), so a fresh clone needs no mkdir.
+    svgs = render_plots(result.plots) if plots_dir is not None else {}
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     with fileio.atomic_output(metrics_path) as handle:
         json.dump(result.metrics, handle, indent=2, ensure_ascii=False)
@@ -64,10 +73,13 @@ def run(
         for name, frame in result.plots.items():
             with fileio.atomic_path(plots_dir / f"{name}.csv") as tmp:
                 frame.write_csv(tmp)
+    images = write_plots(plots_dir, svgs) if plots_dir is not None else []
     if summary_path is not None:
         summary_path.parent.mkdir(parents=True, exist_ok=True)
+        titles = {spec.name: spec.title for spec in PLOTS}
+        embedded = [(titles[path.stem], os.path.relpath(path, summary_path.parent)) for path in images]
         with fileio.atomic_output(summary_path) as handle:
-            handle.write(render_summary(result))
+            handle.write(render_summary(result, embedded))
     log.info(
         "stats: %d samples, %d assistant tokens, %.2f kept entries per token",
         result.metrics["samples"],
@@ -81,14 +93,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jsonl", required=True, type=Path, help="intermediate dataset.jsonl (for the mass curve)")
     parser.add_argument("--parquet", required=True, type=Path, help="cartridges parquet from convert")
     parser.add_argument("--metrics", required=True, type=Path, help="where to write stats.json (a DVC metric)")
-    parser.add_argument("--plots-dir", type=Path, help="folder for plot data (CSV files DVC renders)")
+    parser.add_argument("--plots-dir", type=Path, help="folder for plot data (CSV files DVC renders) and the plots drawn offline (SVG)")
     parser.add_argument("--summary", type=Path, help="where to write a readable markdown summary (reports/summary.md)")
-    parser.add_argument("--generate-metrics", type=Path, help="metrics/generate.json to carry into stats (skipped if absent)")
+    parser.add_argument("--generate-metrics", type=Path, help="metrics/generate.json to show in the summary (skipped if absent)")
+    parser.add_argument("--figures", type=Path, help="convert's figures (default: the parquet's stem + .figures.json; the JSONL is read when absent)")
     parser.add_argument("--params", type=Path, help="params.yaml: reads convert.min_prob_mass and stats.mass_thresholds")
     params.add_arguments(parser, StatsConfig)
 
 
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.params, params.flag_values(args, StatsConfig))
-    run(args.jsonl, args.parquet, args.metrics, args.plots_dir, args.summary, config, args.generate_metrics)
+    run(args.jsonl, args.parquet, args.metrics, args.plots_dir, args.summary, config, args.generate_metrics, args.figures)
     return 0

@@ -40,14 +40,26 @@ def prompt_key(messages: list[dict[str, Any]]) -> str:
     return str(messages[-1]["content"])
 
 
-def token_text(token_id: int) -> str:
+# Two ids whose tokens are the two halves of "é" (bytes C3, A9), as byte-level vocabularies have them.
+HALF_IDS = (4, 5)
+HALVES = {4: b"\xc3", 5: b"\xa9"}
+
+
+def token_bytes(token_id: int) -> bytes:
+    if token_id in HALVES:
+        return HALVES[token_id]
     # Every third token is non-ASCII so the `bytes` field carries something a string round-trip could break.
-    return f"é{token_id}" if token_id % 3 == 0 else f" w{token_id}"
+    return (f"é{token_id}" if token_id % 3 == 0 else f" w{token_id}").encode()
+
+
+def token_text(token_id: int) -> str:
+    """The token as a plain OpenAI server writes it: its text, U+FFFD for half a character."""
+    return token_bytes(token_id).decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)
 class ExpectedResponse:
-    ids: list[int]  # generated ids, EOS included when finish_reason is "stop"
+    ids: list[int]  # generated ids, EOS included when the teacher stopped on it
     chosen: list[float]
     top_ids: list[list[int]]
     top_logprobs: list[list[float]]
@@ -55,66 +67,113 @@ class ExpectedResponse:
 
     @property
     def text(self) -> str:
-        return "".join(token_text(t) for t in self.ids if t != EOS_ID)
+        return b"".join(token_bytes(t) for t in self.ids if t != EOS_ID).decode("utf-8", errors="replace")
 
 
-def expected_response(messages: list[dict[str, Any]], max_tokens: int, top_k: int) -> ExpectedResponse:
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def expected_response(
+    messages: list[dict[str, Any]],
+    max_tokens: int,
+    top_k: int,
+    temperature: float = 0.0,
+    logprobs: str = "tempered",
+    flavor: str = "openai",
+    halves: bool = False,
+) -> ExpectedResponse:
+    """What the fake teacher generates. At temperature 0: greedy, the chosen token is the top-1 entry of
+    its row. At T > 0, like a real server: values are log softmax(logits/T) (tempered) or log softmax(logits)
+    (raw), and every third token is sampled from outside the top K. Tokasaurus reports "length" when the
+    EOS is the max_tokens-th token. `halves`: the first two tokens are the halves of "é"."""
     seed = int.from_bytes(hashlib.sha256(prompt_key(messages).encode()).digest()[:8], "little")
     rng = np.random.default_rng(seed)
     natural = 3 + seed % 10
     steps = min(max_tokens, natural)
-    ids = rng.integers(3, VOCAB_SIZE, size=steps).tolist()
+    ids = rng.integers(6, VOCAB_SIZE, size=steps).tolist()
     finish = "length"
     if natural <= max_tokens:
         ids[-1] = EOS_ID
-        finish = "stop"
+        finish = "length" if flavor == "tokasaurus" and natural == max_tokens else "stop"
+    if halves and steps >= 3:
+        ids[0], ids[1] = HALF_IDS
     k = max(1, top_k)
-    # Sorted descending, float32-exact; the chosen token is the most likely one (greedy).
-    values = -np.sort(rng.uniform(0.0, 8.0, size=(steps, k)).astype(np.float32), axis=1)
-    top_ids = []
+    if temperature <= 0:
+        # Sorted descending, float32-exact; the chosen token is the most likely one (greedy).
+        values = -np.sort(rng.uniform(0.0, 8.0, size=(steps, k)).astype(np.float32), axis=1)
+        top_ids = []
+        for t, chosen_id in enumerate(ids):
+            others = [int(x) for x in rng.choice(VOCAB_SIZE - 6, size=k + 1, replace=False) + 6 if x != chosen_id][: k - 1]
+            top_ids.append([chosen_id, *others])
+        top_values = values.astype(np.float64).tolist()
+        return ExpectedResponse(ids, [row[0] for row in top_values], top_ids, top_values, finish)
+    # A support of 2K candidates per step with logits; the vocabulary's other ids are far below them.
+    support = 2 * k + 2
+    logits = np.sort(rng.normal(0.0, 2.0, size=(steps, support)), axis=1)[:, ::-1]
+    scale = temperature if logprobs == "tempered" else 1.0
+    values = _log_softmax(logits / scale).astype(np.float32).astype(np.float64)
+    chosen, top_ids, top_values = [], [], []
     for t, chosen_id in enumerate(ids):
-        others = [int(x) for x in rng.choice(VOCAB_SIZE - 3, size=k + 1, replace=False) + 3 if x != chosen_id][: k - 1]
-        top_ids.append([chosen_id, *others])
-    top_values = values.astype(np.float64).tolist()
-    return ExpectedResponse(ids, [row[0] for row in top_values], top_ids, top_values, finish)
+        candidates = [int(x) for x in rng.choice(VOCAB_SIZE - 6, size=support + 1, replace=False) + 6 if x != chosen_id][:support]
+        # Every third step the sampled token is the (K+2)-th candidate: outside the top K.
+        place = k + 1 if t % 3 == 1 else 0
+        candidates[place] = chosen_id
+        chosen.append(float(values[t, place]))
+        top_ids.append(candidates[:k])
+        top_values.append(values[t, :k].tolist())
+    return ExpectedResponse(ids, chosen, top_ids, top_values, finish)
 
 
-def _token_entry(token_id: int, logprob: float, exact_ids: bool) -> dict[str, Any]:
-    text = token_text(token_id)
-    token = f"token_id:{token_id}" if exact_ids else text
-    return {"token": token, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+def _token_entry(token_id: int, logprob: float, exact_ids: bool, llamacpp: bool = False) -> dict[str, Any]:
+    if exact_ids:
+        # vLLM's return_tokens_as_token_ids: `bytes` are those of the literal "token_id:N" string.
+        token = f"token_id:{token_id}"
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+    if llamacpp:
+        # llama.cpp: no bytes, and an empty string for a token that is half a character.
+        return {"token": "" if token_id in HALVES else token_text(token_id), "logprob": logprob}
+    return {"token": token_text(token_id), "logprob": logprob, "bytes": list(token_bytes(token_id))}
 
 
-def response_body(flavor: str, request: dict[str, Any], logprobs_enabled: bool = True) -> dict[str, Any]:
+def response_body(
+    flavor: str, request: dict[str, Any], logprobs_enabled: bool = True, llamacpp: bool = False, halves: bool = False,
+    vllm_logprobs_mode: str = "raw_logprobs",
+) -> dict[str, Any]:
     """The JSON body a real server of `flavor` sends for `request`."""
     top_k = int(request.get("top_logprobs") or 0)
-    expected = expected_response(request["messages"], int(request.get("max_tokens") or 16), top_k)
+    temperature = float(request.get("temperature") or 0.0)
+    # vLLM's default --logprobs-mode is raw_logprobs; Tokasaurus and llama.cpp send tempered values.
+    mode = ("raw" if vllm_logprobs_mode.startswith("raw") else "tempered") if flavor == "vllm" else "tempered"
+    expected = expected_response(request["messages"], int(request.get("max_tokens") or 16), top_k, temperature, mode, flavor, halves)
     choice: dict[str, Any] = {
         "index": 0,
         "message": {"role": "assistant", "content": expected.text},
         "finish_reason": expected.finish_reason,
         "logprobs": None,
     }
-    fingerprint = None
+    # Real servers send a fingerprint string (vLLM/OpenAI "fp_..."), or null; Tokasaurus packs its arrays in it.
+    fingerprint: str | None = None if flavor == "vllm" else "fp_fake"
     wants_logprobs = bool(request.get("logprobs")) and logprobs_enabled
-    if wants_logprobs and flavor == "tokasaurus" and request.get("logprobs_in_fingerprint"):
+    if flavor == "tokasaurus" and request.get("logprobs_in_fingerprint") and logprobs_enabled:
         pack = lambda array, dtype: base64.b64encode(np.asarray(array, dtype=dtype).tobytes()).decode()  # noqa: E731
-        fingerprint = json.dumps(
-            {
-                "completion_ids": [expected.ids],
-                "packed_chosen_logprobs": [pack(expected.chosen, np.float32)],
-                "packed_topk_indices": [pack(expected.top_ids, np.int32)],
-                "packed_topk_logprobs": [pack(expected.top_logprobs, np.float32)],
-            }
-        )
+        packed: dict[str, Any] = {"completion_ids": [expected.ids], "packed_chosen_logprobs": [pack(expected.chosen, np.float32)]}
+        if wants_logprobs:
+            packed["packed_topk_indices"] = [pack(expected.top_ids, np.int32)]
+            packed["packed_topk_logprobs"] = [pack(expected.top_logprobs, np.float32)]
+        fingerprint = json.dumps(packed)
     elif wants_logprobs:
         exact = flavor == "vllm" and bool(request.get("return_tokens_as_token_ids"))
         content = []
         for t, token_id in enumerate(expected.ids):
-            entry = _token_entry(token_id, expected.chosen[t], exact)
-            entry["top_logprobs"] = [
-                _token_entry(tid, value, exact) for tid, value in zip(expected.top_ids[t], expected.top_logprobs[t])
-            ]
+            entry = _token_entry(token_id, expected.chosen[t], exact, llamacpp)
+            pairs = list(zip(expected.top_ids[t], expected.top_logprobs[t]))
+            if flavor == "vllm" and temperature > 0:
+                # vLLM puts the sampled token first and cuts the list to the count asked for.
+                pairs = [(token_id, expected.chosen[t])] + [p for p in pairs if p[0] != token_id]
+                pairs = pairs[:top_k]
+            entry["top_logprobs"] = [_token_entry(tid, value, exact, llamacpp) for tid, value in pairs]
             content.append(entry)
         choice["logprobs"] = {"content": content}
     return {
@@ -140,6 +199,10 @@ class FakeTeacherServer:
     hang: float = 5.0  # how long a "timeout" fault waits before answering
     retry_after: str = "0"
     logprobs_enabled: bool = True
+    llamacpp: bool = False  # openai flavor as llama.cpp sends it: no bytes, "" for half characters
+    halves: bool = False  # every completion starts with the two halves of "é"
+    vllm_logprobs_mode: str = "raw_logprobs"  # the vLLM server's --logprobs-mode
+    refuse: str | None = None  # answer every request 400 with this `detail` (a configuration error)
     host: str = "127.0.0.1"
     port: int = 0
     received: collections.Counter = field(default_factory=collections.Counter)  # every request, per prompt key
@@ -256,7 +319,12 @@ class FakeTeacherServer:
         if fault == "429":
             await self._send(writer, 429, b'{"error": {"message": "slow down"}}', {"retry-after": self.retry_after})
             return True
-        payload = json.dumps(response_body(self.flavor, request, self.logprobs_enabled)).encode()
+        if self.refuse is not None:
+            await self._send(writer, 400, json.dumps({"detail": self.refuse}).encode())
+            return True
+        payload = json.dumps(
+            response_body(self.flavor, request, self.logprobs_enabled, self.llamacpp, self.halves, self.vllm_logprobs_mode)
+        ).encode()
         if fault == "truncated":
             await self._send(writer, 200, payload[: len(payload) // 2])
             return True

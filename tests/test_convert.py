@@ -49,7 +49,8 @@ def item(chosen: tuple, alternatives: list[tuple]) -> dict:
     return {**make(chosen), "top_logprobs": [make(a) for a in alternatives]}
 
 
-def record(items: list[dict] | None, *, token_ids=None, finish_reason: str | None = "stop", teacher: str | None = MODEL, index: int = 0) -> dict:
+def record(items: list[dict] | None, *, token_ids=None, finish_reason: str | None = "stop", teacher: str | None = MODEL, index: int = 0,
+           content: str = "x") -> dict:
     metadata: dict = {"sample_idx": index}
     if teacher:
         metadata["teacher"] = {"backend": "local", "model": teacher, "temperature": 0.0, "top_logprobs": 4}
@@ -59,7 +60,7 @@ def record(items: list[dict] | None, *, token_ids=None, finish_reason: str | Non
         "messages": [
             {"role": "system", "content": "You are a tutor.", "token_ids": None, "logprobs": None},
             {"role": "user", "content": f"What is {index} + 2?", "token_ids": None, "logprobs": None},
-            {"role": "assistant", "content": "x", "token_ids": token_ids, "logprobs": None if items is None else {"content": items}},
+            {"role": "assistant", "content": content, "token_ids": token_ids, "logprobs": None if items is None else {"content": items}},
         ],
         "system_prompt": "You are a tutor.",
         "metadata": metadata,
@@ -79,12 +80,12 @@ def mixed_records(vocab: dict[str, int]) -> list[dict]:
         record([
             item(("4", 0.3), [("4", 0.3), (" the", 0.2), (" a", 0.1), ("x", 0.05)]),
             item(("<|im_end|>", 0.9), [("<|im_end|>", 0.9), ("4", 0.09), (" a", 0.009)]),
-        ], index=1),
+        ], index=1, content="4"),
         # Raw BPE strings (tokasaurus without ids), alternatives out of order, a -inf entry.
         record([
             item(("Ġa", 0.5), [("Ġthe", 0.45), ("Ġa", 0.5), ("4", 0.0)]),
             item(("<|im_end|>", 1.0), [("<|im_end|>", 1.0)]),
-        ], index=2),
+        ], index=2, content=" a"),
         # vLLM token_id:N strings; stopped for length, so no end-of-turn.
         record([item((f"token_id:{four}", 0.995), [(f"token_id:{four}", 0.995), (f"token_id:{a}", 0.004)])], finish_reason="length", index=3),
     ]
@@ -171,7 +172,7 @@ def test_output_reads_like_cartridges_and_keeps_invariants(tmp_path: Path, vocab
     assert list(third.token_id) == [a, the, IM_END]  # sorted; the -inf entry dropped
     system = rows[0]["messages"][0]
     assert list(system["token_ids"]) == load_text_tokenizer(MODEL).encode("You are a tutor.")
-    assert json.loads(rows[0]["metadata"])["sample_idx"] == 0
+    assert rows[0]["metadata"]["sample_idx"] == 0 and json.loads(rows[0]["metadata"]["json"])["sample_idx"] == 0
     parquet = pq.ParquetFile(out)
     assert parquet.metadata.num_row_groups == 2
     assert parquet.metadata.row_group(0).column(0).compression == "ZSTD"
@@ -239,8 +240,9 @@ def test_end_of_turn_missing_from_logprobs_is_appended_and_counted(tmp_path: Pat
         assert list(message["token_ids"]) == [four, IM_END]
         top = FlatTopLogprobs(**message["top_logprobs"])
         assert list(top.token_idx) == [0, 1] and list(top.token_id) == [four, IM_END] and top.logprobs[1] == 0.0
-        assert json.loads(row["metadata"])["convert"] == {"eot_appended": True}
-    assert list(out[2]["messages"][2]["token_ids"]) == [four] and "convert" not in json.loads(out[2]["metadata"])
+        assert row["metadata"]["eot_appended"] is True
+        assert json.loads(row["metadata"]["json"])["convert"] == {"eot_appended": True}
+    assert list(out[2]["messages"][2]["token_ids"]) == [four] and out[2]["metadata"]["eot_appended"] is False
     off = convert_file(source, tmp_path / "off.parquet", MODEL, 0.99, append_eot=False)
     assert off.eot_appended == 0
     assert [list(row["messages"][2]["token_ids"]) for row in read_like_cartridges(tmp_path / "off.parquet")] == [[four]] * 3
@@ -266,8 +268,13 @@ def test_counts_missing_logprobs_and_chosen_outside_top_k(tmp_path: Path, vocab:
     summary = convert_file(source, tmp_path / "o.parquet", MODEL, 0.99)
     assert summary.chosen_not_in_topk == 1 and summary.missing_logprobs == 1 and summary.rows_without_alternatives == 1
     out = read_like_cartridges(tmp_path / "o.parquet")
-    assert out[1]["messages"][2]["top_logprobs"] is None and list(out[1]["messages"][2]["token_ids"]) == [four]
-    assert list(FlatTopLogprobs(**out[2]["messages"][2]["top_logprobs"]).token_id) == [four]
+    # The message without logprobs is not in the parquet (cartridges would train on nothing): it is a reject.
+    assert len(out) == 2 and summary.rejected == 1 and summary.rejected_by_reason == {"no_logprobs": 1}
+    assert all(m["top_logprobs"] is not None for row in out for m in row["messages"] if m["role"] == "assistant")
+    rejects = [json.loads(line) for line in (tmp_path / "o.parquet.rejects.jsonl").read_text().splitlines()]
+    assert rejects == [{"record": 1, "where": f"{source}:2", "sample_idx": 0, "kind": "no_logprobs",
+                        "reason": f"{source}:2: messages[2]: assistant message has no logprobs"}]
+    assert list(FlatTopLogprobs(**out[1]["messages"][2]["top_logprobs"]).token_id) == [four]
     with pytest.raises(UserError, match=r"in.jsonl:2: messages\[2\]: assistant message has no logprobs"):
         convert_file(source, tmp_path / "strict.parquet", MODEL, 0.99, strict=True)
     assert not (tmp_path / "strict.parquet").exists()
@@ -400,7 +407,8 @@ def columnar_rows(source: Path) -> int:
 
     converter = conversion.RowConverter(load_text_tokenizer(MODEL), 0.99, False, conversion.ConvertSummary())
     lines = [line for line in source.read_bytes().splitlines() if line.strip()]
-    return len(conversion.ColumnarReader(converter).convert_block(lines, [f"{source}:{i}" for i in range(len(lines))]))
+    rows = conversion.ColumnarReader(converter).convert_block(lines, [f"{source}:{i}" for i in range(len(lines))])
+    return len(rows) + len(converter.rejects)
 
 
 def special_records(vocab: dict[str, int]) -> list[dict]:
@@ -413,7 +421,7 @@ def special_records(vocab: dict[str, int]) -> list[dict]:
         record(None, token_ids=[four], index=1),
         record([item(("4", 0.9, four), [])], finish_reason="length", index=2),
         record([item(("4", 0.9, four), [("4", 0.9, four)])], token_ids=[four, IM_END], index=3),
-        record([item(("metadata", 0.5), [("metadata", 0.5), (" the", 0.0), ("4", 0.3)])], index=4),
+        record([item(("metadata", 0.5), [("metadata", 0.5), (" the", 0.0), ("4", 0.3)])], index=4, content="metadata"),
         record([], index=5),
     ]
     rows[4]["messages"][2]["logprobs"]["content"][0]["top_logprobs"][2]["bytes"] = [52]
@@ -446,7 +454,7 @@ def test_columnar_blocks_fall_back_per_block_and_keep_errors(tmp_path: Path, voc
     columnar, per_row = convert_both(source, tmp_path, monkeypatch)
     assert columnar == per_row
     rows = read_like_cartridges(tmp_path / "columnar_True.parquet")
-    assert rows[2]["system_prompt"] == "7" and json.loads(rows[1]["metadata"])["nested"] == {"metadata": {"x": 1}}
+    assert rows[2]["system_prompt"] == "7" and json.loads(rows[1]["metadata"]["json"])["nested"] == {"metadata": {"x": 1}}
 
     text = source.read_text()
     for bad, message in [
@@ -503,3 +511,189 @@ def test_columnar_and_per_row_readers_agree_on_random_records(tmp_path: Path, mo
         except UserError as exc:
             outcomes.append(str(exc))
     assert outcomes[0] == outcomes[1]
+
+
+# ------------------------------------------------------------------- issue 12: nothing cartridges misreads
+
+
+def text_items(text: str, tokenizer, with_bytes: bool = False, empty_halves: bool = False) -> tuple[list[dict], list[int]]:
+    """What a plain OpenAI-compatible server sends for `text`: one entry per token, the decoded token string
+    (llama.cpp: no bytes, "" for half a character), the real ids alongside for checking."""
+    ids = tokenizer.encode(text)
+    items = []
+    for token_id in ids:
+        token = tokenizer.decode([token_id])
+        if empty_halves and "\ufffd" in token:
+            token = ""
+        spec = {"token": token, "logprob": -0.1}
+        if with_bytes:
+            from memdistill.token_ids import byte_to_unicode
+
+            to_byte = {char: byte for byte, char in byte_to_unicode().items()}
+            spec["bytes"] = [to_byte[c] for c in next(p for p, i in tokenizer.vocab.items() if i == token_id)]
+        items.append({**spec, "top_logprobs": [dict(spec), {"token": "zzqx-not-one-token", "logprob": -3.0}]})
+    return items, ids
+
+
+def test_accented_text_without_bytes_gets_its_real_ids(tmp_path: Path) -> None:
+    """llama.cpp sends "é" with no bytes: the id is the one decoding to "é" (2756), not the lone byte (180)."""
+    tokenizer = load_text_tokenizer(MODEL)
+    text = "Jos\u00e9 ate 数字 🙂"
+    items, ids = text_items(text, tokenizer)
+    assert tokenizer.vocab["é"] != tokenizer.encode("é")[0]  # the trap: a vocabulary entry that is not the text
+    source = write_jsonl(tmp_path / "in.jsonl", [record(items, content=text, finish_reason="length")])
+    summary = convert_file(source, tmp_path / "o.parquet", MODEL, 0.99, max_unmapped_rate=1.0)
+    message = read_like_cartridges(tmp_path / "o.parquet")[0]["messages"][2]
+    assert list(message["token_ids"]) == ids
+    assert tokenizer.decode(list(message["token_ids"])) == text
+    # The unrecoverable alternative left every row (counted); what remains is the chosen token.
+    top = FlatTopLogprobs(**message["top_logprobs"])
+    assert list(top.token_id) == ids and summary.dropped_alternatives == len(ids) and summary.rejected == 0
+    assert (top.token_id >= 0).all()
+
+
+def test_half_characters_as_empty_strings_reject_the_sample(tmp_path: Path) -> None:
+    tokenizer = load_text_tokenizer(MODEL)
+    text = "smile 🫠"  # an emoji SmolLM2 splits into byte tokens
+    items, ids = text_items(text, tokenizer, empty_halves=True)
+    assert any(item["token"] == "" for item in items)
+    ok_items, _ = text_items("fine", tokenizer)
+    source = write_jsonl(tmp_path / "in.jsonl", [record(ok_items, content="fine", index=0, finish_reason="length"),
+                                                 record(items, content=text, index=1, finish_reason="length")])
+    summary = convert_file(source, tmp_path / "o.parquet", MODEL, 0.99, max_unmapped_rate=1.0)
+    assert summary.rows == 1 and summary.rejected_by_reason == {"chosen_not_recovered": 1}
+    reject = json.loads((tmp_path / "o.parquet.rejects.jsonl").read_text())
+    assert reject["sample_idx"] == 1 and reject["where"] == f"{source}:2" and "cannot be recovered" in reject["reason"]
+    with pytest.raises(UserError, match=r"in.jsonl:2: messages\[2\].logprobs.content\[\d+\]: the chosen token's id cannot be recovered .*strict"):
+        convert_file(source, tmp_path / "strict.parquet", MODEL, 0.99, strict=True, max_unmapped_rate=1.0)
+    assert not (tmp_path / "strict.parquet").exists()
+
+
+def test_ids_that_do_not_decode_to_the_content_are_rejected(tmp_path: Path) -> None:
+    tokenizer = load_text_tokenizer(MODEL)
+    items, _ = text_items("four", tokenizer)
+    source = write_jsonl(tmp_path / "in.jsonl", [record(items, content="five", finish_reason="length"),
+                                                 record(items, content="four", index=1, finish_reason="length")])
+    summary = convert_file(source, tmp_path / "o.parquet", MODEL, 0.99, max_unmapped_rate=1.0)
+    assert summary.rows == 1 and summary.rejected_by_reason == {"ids_do_not_decode_to_content": 1}
+    # Exact ids (token_id fields) are the teacher's own: no content check, they are kept.
+    exact = [{**i, "token_id": t} for i, t in zip(items, tokenizer.encode("four"))]
+    exact_summary = convert_file(write_jsonl(tmp_path / "exact.jsonl", [record(exact, content="five", finish_reason="length")]),
+                                 tmp_path / "e.parquet", MODEL, 0.99, max_unmapped_rate=1.0)
+    assert exact_summary.rows == 1 and exact_summary.rejected == 0
+
+
+@pytest.mark.parametrize("bad_id", [999999, -5, -1, 2**70])
+@pytest.mark.parametrize("where", ["alternative", "chosen", "token_ids"])
+def test_ids_outside_the_vocabulary_name_file_line_and_field(tmp_path: Path, vocab: dict[str, int], monkeypatch, bad_id: int, where: str) -> None:
+    from memdistill import conversion
+
+    four, the = vocab["4"], vocab["Ġthe"]
+    good = record([item(("4", 0.9, four), [("4", 0.9, four), (" the", 0.1, the)])], finish_reason="length")
+    bad = json.loads(json.dumps(good))
+    token = bad["messages"][2]["logprobs"]["content"][0]
+    field = {"alternative": r"messages\[2\].logprobs.content\[0\].top_logprobs\[1\].token_id",
+             "chosen": r"messages\[2\].logprobs.content\[0\].token_id", "token_ids": r"messages\[2\].token_ids\[0\]"}[where]
+    if where == "alternative":
+        token["top_logprobs"][1]["token_id"] = bad_id
+    elif where == "chosen":
+        token["token_id"] = bad_id
+    else:
+        bad["messages"][2]["token_ids"] = [bad_id]
+    source, out = _bad(tmp_path, json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    for columnar in (True, False):
+        monkeypatch.setattr(conversion, "COLUMNAR", columnar)
+        with pytest.raises(UserError, match=rf"bad.jsonl:2: {field}: id .*outside the vocabulary \[0, 49152\)"):
+            convert_file(source, out, MODEL, 0.99)
+        assert not out.exists()
+
+
+def test_duplicate_ids_in_one_row_are_an_error(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
+    from memdistill import conversion
+
+    four, the = vocab["4"], vocab["Ġthe"]
+    dup = record([item(("4", 0.9, four), [("4", 0.5, four), (" the", 0.1, the)]),
+                  item(("4", 0.9, four), [("4", 0.5, four), (" the", 0.1, the), ("4", 0.3, four)])], finish_reason="length")
+    source, out = _bad(tmp_path, json.dumps(dup) + "\n")
+    for columnar in (True, False):
+        monkeypatch.setattr(conversion, "COLUMNAR", columnar)
+        with pytest.raises(UserError, match=r"bad.jsonl:1: messages\[2\].logprobs.content\[1\].top_logprobs\[2\].token_id: id \d+ appears twice"):
+            convert_file(source, out, MODEL, 0.99)
+        assert not out.exists()
+
+
+def test_no_end_of_turn_is_made_up_after_a_generation_config_eos(tmp_path: Path, vocab: dict[str, int]) -> None:
+    """Llama-3.1 lists <|eot_id|> and <|eom_id|> in generation_config.eos_token_id; either ends the turn."""
+    import dataclasses
+
+    from memdistill import conversion
+
+    tokenizer = load_text_tokenizer(MODEL)
+    eom = vocab["<|endoftext|>"]  # stands in for <|eom_id|>: an id only the generation config names
+    assert eom not in conversion.RowConverter(tokenizer, 0.99, False, conversion.ConvertSummary()).eot_ids
+    llama_like = dataclasses.replace(tokenizer, generation_eos_ids=(IM_END, eom), eos_token_id=None)
+    converter = conversion.RowConverter(llama_like, 0.99, False, conversion.ConvertSummary())
+    assert converter.eot_ids[:2] == [IM_END, eom]
+    four = vocab["4"]
+    row = converter.row(record([item(("4", 0.9, four), [("4", 0.9, four)]), item(("x", 0.9, eom), [("x", 0.9, eom)])],
+                               token_ids=[four, eom], content="4"), "in.jsonl:1")
+    assert row.messages[2].token_ids.tolist() == [four, eom] and converter.summary.eot_appended == 0
+
+
+def test_tokasaurus_eos_at_max_tokens_reported_as_length_ends_the_turn(tmp_path: Path, vocab: dict[str, int]) -> None:
+    four = vocab["4"]
+    rows = [record([item(("4", 0.9, four), [("4", 0.9, four)]), item(("<|im_end|>", 0.9, IM_END), [("<|im_end|>", 0.9, IM_END)])],
+                   token_ids=[four, IM_END], finish_reason="length")]
+    summary = convert_file(write_jsonl(tmp_path / "in.jsonl", rows), tmp_path / "o.parquet", MODEL, 0.99)
+    out = read_like_cartridges(tmp_path / "o.parquet")[0]
+    assert list(out["messages"][2]["token_ids"]) == [four, IM_END] and summary.eot_appended == 0
+    assert out["metadata"]["finish_reason"] == "stop" and json.loads(out["metadata"]["json"])["finish_reason"] == "length"
+
+
+def test_metadata_is_a_struct_with_typed_fields_and_the_whole_json(tmp_path: Path, vocab: dict[str, int]) -> None:
+    convert_file(write_jsonl(tmp_path / "in.jsonl", mixed_records(vocab)), tmp_path / "o.parquet", MODEL, 0.99)
+    schema = pq.read_schema(tmp_path / "o.parquet")
+    assert pa.types.is_struct(schema.field("metadata").type)
+    assert [f.name for f in schema.field("metadata").type] == ["sample_idx", "finish_reason", "logprobs", "eot_appended", "json"]
+    rows = read_like_cartridges(tmp_path / "o.parquet")
+    assert [r["metadata"]["sample_idx"] for r in rows] == [0, 1, 2, 3]
+    assert [r["metadata"]["finish_reason"] for r in rows] == ["stop", "stop", "stop", "length"]
+    assert json.loads(rows[3]["metadata"]["json"])["teacher"]["model"] == MODEL
+
+
+def test_a_file_mixing_raw_and_tempered_logprobs_is_refused(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
+    from memdistill import conversion
+
+    four = vocab["4"]
+    rows = [record([item(("4", 0.9, four), [("4", 0.9, four)])], finish_reason="length", index=i) for i in range(3)]
+    for row, mode in zip(rows, ["tempered", "tempered", "raw"]):
+        row["metadata"]["teacher"]["logprobs"] = mode
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    for columnar in (True, False):
+        monkeypatch.setattr(conversion, "COLUMNAR", columnar)
+        with pytest.raises(UserError, match=r"in.jsonl:3: metadata.teacher.logprobs is 'raw' but .*in.jsonl:1 is 'tempered'"):
+            convert_file(source, tmp_path / "o.parquet", MODEL, 0.99)
+        assert not (tmp_path / "o.parquet").exists()
+    write_jsonl(tmp_path / "in.jsonl", rows[:2])
+    out = read_like_cartridges(tmp_path / "o.parquet") if convert_file(source, tmp_path / "o.parquet", MODEL, 0.99) else []
+    assert [r["metadata"]["logprobs"] for r in out] == ["tempered", "tempered"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.lists(st.integers(-1, 6), max_size=6), max_size=6))
+def test_first_duplicate_finds_the_first_repeated_id_of_a_row(rows: list[list[int]]) -> None:
+    from memdistill.conversion import drop_unrecovered, first_duplicate
+
+    row_of = np.array([r for r, ids in enumerate(rows) for _ in ids], dtype=np.int64)
+    ids = np.array([i for r in rows for i in r], dtype=np.int64)
+    expected, seen = -1, set()
+    for index, (row, token_id) in enumerate(zip(row_of.tolist(), ids.tolist())):
+        if token_id != -1 and (row, token_id) in seen:
+            expected = index
+            break
+        seen.add((row, token_id))
+    assert first_duplicate(row_of, ids) == expected
+    lp = -np.arange(ids.size, dtype=np.float64)
+    kept_rows, kept_lp, kept_ids, dropped = drop_unrecovered(row_of, lp, ids)
+    assert dropped == int((ids == -1).sum()) and (kept_ids != -1).all()
+    assert kept_rows.tolist() == row_of[ids != -1].tolist() and kept_lp.tolist() == lp[ids != -1].tolist()

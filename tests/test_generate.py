@@ -73,7 +73,7 @@ def test_rows_in_input_order_with_metadata_and_exact_ids(tmp_path: Path) -> None
     meta = first["metadata"]
     assert meta["teacher"] == {
         "backend": "openai", "flavor": "vllm", "model": "fake-model", "base_url": server.url,
-        "max_tokens": 6, "temperature": 0.0, "top_p": 1.0, "top_logprobs": 4, "seed": 0,
+        "max_tokens": 6, "temperature": 0.0, "top_p": 1.0, "top_logprobs": 4, "seed": 0, "logprobs": "tempered",
     }
     assert meta["finish_reason"] == expected.finish_reason and meta["strategy"] == "exclude_current"
     assert meta["metrics"]["output_tokens"] == len(expected.ids) and meta["metrics"]["duration"] >= 0

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memdistill import cli
 from memdistill.errors import UserError
-from memdistill.inspection import id_decoder, parquet_token_rows, read_record, render_record
+from memdistill.inspection import id_decoder, parquet_token_rows, probability_style, read_record, render_record
 from tests.test_stats import write_dataset
 
 
@@ -29,7 +31,7 @@ def _table_rows(output: str) -> list[list[str]]:
 
 
 def test_jsonl_record_shows_messages_then_token_table(dataset: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["inspect", str(dataset[0]), "--sample", "1"]) == 0
+    assert cli.main(["inspect", str(dataset[0]), "--sample", "1", "--alternatives"]) == 0
     out = capsys.readouterr().out
     assert "sample_idx=11" in out and "finish_reason=length" in out
     assert out.index("── system ──") < out.index("── user ──") < out.index("── assistant ──") < out.index("recorded alternatives")
@@ -50,7 +52,7 @@ def test_table_columns_are_aligned(dataset: tuple[Path, Path], capsys: pytest.Ca
 
 
 def test_parquet_record_shows_kept_entries_by_id_without_tokenizer(dataset: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["inspect", str(dataset[1]), "--sample", "2", "--no-decode"]) == 0
+    assert cli.main(["inspect", str(dataset[1]), "--sample", "2", "--no-decode", "--alternatives"]) == 0
     out = capsys.readouterr().out
     assert "sample_idx=12" in out and "kept alternatives" in out
     rows = _table_rows(out)
@@ -70,7 +72,7 @@ def test_parquet_chosen_token_missing_from_kept_entries_shows_a_dash() -> None:
 def test_parquet_ids_decoded_with_the_recorded_teacher(dataset: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     decode = id_decoder("smollm2-135m-instruct")
     assert decode is not None
-    assert cli.main(["inspect", str(dataset[1]), "--sample", "2"]) == 0
+    assert cli.main(["inspect", str(dataset[1]), "--sample", "2", "--alternatives"]) == 0
     rows = _table_rows(capsys.readouterr().out)
     assert rows[0][1] == repr(decode(151)) and rows[0][2] == "151"
     assert rows[0][5] == "'<unmapped>' 0.210"
@@ -144,3 +146,46 @@ def test_long_content_is_truncated(tmp_path: Path, capsys: pytest.CaptureFixture
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "x" * 50}]}) + "\n")
     assert cli.main(["inspect", str(path), "--max-chars", "10"]) == 0
     assert "xxxxxxxxxx… [40 more chars]" in capsys.readouterr().out
+
+
+def test_alternatives_only_on_demand_and_no_colour_codes_in_a_pipe(dataset: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["inspect", str(dataset[0]), "--sample", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[" not in out and "alternatives" not in out
+    assert _table_rows(out)[0] == ["0", "'t121'", "121", "0.420"]
+    # The coloured token view and its legend are for terminals; a pipe gets the table alone.
+    assert "token colour = probability" not in out
+
+
+def test_colour_follows_probability(dataset: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["inspect", str(dataset[0]), "--sample", "1", "--color", "always"]) == 0
+    out = capsys.readouterr().out
+    assert "token colour = probability" in out
+    # t121 was drawn at .42 (red-yellow), t131 at .98 (green): truecolor codes of the ramp.
+    assert "\x1b[38;2;255;181;0mt121" in out
+    assert "\x1b[38;2;10;215;0mt131" in out
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.floats(min_value=0.0, max_value=1.0), st.floats(min_value=0.0, max_value=1.0))
+def test_more_probable_is_never_redder(p: float, q: float) -> None:
+    low, high = sorted((p, q))
+    a, b = probability_style(low).color.triplet, probability_style(high).color.triplet
+    assert b.red <= a.red and b.green >= a.green
+
+
+def test_vllm_token_id_strings_are_shown_as_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    decode = id_decoder("smollm2-135m-instruct")
+    assert decode is not None
+    items = [{"token": f"token_id:{i}", "logprob": -0.1, "top_logprobs": [{"token": f"token_id:{i}", "logprob": -0.1}, {"token": "token_id:30", "logprob": -2.5}]}
+             for i in (28, 29)]
+    record = {"messages": [{"role": "assistant", "content": "", "logprobs": {"content": items}}], "metadata": {"teacher": {"model": "smollm2-135m-instruct"}}}
+    path = tmp_path / "vllm.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    assert cli.main(["inspect", str(path), "--alternatives"]) == 0
+    rows = _table_rows(capsys.readouterr().out)
+    assert [row[1:3] for row in rows] == [[repr(decode(28)), "28"], [repr(decode(29)), "29"]]
+    assert rows[0][5] == f"{decode(30)!r} 0.082"
+    # Without a tokenizer the strings stay as they were recorded.
+    assert cli.main(["inspect", str(path), "--no-decode"]) == 0
+    assert _table_rows(capsys.readouterr().out)[0][1] == "'token_id:28'"

@@ -6,6 +6,7 @@ import asyncio
 import random
 import socket
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -67,7 +68,7 @@ def test_recovers_exactly_what_the_server_sent(flavor: str) -> None:
     assert sorted(r.sample_idx for r in results) == list(range(12))
     for completion in results:
         assert isinstance(completion, Completion)
-        expected = expected_response(requests[completion.sample_idx].messages, MAX_TOKENS, TOP_K)
+        expected = expected_response(requests[completion.sample_idx].messages, MAX_TOKENS, TOP_K, flavor=flavor)
         assert completion.text == expected.text
         assert completion.finish_reason == expected.finish_reason
         assert completion.output_tokens == len(expected.ids)
@@ -92,15 +93,18 @@ def test_recovers_exactly_what_the_server_sent(flavor: str) -> None:
 
 
 def test_tokasaurus_with_ties_of_both_finish_reasons() -> None:
-    # Enough prompts that both 'stop' (EOS kept) and 'length' completions occur.
+    # Enough prompts that 'stop' (EOS kept), 'length', and 'length' ending on EOS (Tokasaurus' report when the
+    # EOS is the max_tokens-th token) all occur.
     requests = requests_for(30, "mix")
     with FakeTeacherServer(flavor="tokasaurus") as server:
         results = collect(teacher_for([server.url], "tokasaurus"), requests)
     reasons = {r.finish_reason for r in results}
     assert reasons == {"stop", "length"}
     for r in results:
-        assert (r.token_ids[-1] == EOS_ID) == (r.finish_reason == "stop")
+        if r.finish_reason == "stop":
+            assert r.token_ids[-1] == EOS_ID
         assert len(r.logprobs) == len(r.token_ids)
+    assert any(r.finish_reason == "length" and r.token_ids[-1] == EOS_ID and len(r.token_ids) == MAX_TOKENS for r in results)
 
 
 def test_no_logprobs_requested_when_top_logprobs_is_zero() -> None:
@@ -167,7 +171,8 @@ def test_client_errors_are_not_retried() -> None:
     with FakeTeacherServer(flavor="openai", faults=lambda key, attempt: "400" if key == "q 1" else None) as server:
         results = {r.sample_idx: r for r in collect(teacher_for([server.url], "openai"), requests_for(3))}
         assert server.received["q 1"] == 1
-    assert isinstance(results[1], Failure) and "HTTP 400" in results[1].error and results[1].attempts == 1
+    assert isinstance(results[1], Failure) and "HTTP 400: injected 400" in results[1].error and results[1].attempts == 1
+    assert results[1].permanent
     assert isinstance(results[0], Completion) and isinstance(results[2], Completion)
 
 
@@ -252,3 +257,98 @@ def test_tokasaurus_flavor_against_a_server_without_packing() -> None:
     with FakeTeacherServer(flavor="openai") as server:
         with pytest.raises(UserError, match="flavor tokasaurus"):
             collect(teacher_for([server.url], "tokasaurus"), requests_for(2))
+
+
+# ------------------------------------------------------------------- issue 12: real servers' behaviour
+
+
+def test_sampling_vllm_asks_for_k_plus_one_and_keeps_top_k_plus_the_sampled_token() -> None:
+    """vLLM at T > 0 puts the sampled token first and cuts the list: asked for K it can hold K-1 others."""
+    sampling = SamplingParams(max_tokens=MAX_TOKENS, top_logprobs=TOP_K, temperature=0.7, logprobs="raw")
+    requests = requests_for(6, "hot")
+    with FakeTeacherServer(flavor="vllm") as server:
+        results = collect(teacher_for([server.url], "vllm", sampling=sampling), requests)
+        body = server.bodies[0]
+    assert body["top_logprobs"] == TOP_K + 1 and body["temperature"] == 0.7
+    outside = 0
+    for r in results:
+        expected = expected_response(requests[r.sample_idx].messages, MAX_TOKENS, TOP_K + 1, 0.7, "raw", "vllm")
+        assert r.token_ids == expected.ids
+        for t, token in enumerate(r.logprobs):
+            assert "bytes" not in token and all("bytes" not in alt for alt in token["top_logprobs"])  # those of "token_id:N"
+            ids = [alt["token_id"] for alt in token["top_logprobs"]]
+            assert ids[:TOP_K] == expected.top_ids[t][:TOP_K]
+            values = [alt["logprob"] for alt in token["top_logprobs"]]
+            assert values == sorted(values, reverse=True)
+            if token["token_id"] not in expected.top_ids[t][:TOP_K]:
+                outside += 1
+                assert ids[TOP_K:] == [token["token_id"]] and values[TOP_K] == token["logprob"]
+            else:
+                assert len(ids) == TOP_K
+    assert outside > 0
+
+
+def test_sampling_records_what_the_server_sends_raw_or_tempered() -> None:
+    """Tokasaurus sends tempered values (log softmax(logits/T)); the chosen token may lie outside the top K."""
+    sampling = SamplingParams(max_tokens=MAX_TOKENS, top_logprobs=TOP_K, temperature=0.5)
+    requests = requests_for(4, "temp")
+    with FakeTeacherServer(flavor="tokasaurus") as server:
+        results = collect(teacher_for([server.url], "tokasaurus", sampling=sampling), requests)
+    for r in results:
+        tempered = expected_response(requests[r.sample_idx].messages, MAX_TOKENS, TOP_K, 0.5, "tempered", "tokasaurus")
+        raw = expected_response(requests[r.sample_idx].messages, MAX_TOKENS, TOP_K, 0.5, "raw", "tokasaurus")
+        got = [[alt["logprob"] for alt in token["top_logprobs"]] for token in r.logprobs]
+        assert np.allclose(got, tempered.top_logprobs, atol=1e-6) and not np.allclose(got, raw.top_logprobs, atol=1e-3)
+        outside = [t for t, token in enumerate(r.logprobs) if token["token_id"] not in [a["token_id"] for a in token["top_logprobs"]]]
+        assert outside and all(r.logprobs[t]["logprob"] < r.logprobs[t]["top_logprobs"][-1]["logprob"] for t in outside)
+    teacher = teacher_for(["http://h/v1"], "tokasaurus", sampling=sampling)
+    assert teacher.describe()["logprobs"] == "tempered"
+    with pytest.raises(UserError, match="Tokasaurus sends tempered logprobs only"):
+        teacher_for(["http://h/v1"], "tokasaurus", sampling=SamplingParams(temperature=0.5, logprobs="raw"))
+
+
+def test_tokasaurus_keeps_exact_ids_at_top_logprobs_zero() -> None:
+    sampling = SamplingParams(max_tokens=MAX_TOKENS, top_logprobs=0)
+    requests = requests_for(3, "ids")
+    with FakeTeacherServer(flavor="tokasaurus") as server:
+        results = collect(teacher_for([server.url], "tokasaurus", sampling=sampling), requests)
+        body = server.bodies[0]
+    assert body["logprobs_in_fingerprint"] is True and "top_logprobs" not in body
+    for r in results:
+        expected = expected_response(requests[r.sample_idx].messages, MAX_TOKENS, 0)
+        assert r.token_ids == expected.ids
+        assert [t["logprob"] for t in r.logprobs] == expected.chosen and all(t["top_logprobs"] == [] for t in r.logprobs)
+
+
+def test_a_refused_configuration_stops_the_run_with_the_servers_reason() -> None:
+    """A 4xx for every first request (top_logprobs above the limit, an unknown field) stops after a few."""
+    reason = "top_logprobs must be less than or equal to 5"
+    with FakeTeacherServer(flavor="tokasaurus", refuse=reason) as server:
+        with pytest.raises(UserError, match=rf"refused the first 3 requests .*HTTP 400: {reason}"):
+            collect(teacher_for([server.url], "tokasaurus", concurrency=1), requests_for(40, "cfg"))
+        assert sum(server.received.values()) == 3
+
+
+def test_llama_cpp_half_characters_arrive_as_empty_strings_without_bytes() -> None:
+    requests = requests_for(3, "half")
+    with FakeTeacherServer(flavor="openai", llamacpp=True, halves=True) as server:
+        results = collect(teacher_for([server.url], "openai"), requests)
+    for r in results:
+        assert r.text.startswith("é")
+        assert [t["token"] for t in r.logprobs[:2]] == ["", ""] and all("bytes" not in t for t in r.logprobs)
+        assert r.token_ids is None
+
+
+@given(values=st.lists(st.floats(-30.0, 0.0), min_size=1, max_size=12, unique=True), k=st.integers(1, 6), chosen=st.integers(0, 11))
+def test_keep_top_k_keeps_the_k_best_and_the_sampled_token(values: list[float], k: int, chosen: int) -> None:
+    from memdistill.teachers.openai_compat import keep_top_k
+
+    entries = [{"token_id": i, "logprob": v} for i, v in enumerate(values)]
+    kept = keep_top_k(entries, chosen, k)
+    best = sorted(range(len(values)), key=lambda i: -values[i])[:k]
+    ids = [e["token_id"] for e in kept]
+    assert ids[:k] == best
+    if chosen < len(values) and chosen not in best:
+        assert ids[k:] == [chosen]
+    else:
+        assert len(ids) == len(best)

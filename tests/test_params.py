@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -74,16 +75,21 @@ def _wrong_type(field: Any) -> Any:
         return 5
     if base is bool:
         return "no"
-    if base in (int, float):
-        return "abc"
-    return 5  # lists
+    if base in (int, float) or typing.get_origin(base) in (typing.Union, types.UnionType):
+        return "abc"  # also for int | Literal["auto"]: neither a number nor the word
+    return 5  # lists, mappings
 
 
 def _out_of_range(field: Any) -> Any | None:
     base, _ = params._non_null(field.annotation)
     if typing.get_origin(base) is Literal:
         return "no-such-choice"
-    for constraint in field.metadata:
+    metadata = list(field.metadata)
+    if typing.get_origin(base) in (typing.Union, types.UnionType):  # Annotated[int, Field(ge=1)] | Literal["auto"]
+        for member in typing.get_args(base):
+            if typing.get_origin(member) is typing.Annotated:
+                metadata += [c for extra in typing.get_args(member)[1:] for c in getattr(extra, "metadata", [extra])]
+    for constraint in metadata:
         if isinstance(constraint, annotated_types.Ge):
             return constraint.ge - 1
         if isinstance(constraint, annotated_types.Gt):
@@ -152,7 +158,7 @@ def test_flags_override_the_file_and_errors_name_the_flag(tmp_path: Path) -> Non
     path = write_params(tmp_path, {"convert": {"min_prob_mass": 0.9, "strict": True}, "stats": {"mass_thresholds": [0.5]}})
     args = parse("convert", "--params", str(path), "--min-prob-mass", "0.95", "--no-strict")
     config = params.build(ConvertConfig, path, params.flag_values(args, ConvertConfig))
-    assert config == ConvertConfig(min_prob_mass=0.95, strict=False)
+    assert config == ConvertConfig(min_prob_mass=0.95, strict=False, mass_thresholds=[0.5])  # stats.mass_thresholds is borrowed
     args = parse("convert", "--min-prob-mass", "1.5")
     with pytest.raises(UserError, match=r"^--min-prob-mass: expected a number in \(0, 1\], got 1\.5$"):
         params.build(ConvertConfig, path, params.flag_values(args, ConvertConfig))

@@ -20,7 +20,7 @@ from stages.stats import StatsConfig, run
 from tests.conftest import REPO_ROOT
 from tests.test_stats import MIN_PROB_MASS, write_dataset
 
-PLOT_FILES = ["plots/kept_per_token.csv", "plots/mass_curve.csv", "plots/tokens_per_sample.csv", "plots/memory_vs_output.csv"]
+PLOT_FILES = ["plots/kept_per_token.csv", "plots/mass_curve.csv", "plots/tokens_per_sample.csv", "plots/memory_vs_output.csv", "plots/memory_coverage.csv"]
 
 
 def _run(cmd: list[str], cwd: Path) -> str:

@@ -1,26 +1,28 @@
-"""Prompt rendering (the HistoryAgent shape) and the token-budget arithmetic (memdistill/prompts.py)."""
+"""Prompt rendering (the HistoryAgent shape), the agent's system prompt and the token counters (memdistill/prompts.py)."""
 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
-from hypothesis import given
-from hypothesis import strategies as st
+import pytest
 
+
+from memdistill.errors import UserError
 from memdistill.prompts import (
+    DEFAULT_SYSTEM_PROMPT,
     FunctionCounter,
     Message,
     TokenizerCounter,
-    entries_to_drop,
     estimate_tokens,
     render_content,
     render_entry,
+    resolve_system_prompt,
     student_messages,
     teacher_messages,
     view_cost,
 )
 from memdistill.snapshot import MemoryEntry
-from memdistill.strategies import MemoryView
 
 
 def test_dict_content_renders_as_compact_json_with_unicode_kept() -> None:
@@ -96,31 +98,32 @@ def running(costs: list[int]) -> list[int]:
     return [0, *itertools.accumulate(costs)]
 
 
-def test_entries_to_drop_by_example() -> None:
+def test_view_cost_sums_the_ranges() -> None:
     cumulative = running([5, 1, 1, 4, 2, 3])  # entries 0..5
-    ranges = ((0, 2), (3, 6))  # entries 0, 1, 3, 4, 5: cost 5 + 1 + 4 + 2 + 3 = 15
-    assert view_cost(ranges, cumulative) == 15
-    assert entries_to_drop(ranges, cumulative, 15) == 0
-    assert entries_to_drop(ranges, cumulative, 14) == 1  # dropping entry 0 frees 5
-    assert entries_to_drop(ranges, cumulative, 10) == 1
-    assert entries_to_drop(ranges, cumulative, 9) == 2
-    assert entries_to_drop(ranges, cumulative, 5) == 3  # crosses into the second range
-    assert entries_to_drop(ranges, cumulative, 3) == 4
-    assert entries_to_drop(ranges, cumulative, 0) == 5
-    assert entries_to_drop(ranges, cumulative, -4) == 5
+    assert view_cost(((0, 2), (3, 6)), cumulative) == 15
+    assert view_cost((), cumulative) == 0
 
 
-@given(
-    st.lists(st.integers(0, 20), min_size=1, max_size=40),
-    st.lists(st.integers(0, 45), max_size=8),
-    st.integers(-5, 500),
-)
-def test_entries_to_drop_is_the_fewest_oldest_entries_that_fit(costs: list[int], cuts: list[int], allowed: int) -> None:
-    bounds = sorted({min(c, len(costs)) for c in cuts} | {0, len(costs)})
-    ranges = MemoryView.of(zip(bounds[0::2], bounds[1::2])).ranges
-    cumulative = running(costs)
-    indices = MemoryView(ranges).indices()
-    expected = next(
-        (drop for drop in range(len(indices) + 1) if sum(costs[i] for i in indices[drop:]) <= allowed), len(indices)
-    )
-    assert entries_to_drop(ranges, cumulative, allowed) == expected
+# --- the agent's system prompt --------------------------------------------------------------------
+
+
+def test_system_prompt_comes_from_text_file_checkpoint_or_default(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "ep_1"
+    checkpoint.mkdir()
+    assert resolve_system_prompt(None, None, checkpoint) == (DEFAULT_SYSTEM_PROMPT, "default")
+    (checkpoint / "system_prompt.txt").write_text("You are a web agent.\n", encoding="utf-8")
+    assert resolve_system_prompt(None, None, checkpoint) == ("You are a web agent.", f"checkpoint:{checkpoint / 'system_prompt.txt'}")
+    own = tmp_path / "prompt.txt"
+    own.write_text("\ufeffYou are a chess agent.", encoding="utf-8")
+    assert resolve_system_prompt(None, str(own), checkpoint) == ("You are a chess agent.", f"file:{own}")
+    assert resolve_system_prompt("You are a tutor.", None, checkpoint) == ("You are a tutor.", "system_prompt")
+
+
+def test_bad_system_prompts_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"missing\.txt: system_prompt_file not found"):
+        resolve_system_prompt(None, str(tmp_path / "missing.txt"), tmp_path)
+    (tmp_path / "system_prompt.txt").write_text("  \n")
+    with pytest.raises(UserError, match=r"system_prompt\.txt: system_prompt\.txt is empty"):
+        resolve_system_prompt(None, None, tmp_path)
+    with pytest.raises(UserError, match=r"^system_prompt: is empty"):
+        resolve_system_prompt(" ", None, tmp_path)

@@ -182,5 +182,5 @@ def test_not_utf8(tmp_path: Path) -> None:
 def test_bundled_example_checkpoint(example_checkpoint: Path) -> None:
     snapshot = load_snapshot(find_snapshot(example_checkpoint))
     assert snapshot.path.name == "memory_000200.jsonl"
-    assert (len(snapshot.entries), len(snapshot.samples)) == (143, 48)
+    assert (len(snapshot.entries), len(snapshot.samples)) == (47, 16)
     assert snapshot.samples[-1].missing == ["feedback"]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from memdistill.cli import main as cli_main
 from memdistill.errors import UserError
-from memdistill.prompts import FunctionCounter, Message, render_entry, teacher_messages
+from memdistill.prompts import FunctionCounter, Message, estimate_tokens, render_entry, teacher_messages
 from memdistill.snapshot import load_snapshot
 from stages.snapshots import SnapshotsConfig, iter_prompt_rows, run, select_samples
 from tests.conftest import write_jsonl
@@ -46,7 +46,15 @@ def checkpoint(tmp_path: Path) -> Path:
 
 
 def config(checkpoint: Path, **overrides: object) -> SnapshotsConfig:
-    values: dict[str, object] = {"checkpoint_dir": str(checkpoint), "system_prompt": "You are a calculator."}
+    # No budget, the 4-characters estimate, no redaction, every sample: each test turns on what it checks.
+    values: dict[str, object] = {
+        "checkpoint_dir": str(checkpoint),
+        "system_prompt": "You are a calculator.",
+        "max_prompt_tokens": None,
+        "tokenizer": None,
+        "max_samples": None,
+        "redact_patterns": [],
+    }
     values.update(overrides)
     return SnapshotsConfig(**values)  # type: ignore[arg-type]
 
@@ -73,20 +81,32 @@ def test_exclude_current_rows(checkpoint: Path, tmp_path: Path) -> None:
         {"role": "user", "content": "What is 3*3?"},
     ]
     meta = second["metadata"]
+    memory_block = second["teacher_messages"][1]["content"].split("\n\n")[1]
+    memory_tokens = sum(estimate_tokens(line + "\n") for line in memory_block.split("\n"))
     assert meta == {
         "strategy": "exclude_current",
         "strategy_params": {},
         "snapshot": "memory_10.jsonl",
         "snapshot_sha256": load_snapshot(checkpoint / "memory_10.jsonl").sha256,
+        "system_prompt": "You are a calculator.",
+        "system_prompt_source": "system_prompt",
+        "observation_source": "memory",
+        "observation_idx": 1,
+        "view": 0,
+        "views": 1,
         "sample_entries": [3, 5],
         "memory_entries": [[0, 2], [6, 9]],
         "memory_size_entries": 7,
-        "memory_size_chars": len(second["teacher_messages"][1]["content"].split("\n\n")[1]),
+        "memory_size_chars": len(memory_block),
+        "memory_samples_wanted": [[0, 0], [2, 3]],
+        "memory_samples_kept": [[0, 0], [2, 3]],
+        "memory_tokens_wanted": memory_tokens,
+        "memory_tokens_kept": memory_tokens,
+        "memory_coverage": 1.0,
         "max_prompt_tokens": None,
-        "token_counter": None,
-        "prompt_tokens": None,
+        "token_counter": "estimate",
+        "prompt_tokens": FunctionCounter(estimate_tokens).messages([Message(**m) for m in second["teacher_messages"]]),
         "dropped_for_budget": 0,
-        "over_budget": False,
         "reference_action": "6, key sk-abcdefghijklmnopqrst",
         "reference_feedback": "Wrong, expected 9; ask bob@example.org",
         "failed": True,
@@ -100,9 +120,9 @@ def test_exclude_current_rows(checkpoint: Path, tmp_path: Path) -> None:
 
 def test_rolling_and_failure_focus_record_their_params(checkpoint: Path, tmp_path: Path) -> None:
     output = tmp_path / "prompts.jsonl"
-    run(config(checkpoint, strategy="rolling_window", window_k=2), output)
-    assert [row["metadata"]["memory_entries"] for row in rows_of(output)] == [[], [[1, 2]], [[4, 5]], [[7, 8]]]
-    assert rows_of(output)[0]["metadata"]["strategy_params"] == {"window_k": 2}
+    run(config(checkpoint, strategy="rolling_window", window_k=3), output)
+    assert [row["metadata"]["memory_entries"] for row in rows_of(output)] == [[], [[0, 2]], [[3, 5]], [[6, 8]]]
+    assert rows_of(output)[0]["metadata"]["strategy_params"] == {"window_k": 3}
     assert "No previous experiences." in rows_of(output)[0]["teacher_messages"][1]["content"]
     run(config(checkpoint, strategy="failure_focus", max_memory_samples=1), output)
     rows = rows_of(output)
@@ -112,7 +132,7 @@ def test_rolling_and_failure_focus_record_their_params(checkpoint: Path, tmp_pat
 
 def test_same_inputs_give_byte_identical_output(checkpoint: Path, tmp_path: Path) -> None:
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    settings_ = dict(max_samples=2, sample_selection="random", seed=7, max_prompt_tokens=40, redact_patterns=REDACT)
+    settings_ = dict(max_samples=2, sample_selection="random", seed=7, max_prompt_tokens=70, redact_patterns=REDACT)
     run(config(checkpoint, **settings_), first, count_tokens=words)
     run(config(checkpoint, **settings_), second, count_tokens=words)
     assert first.read_bytes() == second.read_bytes()
@@ -147,29 +167,45 @@ def test_redaction_reaches_every_text_and_is_counted(checkpoint: Path, tmp_path:
     assert rows[1]["metadata"]["reference_feedback"] == "Wrong, expected 9; ask [REDACTED]"
 
 
-def test_budget_drops_the_fewest_oldest_entries(checkpoint: Path, tmp_path: Path) -> None:
+def test_budget_drops_the_oldest_whole_samples(checkpoint: Path, tmp_path: Path) -> None:
     output = tmp_path / "prompts.jsonl"
     cfg = config(checkpoint, strategy="full_memory", max_prompt_tokens=75)
     run(cfg, output, count_tokens=words)
     counter = FunctionCounter(words, name="words")
-    lines = [render_entry(e) for e in load_snapshot(checkpoint / "memory_10.jsonl").entries]
+    snapshot = load_snapshot(checkpoint / "memory_10.jsonl")
+    lines = [render_entry(e) for e in snapshot.entries]
+    starts = [s.start for s in snapshot.samples]
     for row in rows_of(output):
         meta = row["metadata"]
-        dropped = meta["dropped_for_budget"]
-        assert 0 < dropped < len(lines) and meta["token_counter"] == "words" and not meta["over_budget"]
-        assert meta["memory_entries"] == [[dropped, len(lines) - 1]]
+        own = row["sample_idx"]
+        kept = [i for first, last in meta["memory_samples_kept"] for i in range(first, last + 1)]
+        assert meta["memory_samples_wanted"] == [[0, 3]] and meta["token_counter"] == "words"
+        assert own in kept and 0 < meta["dropped_for_budget"] == 4 - len(kept)
+        # The others kept are the newest; every kept range opens with an Observation.
+        others = [i for i in [0, 1, 2, 3] if i != own]
+        assert [i for i in kept if i != own] == others[len(others) - (len(kept) - 1) :]
+        assert all(first in starts for first, _ in meta["memory_entries"])
+        assert meta["memory_coverage"] == round(meta["memory_tokens_kept"] / meta["memory_tokens_wanted"], 6) < 1
         teacher = [Message(**m) for m in row["teacher_messages"]]
         assert meta["prompt_tokens"] == counter.messages(teacher) <= 75
-        observation = row["student_messages"][1]["content"]
-        one_more = teacher_messages(cfg.system_prompt, lines[dropped - 1 :], observation)
-        assert counter.messages(one_more) > 75
+        # One more (the newest dropped) sample would not fit.
+        newest_dropped = max(i for i in others if i not in kept)
+        wider = sorted(kept + [newest_dropped])
+        memory = [lines[j] for i in wider for j in snapshot.samples[i].entry_indices]
+        assert counter.messages(teacher_messages(cfg.system_prompt, memory, row["student_messages"][1]["content"])) > 75
 
 
-def test_observation_too_long_for_the_budget_is_kept_and_flagged(checkpoint: Path, tmp_path: Path) -> None:
+def test_prompt_over_the_budget_even_without_memory_is_left_out(checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     output = tmp_path / "prompts.jsonl"
-    run(config(checkpoint, max_prompt_tokens=5), output, count_tokens=words)
-    meta = rows_of(output)[0]["metadata"]
-    assert meta["over_budget"] and meta["memory_entries"] == [] and meta["dropped_for_budget"] == 7
+    with pytest.raises(UserError, match=r"every selected prompt is over max_prompt_tokens 5 even with an empty memory"):
+        run(config(checkpoint, max_prompt_tokens=5), output, count_tokens=words)
+    assert not output.exists()
+    (checkpoint / "memory_11.jsonl").write_text(
+        (checkpoint / "memory_10.jsonl").read_text() + json.dumps({"type": "Observation", "content": "long " * 100}) + "\n"
+    )
+    summary = run(config(checkpoint, max_prompt_tokens=80), output, count_tokens=words)
+    assert [row["sample_idx"] for row in rows_of(output)] == [0, 1, 2, 3] and summary.over_budget == [4]
+    assert "1 samples left out: over max_prompt_tokens 80 even with an empty memory (sample_idx 4)" in caplog.text
 
 
 def test_estimate_is_used_without_a_tokenizer(checkpoint: Path, tmp_path: Path) -> None:
@@ -260,7 +296,7 @@ def test_bad_snapshot_lines(case: str, tmp_path: Path, capsys: pytest.CaptureFix
         (["--strategy", "newest"], r"--strategy: unknown strategy 'newest'"),
         (["--strategy", "rolling_window", "--window-k", "0"], r"--window-k: expected an integer >= 1, got 0$"),
         (["--max-samples", "0"], r"--max-samples: expected an integer >= 1 or null, got 0$"),
-        (["--max-prompt-tokens", "0"], r"--max-prompt-tokens: expected an integer >= 1 or null, got 0$"),
+        (["--max-prompt-tokens", "0"], r"--max-prompt-tokens: expected an integer >= 1 or 'auto' or null, got 0$"),
         (["--snapshot", "memory_3.jsonl"], r"snapshot 'memory_3\.jsonl' not found"),
     ],
 )
@@ -301,7 +337,7 @@ def test_folder_of_episodes(checkpoint: Path, tmp_path: Path, capsys: pytest.Cap
         ({"windowk": 3}, r"params\.yaml: snapshots\.windowk: unknown parameter; expected some of checkpoint_dir, "),
         ({"failure_patterns": 5}, r"snapshots\.failure_patterns: expected a list of strings or null, got 5$"),
         ({"redact_patterns": "sk-.*"}, r"snapshots\.redact_patterns: expected a list of strings or null, got \"sk-\.\*\"$"),
-        ({"max_prompt_tokens": 8192.0}, r"snapshots\.max_prompt_tokens: expected an integer >= 1 or null, got 8192\.0$"),
+        ({"max_prompt_tokens": 8192.0}, r"snapshots\.max_prompt_tokens: expected an integer >= 1 or 'auto' or null, got 8192\.0$"),
         ({"max_memory_samples": -1}, r"snapshots\.max_memory_samples: expected an integer >= 0, got -1$"),
     ],
 )
@@ -338,10 +374,10 @@ def test_cli_flags_override_params(checkpoint: Path, tmp_path: Path, capsys: pyt
     params.write_text(yaml.safe_dump({"snapshots": {"checkpoint_dir": "nowhere", "strategy": "full_memory", "max_samples": 3}}))
     output = tmp_path / "prompts.jsonl"
     code = cli("--params", str(params), "--checkpoint-dir", str(checkpoint), "--strategy", "rolling_window",
-               "--window-k", "1", "--max-samples", "2", "--output", str(output))
+               "--window-k", "3", "--max-samples", "2", "--output", str(output))
     assert code == 0
     rows = rows_of(output)
-    assert [row["metadata"]["memory_entries"] for row in rows] == [[], [[2, 2]]]
+    assert [row["metadata"]["memory_entries"] for row in rows] == [[], [[0, 2]]]
 
 
 def test_example_checkpoint_with_the_embedded_tokenizer(example_checkpoint: Path, tmp_path: Path) -> None:
@@ -353,7 +389,7 @@ def test_example_checkpoint_with_the_embedded_tokenizer(example_checkpoint: Path
     run(cfg, output)
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     rows = rows_of(output)
-    assert [row["sample_idx"] for row in rows] == [45, 46, 47]
+    assert [row["sample_idx"] for row in rows] == [13, 14, 15]
     for row in rows:
         ids = tokenizer.apply_chat_template(row["teacher_messages"], add_generation_prompt=True, tokenize=False)
         count = len(tokenizer(ids, add_special_tokens=False)["input_ids"])
@@ -382,8 +418,8 @@ class SkewedCounter:
 def test_fit_to_budget_corrects_a_skewed_first_cut(line_words: list[int], skew: int, limit: int) -> None:
     import itertools
 
-    from memdistill.strategies import MemoryView
-    from stages.snapshots import fit_to_budget
+    from memdistill.budget import fit_to_budget
+    from memdistill.strategies import MemoryPlan, MemoryUnit, MemoryView
 
     lines = [" ".join(["w"] * n) for n in line_words]
     counter = SkewedCounter(skew)
@@ -392,9 +428,104 @@ def test_fit_to_budget_corrects_a_skewed_first_cut(line_words: list[int], skew: 
     def render(view: MemoryView) -> list[Message]:
         return teacher_messages("S", [lines[i] for i in view], "obs")
 
-    full = MemoryView.of([(0, len(lines))])
+    plan = MemoryPlan(tuple(MemoryUnit(i, i, i + 1) for i in range(len(lines))))
     fixed = counter.messages(render(MemoryView())) - words("No previous experiences.")
-    kept, teacher, tokens, dropped = fit_to_budget(full, render, counter, tokens_before, limit, fixed)
-    fitting = [d for d in range(len(lines) + 1) if counter.messages(render(full.without_oldest(d))) <= limit]
-    assert kept == full.without_oldest(dropped) and tokens == counter.messages(teacher) == counter.messages(render(kept))
-    assert dropped == (fitting[0] if fitting else len(lines))
+    fitted = fit_to_budget(plan, render, counter, tokens_before, limit, fixed)
+    fitting = [d for d in range(len(lines) + 1) if counter.messages(render(plan.kept(d))) <= limit]
+    assert fitted.view == plan.kept(fitted.dropped_units)
+    assert fitted.tokens == counter.messages(fitted.messages) == counter.messages(render(fitted.view))
+    assert fitted.dropped_units == (fitting[0] if fitting else len(lines))
+
+
+# --- the agent's system prompt: flag > params > the checkpoint's system_prompt.txt > default ----------
+
+
+def test_system_prompt_precedence(checkpoint: Path, tmp_path: Path) -> None:
+    output = tmp_path / "prompts.jsonl"
+    args = ["--checkpoint-dir", str(checkpoint), "--max-prompt-tokens", "4000", "--output", str(output)]
+
+    def used() -> tuple[str, str]:
+        row = rows_of(output)[0]
+        assert row["metadata"]["system_prompt"] == row["student_messages"][0]["content"]
+        return row["student_messages"][0]["content"], row["metadata"]["system_prompt_source"]
+
+    assert cli(*args) == 0 and used() == ("You are a helpful agent.", "default")
+    (checkpoint / "system_prompt.txt").write_text("You are a calculator agent.\n", encoding="utf-8")
+    assert cli(*args) == 0 and used() == ("You are a calculator agent.", f"checkpoint:{checkpoint / 'system_prompt.txt'}")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"snapshots": {"system_prompt": "You are a params agent."}}))
+    assert cli(*args, "--params", str(params)) == 0 and used() == ("You are a params agent.", "system_prompt")
+    assert cli(*args, "--params", str(params), "--system-prompt", "You are a flag agent.") == 0
+    assert used() == ("You are a flag agent.", "system_prompt")
+    prompt_file = tmp_path / "agent.txt"
+    prompt_file.write_text("You are a file agent.", encoding="utf-8")
+    assert cli(*args, "--params", str(params), "--system-prompt-file", str(prompt_file)) == 0
+    assert used() == ("You are a file agent.", f"file:{prompt_file}")
+
+
+def test_system_prompt_and_file_both_in_params_is_an_error(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"snapshots": {"checkpoint_dir": str(checkpoint), "system_prompt": "a", "system_prompt_file": "b.txt"}}))
+    code = cli("--params", str(params), "--output", str(out / "prompts.jsonl"))
+    assert_failed_cleanly(code, capsys, r"system_prompt and system_prompt_file are both set", out)
+
+
+# --- budget from the teacher; coverage and its WARNING ----------------------------------------------
+
+
+def test_auto_budget_is_the_teachers_context_minus_max_tokens(checkpoint: Path, tmp_path: Path) -> None:
+    output = tmp_path / "prompts.jsonl"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"snapshots": {"checkpoint_dir": str(checkpoint)}, "generate": {"max_tokens": 100}}))
+    assert cli("--params", str(params), "--output", str(output)) == 0
+    assert {row["metadata"]["max_prompt_tokens"] for row in rows_of(output)} == {8192 - 100}
+    # An unknown teacher needs its context length given.
+    assert cli("--params", str(params), "--output", str(output), "--context-length", "300") == 0
+    assert {row["metadata"]["max_prompt_tokens"] for row in rows_of(output)} == {200}
+
+
+def test_auto_budget_without_a_known_context_is_an_error(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"^max_prompt_tokens: 'auto' needs the teacher's context length"):
+        run(config(checkpoint, max_prompt_tokens="auto", tokenizer=None), tmp_path / "prompts.jsonl")
+    assert not (tmp_path / "prompts.jsonl").exists()
+
+
+def test_warning_line_when_samples_lose_more_than_half_their_memory(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    output = tmp_path / "prompts.jsonl"
+    summary = run(config(checkpoint, strategy="exclude_current", max_prompt_tokens=400), output, count_tokens=words)
+    assert summary.low_coverage == 0 and "WARNING" not in caplog.text
+    summary = run(config(checkpoint, strategy="exclude_current", max_prompt_tokens=75), output, count_tokens=words)
+    coverages = [row["metadata"]["memory_coverage"] for row in rows_of(output)]
+    low = sum(c < 0.5 for c in coverages)
+    assert low > 0 and summary.low_coverage == low
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].getMessage().startswith(f"{low} of 4 samples kept less than half of the memory exclude_current wanted")
+    assert "max_prompt_tokens 75" in warnings[0].getMessage()
+
+
+# --- the bundled example with default params --------------------------------------------------------
+
+
+def test_default_params_on_the_bundled_example(example_checkpoint: Path, repo_root: Path, tmp_path: Path) -> None:
+    """exclude_current sees >= 90% of its memory on average; the four strategies differ for >= 90% of samples."""
+    section = yaml.safe_load((repo_root / "params.yaml").read_text())["snapshots"]
+    prompts: dict[str, dict[int, str]] = {}
+    for strategy in ("exclude_current", "full_memory", "rolling_window", "failure_focus"):
+        output = tmp_path / f"{strategy}.jsonl"
+        # Every sample of the example, not only the max_samples the default run answers.
+        run(SnapshotsConfig(**{**section, "checkpoint_dir": str(example_checkpoint), "strategy": strategy, "max_samples": None}), output)
+        rows = rows_of(output)
+        prompts[strategy] = {row["sample_idx"]: row["teacher_messages"][1]["content"] for row in rows}
+        if strategy == "exclude_current":
+            coverage = [row["metadata"]["memory_coverage"] for row in rows]
+            assert sum(coverage) / len(coverage) >= 0.9
+            assert rows[0]["metadata"]["system_prompt_source"].startswith("checkpoint:")
+    samples = prompts["exclude_current"].keys()
+    assert len(samples) == 16 and all(prompts[name].keys() == samples for name in prompts)
+    distinct = sum(len({prompts[name][i] for name in prompts}) == 4 for i in samples)
+    assert distinct >= 0.9 * len(samples)

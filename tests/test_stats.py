@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memdistill import cli
-from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop
+from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop, RowMetadata
 from memdistill.errors import UserError
 from memdistill.logprobs import keep_counts
 from memdistill.stats import (
@@ -54,8 +54,10 @@ TOKENS = {
 }
 KEPT_AT_09 = {"A": 2, "B": 1, "C": 4, "D": 1, "E": 4, "F": 2}
 RECORDS = [
-    ("AB", {"sample_idx": 10, "finish_reason": "stop", "failed": False, "memory_size_chars": 100, "memory_size_entries": 2}),
-    ("CDE", {"sample_idx": 11, "finish_reason": "length", "failed": True, "memory_size_chars": 300, "memory_size_entries": 5}),
+    ("AB", {"sample_idx": 10, "finish_reason": "stop", "failed": False, "memory_size_chars": 100, "memory_size_entries": 2,
+            "memory_coverage": 1.0}),
+    ("CDE", {"sample_idx": 11, "finish_reason": "length", "failed": True, "memory_size_chars": 300, "memory_size_entries": 5,
+             "memory_coverage": 0.4}),
     ("F", {"sample_idx": 12, "finish_reason": "stop"}),
 ]
 MIN_PROB_MASS = 0.9
@@ -105,7 +107,9 @@ def parquet_row(names: str, metadata: dict) -> OutRow:
         OutMessage("user", f"Problem {metadata['sample_idx']}", np.array([3], np.int64)),
         OutMessage("assistant", "text", ids, top),
     ]
-    return OutRow(messages, "You are a tutor.", json.dumps({**metadata, "teacher": TEACHER}), "memory_distillation")
+    full = {**metadata, "teacher": TEACHER}
+    stored = RowMetadata(full["sample_idx"], full.get("finish_reason"), None, False, json.dumps(full))
+    return OutRow(messages, "You are a tutor.", stored, "memory_distillation")
 
 
 def write_dataset(folder: Path, rows_per_group: int = 2) -> tuple[Path, Path]:
@@ -137,6 +141,8 @@ def test_every_metric_on_the_hand_made_dataset(dataset: tuple[Path, Path], gener
     assert metrics == {
         "samples": 3,
         "failed_reference_samples": 1,
+        # coverage 1.0 and 0.4 (record 2 predates coverage): p10 = 0.4 + 0.1 * 0.6.
+        "memory": {"coverage": {"mean": 0.7, "p10": 0.46}, "share_below_half": 0.5, "samples_measured": 2},
         # tokens per sample 2, 3, 1: p95 interpolates between the 2 and the 3 (1.9 of 2 steps).
         "assistant_tokens": {"total": 6, "mean": 2.0, "p50": 2.0, "p95": 2.9},
         "top_k": 4,
@@ -148,13 +154,14 @@ def test_every_metric_on_the_hand_made_dataset(dataset: tuple[Path, Path], gener
         "mean_mass_kept": 0.94,
         "share_rows_below_min_mass": 0.0,
         # one -1 among 6 chosen ids + 14 kept ids
+        "rejected_samples": 0,
+        "rejected_by_reason": {},
         "unmapped_tokens": 1,
         "unmapped_rate": 0.05,
         "finish_reasons": {"length": 1, "stop": 2},
         "jsonl_bytes": jsonl.stat().st_size,
         "parquet_bytes": parquet.stat().st_size,
         "parquet_bytes_per_token": round(parquet.stat().st_size / 6, 4),
-        "generation": GENERATE_METRICS,
     }
 
 
@@ -205,6 +212,7 @@ def test_plot_tables(dataset: tuple[Path, Path]) -> None:
     assert plots["kept_per_token"].rows() == [(1, 2), (2, 2), (4, 2)]
     assert plots["tokens_per_sample"].rows() == [(10, 2), (11, 3), (12, 1)]
     assert plots["memory_vs_output"].rows() == [(10, 100, 2, 2), (11, 300, 5, 3), (12, None, None, 1)]
+    assert plots["memory_coverage"].rows() == [(10, 1.0), (11, 0.4), (12, None)]
 
 
 def test_extreme_samples_order_by_tokens_then_index(dataset: tuple[Path, Path]) -> None:
@@ -220,6 +228,8 @@ def test_summary_shows_the_figures_and_extreme_samples(dataset: tuple[Path, Path
     assert "| kept entries | 14 of 24 recorded |" in text
     assert "| unmapped ids (-1) | 1 (5.0000%) |" in text
     assert "| finish reasons | length: 1, stop: 2 |" in text
+    assert "| memory coverage, kept / wanted tokens (mean / p10) | 0.7 / 0.46 |" in text
+    assert "| samples below 50% memory coverage | 50.00% |" in text
     assert "| generation: wall_seconds | 1.5 |" in text
     assert "| **0.9** | 2.3333 | 0.00% |" in text
     longest = text.split("## Longest samples")[1].split("## Shortest samples")[0]
@@ -303,9 +313,11 @@ def test_stage_writes_metrics_plots_and_summary(tmp_path: Path, dataset: tuple[P
     assert code == 0
     metrics = json.loads((out / "metrics" / "stats.json").read_text())
     assert metrics["min_prob_mass"] == 0.9 and metrics["kept_entries"] == 14
-    assert metrics["generation"] == GENERATE_METRICS
-    assert sorted(p.name for p in (out / "plots").iterdir()) == [
-        "kept_per_token.csv", "mass_curve.csv", "memory_vs_output.csv", "tokens_per_sample.csv",
+    # generate's figures are its own metric file; stats shows them in the summary, never repeats them.
+    assert not set(metrics) & {"generation", "wall_seconds", "tokens_per_second", "failures"}
+    assert "| generation: tokens_per_second | 4.0 |" in (out / "reports" / "summary.md").read_text()
+    assert sorted(p.name for p in (out / "plots").iterdir() if p.suffix == ".csv") == [
+        "kept_per_token.csv", "mass_curve.csv", "memory_coverage.csv", "memory_vs_output.csv", "tokens_per_sample.csv",
     ]  # fmt: skip
     assert (out / "plots" / "mass_curve.csv").read_text().splitlines()[0] == (
         "threshold,kept_entries,mean_kept_per_token,share_rows_below,projected_parquet_bytes,projected_parquet_mb"
@@ -326,8 +338,9 @@ def test_flags_override_params(tmp_path: Path) -> None:
 
 
 def test_missing_generate_metrics_means_no_generation_figures(dataset: tuple[Path, Path], tmp_path: Path) -> None:
-    metrics = compute_stats(*dataset, MIN_PROB_MASS, tmp_path / "absent.json").metrics
-    assert metrics["generation"] == {}
+    result = compute_stats(*dataset, MIN_PROB_MASS, tmp_path / "absent.json")
+    assert result.generation == {}
+    assert "generation:" not in render_summary(result)
 
 
 def test_bad_jsonl_line_is_one_error_naming_the_line_and_writes_nothing(
@@ -386,6 +399,8 @@ def test_stats_over_a_real_convert_output(tmp_path: Path) -> None:
 
     Records 0 and 2 stopped without an end-of-turn token, so convert appends one at logprob 0 (one kept
     entry each): 8 tokens and 14 + 2 entries; the JSONL's curve is shifted by those 2 at every threshold.
+    Token F's unrecoverable alternative (-1, p 0.21) leaves its row: the rest (0.765) never reaches 0.9, so
+    all three remaining are kept (one more than the JSONL's rule) and the parquet holds no -1 at all.
     """
     from memdistill.conversion import convert_file
 
@@ -394,11 +409,11 @@ def test_stats_over_a_real_convert_output(tmp_path: Path) -> None:
     convert_file(jsonl, parquet, "smollm2-135m-instruct", MIN_PROB_MASS, max_unmapped_rate=1.0)
     result = compute_stats(jsonl, parquet, MIN_PROB_MASS)
     assert result.metrics["assistant_tokens"]["total"] == 8
-    assert result.metrics["kept_entries"] == 16
-    assert result.metrics["unmapped_tokens"] == 1
+    assert result.metrics["kept_entries"] == 17
+    assert result.metrics["unmapped_tokens"] == 0
     curve = result.plots["mass_curve"]
-    assert curve["kept_entries"].to_list() == [9, 10, 11, 14, 16, 18, 21, 23, 25, 26]
-    assert curve["mean_kept_per_token"].to_list()[4] == 2.0
+    assert curve["kept_entries"].to_list() == [10, 11, 12, 15, 17, 19, 22, 24, 26, 27]
+    assert curve["mean_kept_per_token"].to_list()[4] == 2.125
     assert curve["projected_parquet_bytes"].to_list()[4] == parquet.stat().st_size
 
 
@@ -419,7 +434,8 @@ def test_parquet_with_struct_metadata(tmp_path: Path, dataset: tuple[Path, Path]
 
     jsonl, parquet = dataset
     table = pq.read_table(parquet)
-    structs = pa.array([{**json.loads(text), "extra": [1, 2]} for text in table["metadata"].to_pylist()])
+    # A struct written by another tool (no `json` field): its own fields are read.
+    structs = pa.array([{**json.loads(stored["json"]), "extra": [1, 2]} for stored in table["metadata"].to_pylist()])
     pq.write_table(table.set_column(2, "metadata", structs), parquet)
     metrics = compute_stats(jsonl, parquet, MIN_PROB_MASS).metrics
     assert metrics["failed_reference_samples"] == 1 and metrics["finish_reasons"] == {"length": 1, "stop": 2}
@@ -430,3 +446,29 @@ def test_a_min_prob_mass_other_than_converts_is_warned_about(dataset: tuple[Path
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     compute_stats(*dataset, 0.99)
     assert "holds 14 kept entries but min_prob_mass 0.99 would keep 21" in caplog.text
+
+
+def test_rejected_samples_are_counted_and_left_out_of_the_comparison(tmp_path: Path, dataset: tuple[Path, Path]) -> None:
+    jsonl, parquet = dataset
+    before = compute_stats(jsonl, parquet, MIN_PROB_MASS).metrics
+    assert before["rejected_samples"] == 0 and before["rejected_by_reason"] == {}
+    # One more JSONL record that convert rejected: the parquet does not hold it, the rejects file names it.
+    lines = jsonl.read_text().splitlines()
+    jsonl.write_text("\n".join(lines + [lines[0]]) + "\n")
+    with pytest.raises(UserError, match="stale"):
+        compute_stats(jsonl, parquet, MIN_PROB_MASS)
+    reject = {"record": len(lines), "where": f"{jsonl}:{len(lines) + 1}", "sample_idx": 0, "kind": "chosen_not_recovered", "reason": "x"}
+    parquet.with_name(parquet.name + ".rejects.jsonl").write_text(json.dumps(reject) + "\n")
+    after = compute_stats(jsonl, parquet, MIN_PROB_MASS).metrics
+    assert after["rejected_samples"] == 1 and after["rejected_by_reason"] == {"chosen_not_recovered": 1}
+    assert after["samples"] == before["samples"] and after["recorded_entries"] == before["recorded_entries"]
+
+
+def test_a_jsonl_mixing_raw_and_tempered_logprobs_is_refused(dataset: tuple[Path, Path]) -> None:
+    jsonl, parquet = dataset
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    for record, mode in zip(records, ["tempered", "raw", "tempered"]):
+        record["metadata"]["teacher"] = {**record["metadata"].get("teacher", {}), "logprobs": mode}
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(UserError, match=r"records mix logprob contracts \(raw, tempered"):
+        compute_stats(jsonl, parquet, MIN_PROB_MASS)

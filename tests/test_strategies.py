@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from memdistill.errors import UserError
 from memdistill.feedback import DEFAULT_FAILURE_PATTERNS, is_failure
 from memdistill.snapshot import MemoryEntry, Snapshot, split_samples
-from memdistill.strategies import MemoryView, StrategyParams, build_memory_view, get_strategy, strategy_names
+from memdistill.strategies import MemoryView, StrategyParams, build_memory_plans, build_memory_view, get_strategy, strategy_names
 from memdistill.strategies.failure_focus import rank_samples
 
 # index: entry                        sample
@@ -50,8 +51,8 @@ def test_history_splits_as_annotated() -> None:
     assert [is_failure(s.feedback.content if s.feedback else None) for s in SNAPSHOT.samples] == FAILED
 
 
-def test_registry_lists_the_four_strategies() -> None:
-    assert strategy_names() == ["exclude_current", "failure_focus", "full_memory", "rolling_window"]
+def test_registry_lists_the_five_strategies() -> None:
+    assert strategy_names() == ["exclude_current", "failure_focus", "full_memory", "random_sampling", "rolling_window"]
 
 
 def test_full_memory_sees_everything() -> None:
@@ -66,13 +67,15 @@ def test_exclude_current_removes_only_the_samples_own_entries() -> None:
     assert view("exclude_current", 3) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
 
 
-def test_rolling_window_takes_the_entries_just_before_the_observation() -> None:
+def test_rolling_window_takes_the_whole_samples_just_before_the_observation() -> None:
     assert view("rolling_window", 0, window_k=3) == [0]
     assert view("rolling_window", 1, window_k=3) == [1, 2, 3]
     assert view("rolling_window", 2, window_k=3) == [4, 5, 6]
-    assert view("rolling_window", 3, window_k=3) == [8, 9, 10]
+    # Entries 8-10 are the last three, but sample 2 starts at 7: never an ACTION without its OBSERVATION.
+    assert view("rolling_window", 3, window_k=3) == []
+    assert view("rolling_window", 3, window_k=4) == [7, 8, 9, 10]
     assert view("rolling_window", 3, window_k=100) == list(range(11))
-    assert view("rolling_window", 2, window_k=1) == [6]
+    assert view("rolling_window", 2, window_k=1) == []
 
 
 def test_failure_focus_puts_failures_first_then_the_most_recent_others() -> None:
@@ -113,6 +116,23 @@ def test_failure_focus_uses_the_failure_patterns_given() -> None:
         ("The test FAILED", True),
         ("No errors", False),  # \berror\b does not match 'errors'
         (None, False),
+        # Dict verdicts in the usual shapes, one level of nesting; negated text patterns do not count.
+        ("Success: the script ran and no error was raised.", False),
+        ({"correct": "false"}, True),
+        ({"correct": "True", "message": "wrong units"}, False),
+        ({"passed": 0}, True),
+        ({"passed": 1}, False),
+        ({"exit_code": 1}, True),
+        ({"exit_code": 0, "stderr": "error: deprecated"}, False),
+        ({"returncode": "2"}, True),
+        ({"score": "0.0"}, True),
+        ({"result": {"success": False}, "message": "done"}, True),
+        ({"outcome": {"reward": 3}}, False),
+        ({"result": {"log": "Failed to connect"}}, True),  # no verdict key: the text decides
+        ("This answer is not wrong.", False),
+        ("Finished without failure.", False),
+        ("No, that is wrong.", True),  # the negation is not right before the match
+        ("Not a failure, but the units are wrong.", True),
     ],
 )
 def test_is_failure(feedback: object, failed: bool) -> None:
@@ -181,7 +201,7 @@ def test_no_strategy_but_full_memory_shows_sample_i_its_own_entries(
     sample = snapshot.samples[data.draw(st.integers(0, len(snapshot.samples) - 1))]
     params = StrategyParams(window_k=window_k, max_memory_samples=max_memory_samples)
     own = set(sample.entry_indices)
-    for name in ("exclude_current", "rolling_window", "failure_focus"):
+    for name in ("exclude_current", "rolling_window", "failure_focus", "random_sampling"):
         memory = build_memory_view(name, snapshot, sample, params, failed)
         assert not own & set(memory), name
         if sample.action is not None:
@@ -190,3 +210,64 @@ def test_no_strategy_but_full_memory_shows_sample_i_its_own_entries(
     # exclude_current is precisely everything else.
     assert set(build_memory_view("exclude_current", snapshot, sample, params, failed)) == set(range(len(snapshot.entries))) - own
     assert set(build_memory_view("full_memory", snapshot, sample, params, failed)) == set(range(len(snapshot.entries)))
+
+
+# --- random_sampling ----------------------------------------------------------------------------------
+
+
+def test_random_sampling_by_example() -> None:
+    params = StrategyParams(subset_size=2, num_subsets=3, seed=5)
+    plans = build_memory_plans("random_sampling", SNAPSHOT, SNAPSHOT.samples[1], params, FAILED)
+    views = [plan.view.indices() for plan in plans]
+    assert len(views) == 3 and len({tuple(v) for v in views}) == 3  # 3 of the C(3, 2) = 3 possible subsets
+    for plan in plans:
+        assert plan.samples() == [-1, *sorted(i for i in plan.samples() if i >= 0)] and len(plan.samples()) == 3
+        assert 1 not in plan.samples()
+    # The same seed gives the same views; another seed may give them in another order.
+    assert plans == build_memory_plans("random_sampling", SNAPSHOT, SNAPSHOT.samples[1], params, FAILED)
+
+
+def test_random_sampling_shuffle_shows_the_drawn_order() -> None:
+    params = StrategyParams(subset_size=3, num_subsets=1, shuffle=True, seed=1)
+    orders = set()
+    for seed in range(12):
+        plan = build_memory_plans("random_sampling", SNAPSHOT, SNAPSHOT.samples[3], StrategyParams(subset_size=3, num_subsets=1, shuffle=True, seed=seed), FAILED)[0]
+        shown = [SNAPSHOT.entries[i].content for i in plan.view if SNAPSHOT.entries[i].kind == "observation"]
+        assert sorted(shown) == sorted(["2+2?", "3*3?", "10-7?"])
+        orders.add(tuple(shown))
+    assert len(orders) > 1  # not always the original order
+    assert build_memory_plans("random_sampling", SNAPSHOT, SNAPSHOT.samples[3], params, FAILED)[0].view.indices()[0] == 0  # preamble first
+
+
+@pytest.mark.parametrize(("name", "value"), [("subset_size", 0), ("num_subsets", -1), ("num_subsets", True)])
+def test_random_sampling_rejects_bad_params(name: str, value: object) -> None:
+    with pytest.raises(UserError, match=rf"^{name}: must be an integer of at least 1"):
+        build_memory_plans("random_sampling", SNAPSHOT, SNAPSHOT.samples[0], StrategyParams(**{name: value}), FAILED)  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories(), st.integers(1, 6), st.integers(1, 5), st.booleans(), st.integers(0, 10**6), st.data())
+def test_random_sampling_views_hold_whole_samples_never_the_own_one(
+    history: tuple[Snapshot, list[bool]], subset_size: int, num_subsets: int, shuffle: bool, seed: int, data: st.DataObject
+) -> None:
+    snapshot, failed = history
+    sample = snapshot.samples[data.draw(st.integers(0, len(snapshot.samples) - 1))]
+    params = StrategyParams(subset_size=subset_size, num_subsets=num_subsets, shuffle=shuffle, seed=seed)
+    plans = build_memory_plans("random_sampling", snapshot, sample, params, failed)
+    others = len(snapshot.samples) - 1
+    size = min(subset_size, others)
+    assert len(plans) == num_subsets
+    drawn = []
+    for plan in plans:
+        chosen = [i for i in plan.samples() if i >= 0]
+        assert len(chosen) == size and sample.sample_idx not in chosen
+        memory = plan.view.indices()
+        assert not set(sample.entry_indices) & set(memory)
+        for i in chosen:  # whole samples: every entry of each chosen sample, nothing of the others
+            assert set(snapshot.samples[i].entry_indices) <= set(memory)
+        if not shuffle:
+            assert memory == sorted(memory)
+        drawn.append(frozenset(chosen))
+    # Distinct views while the memory allows.
+    assert len(set(drawn)) == min(num_subsets, math.comb(others, size))
+    assert plans == build_memory_plans("random_sampling", snapshot, sample, params, failed)

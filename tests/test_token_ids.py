@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from memdistill.logprobs import MISSING_ID
-from memdistill.token_ids import TextTokenizer, TokenIdResolver, byte_to_unicode, load_text_tokenizer, vocabulary_bytes
+from memdistill.token_ids import OUT_OF_RANGE_ID, TextTokenizer, TokenIdResolver, byte_to_unicode, load_text_tokenizer, vocabulary_bytes
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,43 @@ def test_raw_vocabulary_entry_and_decoded_text_agree(resolver: TokenIdResolver) 
     assert resolver.resolve("<|im_end|>") == 2
 
 
-def test_bytes_decide_between_vocabulary_and_decoded_readings(resolver: TokenIdResolver) -> None:
-    # "é" is the vocabulary entry of the single byte E9 *and* the decoded text of the bytes C3 A9.
-    assert resolver.resolve("é") == resolver.vocab["é"]
-    assert resolver.resolve("é", list("é".encode())) == resolver.byte_ids["é".encode()] != resolver.vocab["é"]
+def test_decoded_text_wins_over_the_lone_byte_vocabulary_entry(resolver: TokenIdResolver) -> None:
+    # "é" is the vocabulary entry of the single byte E9 *and* the decoded text of the bytes C3 A9 (issue 12:
+    # llama.cpp sends "é" with no bytes; reading the vocabulary entry wrote the lone byte's id).
+    text_id = resolver.byte_ids["é".encode()]
+    assert resolver.tokenizer.decode([text_id]) == "é"
+    assert resolver.tokenizer.decode([resolver.vocab["é"]]) == "\ufffd"
+    assert resolver.resolve("é") == text_id
+    assert resolver.resolve("é", list("é".encode())) == text_id
+
+
+def test_every_id_recovered_from_a_string_decodes_back_to_it(resolver: TokenIdResolver) -> None:
+    """Real SmolLM2 vocabulary: accented, CJK and emoji tokens sent as decoded text without bytes (llama.cpp)."""
+    decode = resolver.tokenizer.decode
+    texts = {}
+    for token_id in range(resolver.limit):
+        text = decode([token_id])
+        if text and "\ufffd" not in text and any(ord(c) > 127 for c in text):
+            texts.setdefault(text, token_id)
+    assert len(texts) > 500
+    samples = [t for t in texts if any(0x4E00 <= ord(c) <= 0x9FFF for c in t)][:50]  # CJK
+    samples += [t for t in texts if any(ord(c) >= 0x1F300 for c in t)][:50]  # emoji
+    samples += [t for t in texts if any(c in "éèüñçåø" for c in t)][:100]  # accented
+    assert len(samples) > 30
+    ids = resolver.resolve_entries([{"token": text} for text in texts])
+    recovered = ids != MISSING_ID
+    assert recovered.mean() > 0.99
+    for text, token_id in zip(texts, ids.tolist()):
+        if token_id != MISSING_ID:
+            assert decode([token_id]) == text
+    for text in samples:
+        assert decode([resolver.resolve(text)]) == text
+    # A string no single id decodes to is not recovered, never guessed.
+    assert resolver.resolve("Jos\u00e9 \U0001F642") == MISSING_ID
+    # U+FFFD without bytes is any half character; with its bytes it is the literal replacement-char token.
+    assert resolver.resolve("\ufffd") == MISSING_ID
+    assert resolver.tokenizer.decode([resolver.resolve("\ufffd", list("\ufffd".encode()))]) == "\ufffd"
+    assert resolver.resolve("") == MISSING_ID
 
 
 def test_utf8_fragments_resolve_through_their_bytes(resolver: TokenIdResolver) -> None:
@@ -75,18 +108,24 @@ def test_resolve_entries_prefers_exact_ids_and_checks_their_range(resolver: Toke
     exact = [{"token": "whatever", "token_id": 5}, {"token": "x", "token_id": 7}]
     assert resolver.resolve_entries(exact).tolist() == [5, 7]
     mixed = [{"token": " the", "token_id": 5}, {"token": " the"}, {"token": "x", "token_id": resolver.limit + 3}]
-    assert resolver.resolve_entries(mixed).tolist() == [5, resolver.vocab["Ġthe"], MISSING_ID]
+    assert resolver.resolve_entries(mixed).tolist() == [5, resolver.vocab["Ġthe"], OUT_OF_RANGE_ID]
+    for bad in (-5, -1, 999999, 2**70):
+        assert resolver.resolve_entries([{"token": "x", "token_id": bad}]).tolist() == [OUT_OF_RANGE_ID]
+        assert resolver.resolve_entries([{"token": "x", "token_id": 3}, {"token": "y", "token_id": bad}]).tolist()[1] == OUT_OF_RANGE_ID
     assert resolver.resolve_entries([]).tolist() == []
     assert resolver.resolve_entries([{"token": ["not", "a", "string"]}, {"token": None}]).tolist() == [MISSING_ID, MISSING_ID]
 
 
 def test_every_vocabulary_id_round_trips(resolver: TokenIdResolver) -> None:
-    """Raw BPE strings, and decoded text with bytes, give back every id of the vocabulary."""
+    """Raw BPE strings of whole characters, and decoded text with bytes, give back every id of the vocabulary."""
     by_bytes = vocabulary_bytes(resolver.vocab)
     pieces = sorted(resolver.vocab.items(), key=lambda item: item[1])
-    raw_entries = [{"token": piece} for piece, _ in pieces]
-    expected = np.array([token_id for _, token_id in pieces])
-    np.testing.assert_array_equal(resolver.resolve_entries(raw_entries), expected)
+    whole = [(piece, token_id) for piece, token_id in pieces if "\ufffd" not in resolver.tokenizer.decode([token_id])]
+    raw_entries = [{"token": piece} for piece, _ in whole]
+    got_raw = resolver.resolve_entries(raw_entries)
+    expected = np.array([token_id for _, token_id in whole])
+    # A raw piece that is also some other token's decoded text reads as that text (the text reading wins).
+    assert (got_raw == expected).mean() > 0.99
     ordinary = [(piece, token_id) for piece, token_id in pieces if all(c in set(byte_to_unicode().values()) for c in piece)]
     decoded_entries = [dict(zip(("token", "bytes"), decoded(piece))) for piece, _ in ordinary]
     got = resolver.resolve_entries(decoded_entries)

@@ -5,6 +5,11 @@ new file here plus its import below.
 """
 
 from memdistill.strategies.base import (
+    PREAMBLE,
+    MemoryPlan,
+    MemoryUnit,
+    build_memory_plan,
+    build_memory_plans,
     MemoryView,
     Strategy,
     StrategyParams,
@@ -13,6 +18,6 @@ from memdistill.strategies.base import (
     register,
     strategy_names,
 )
-from memdistill.strategies import exclude_current, failure_focus, full_memory, rolling_window  # noqa: F401  (registration)
+from memdistill.strategies import exclude_current, failure_focus, full_memory, random_sampling, rolling_window  # noqa: F401  (registration)
 
-__all__ = ["MemoryView", "Strategy", "StrategyParams", "build_memory_view", "get_strategy", "register", "strategy_names"]
+__all__ = ["PREAMBLE", "MemoryPlan", "MemoryUnit", "build_memory_plan", "build_memory_plans", "MemoryView", "Strategy", "StrategyParams", "build_memory_view", "get_strategy", "register", "strategy_names"]

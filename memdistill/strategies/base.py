@@ -65,21 +65,83 @@ class MemoryView:
         return [[start, stop - 1] for start, stop in self.ranges]
 
 
+PREAMBLE = -1
+"""Label of the unit made of the entries before the first Observation (they belong to no sample)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryUnit:
+    """What the token budget drops whole: one sample's entries, or the preamble (`sample_idx` PREAMBLE)."""
+
+    sample_idx: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPlan:
+    """A strategy's memory for one sample: whole units, listed in the order the token budget drops them
+    (the one the strategy values least first). The teacher sees the kept units in their original order."""
+
+    units: tuple[MemoryUnit, ...] = ()
+    shown_order: tuple[int, ...] | None = None
+    """Sample numbers in the order the teacher sees them (random_sampling with shuffle); None = original order."""
+
+    @property
+    def view(self) -> MemoryView:
+        return self.kept(0)
+
+    def kept(self, dropped: int) -> MemoryView:
+        """The view left after dropping the first `dropped` units of the drop order."""
+        kept = self.units[dropped:]
+        if self.shown_order is None:
+            return MemoryView.of((u.start, u.stop) for u in kept)
+        position = {sample_idx: rank for rank, sample_idx in enumerate(self.shown_order)}
+        return MemoryView(tuple((u.start, u.stop) for u in sorted(kept, key=lambda u: position[u.sample_idx])))
+
+    def samples(self, dropped: int = 0) -> list[int]:
+        """The kept units' sample numbers in original order (PREAMBLE first when kept)."""
+        return sorted(u.sample_idx for u in self.units[dropped:])
+
+
+def snapshot_units(snapshot: Snapshot) -> tuple[MemoryUnit | None, tuple[MemoryUnit, ...]]:
+    """The snapshot's preamble unit (None when the first entry is an Observation) and one unit per sample."""
+    first = snapshot.samples[0].start
+    preamble = MemoryUnit(PREAMBLE, 0, first) if first > 0 else None
+    return preamble, tuple(MemoryUnit(s.sample_idx, s.start, s.stop) for s in snapshot.samples)
+
+
+def is_own(unit: MemoryUnit, sample: Sample) -> bool:
+    """Whether `unit` is the sample's own entries; an observation from outside the memory owns none."""
+    return unit.sample_idx != PREAMBLE and unit.start == sample.start and sample.stop > sample.start
+
+
+def oldest_first_then(units: Sequence[MemoryUnit], *last: MemoryUnit | None) -> MemoryPlan:
+    """A plan dropping `units` oldest first, then each of `last` in the order given (None skipped)."""
+    ordered = sorted(units, key=lambda u: u.start)
+    return MemoryPlan((*ordered, *(u for u in last if u is not None)))
+
+
 @dataclass(frozen=True, slots=True)
 class StrategyParams:
     window_k: int = 12
     max_memory_samples: int = 8
     failure_patterns: Sequence[str] = field(default=DEFAULT_FAILURE_PATTERNS)
+    subset_size: int = 4
+    num_subsets: int = 3
+    shuffle: bool = False
+    seed: int = 0
 
 
-ViewFunction = Callable[[Sample], MemoryView]
+ViewFunction = Callable[[Sample], tuple[MemoryPlan, ...]]
 
 
 class Strategy(Protocol):
     """A memory-formation strategy.
 
     `check` rejects bad parameters before any work; `prepare` does the per-snapshot work once (ranking,
-    say) and returns the function that gives sample i its view; `describe` lists the parameters that
+    say) and returns the function that gives sample i its plans, one per memory view (whole units in the
+    order the token budget drops them; every strategy but random_sampling gives one view); `describe` lists the parameters that
     shaped the views, for the output metadata.
     """
 
@@ -111,10 +173,24 @@ def get_strategy(name: str) -> Strategy:
     return _REGISTRY[name]
 
 
-def build_memory_view(
+def build_memory_plan(
     name: str, snapshot: Snapshot, sample: Sample, params: StrategyParams, failed: Sequence[bool]
-) -> MemoryView:
-    """One sample's view; convenient for tests and single samples (the stage prepares once per snapshot)."""
+) -> MemoryPlan:
+    """One sample's (first) plan; convenient for tests and single samples (the stage prepares once per snapshot)."""
+    return build_memory_plans(name, snapshot, sample, params, failed)[0]
+
+
+def build_memory_plans(
+    name: str, snapshot: Snapshot, sample: Sample, params: StrategyParams, failed: Sequence[bool]
+) -> tuple[MemoryPlan, ...]:
+    """Every memory view's plan for one sample."""
     strategy = get_strategy(name)
     strategy.check(params)
     return strategy.prepare(snapshot, params, failed)(sample)
+
+
+def build_memory_view(
+    name: str, snapshot: Snapshot, sample: Sample, params: StrategyParams, failed: Sequence[bool]
+) -> MemoryView:
+    """One sample's view before any token budget."""
+    return build_memory_plan(name, snapshot, sample, params, failed).view

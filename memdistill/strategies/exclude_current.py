@@ -1,12 +1,16 @@
-"""exclude_current: every entry except the sample's own (its Observation, Action, Feedback and anything between)."""
+"""exclude_current: every entry except the sample's own (its Observation, Action, Feedback and anything between).
+
+Under the token budget the oldest other samples go first, the preamble (entries before the first
+Observation: a task description, agent notes) last.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from memdistill.snapshot import Snapshot
-from memdistill.strategies.base import MemoryView, StrategyParams, ViewFunction, register
+from memdistill.snapshot import Sample, Snapshot
+from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, is_own, oldest_first_then, register, snapshot_units
 
 
 @register
@@ -17,8 +21,12 @@ class ExcludeCurrent:
         pass
 
     def prepare(self, snapshot: Snapshot, params: StrategyParams, failed: Sequence[bool]) -> ViewFunction:
-        total = len(snapshot.entries)
-        return lambda sample: MemoryView.of([(0, sample.start), (sample.stop, total)])
+        preamble, units = snapshot_units(snapshot)
+
+        def plan(sample: Sample) -> tuple[MemoryPlan, ...]:
+            return (oldest_first_then([u for u in units if not is_own(u, sample)], preamble),)
+
+        return plan
 
     def describe(self, params: StrategyParams) -> dict[str, Any]:
         return {}

@@ -1,7 +1,9 @@
 """failure_focus: failed samples first, then the most recent others, within `max_memory_samples` samples.
 
 Sample i itself is never included. Entries before the first observation (agent notes, a task
-description) belong to no sample and are always kept, as they are context rather than experiences.
+description) belong to no sample and are kept, as they are context rather than experiences. Under the
+token budget the chosen successes go first (oldest first), then the failures (oldest first), the
+preamble last.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 
 from memdistill.errors import UserError
 from memdistill.snapshot import Sample, Snapshot
-from memdistill.strategies.base import MemoryView, StrategyParams, ViewFunction, register
+from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, is_own, register, snapshot_units
 
 
 def rank_samples(failed: Sequence[bool]) -> list[int]:
@@ -33,14 +35,15 @@ class FailureFocus:
         # Ranked once per snapshot; each sample then takes the first max_memory_samples + 1 and skips itself.
         ranked = rank_samples(failed)
         limit = params.max_memory_samples
-        preamble = (0, snapshot.samples[0].start)
+        preamble, units = snapshot_units(snapshot)
 
-        def view(sample: Sample) -> MemoryView:
-            chosen = [i for i in ranked[: limit + 1] if i != sample.sample_idx][:limit]
-            picked = [snapshot.samples[i] for i in chosen]
-            return MemoryView.of([preamble, *((s.start, s.stop) for s in picked)])
+        def plan(sample: Sample) -> tuple[MemoryPlan, ...]:
+            chosen = [i for i in ranked[: limit + 1] if not is_own(units[i], sample)][:limit]
+            # Successes before failures, each oldest first (False sorts before True).
+            order = sorted(chosen, key=lambda i: (failed[i], i))
+            return (MemoryPlan((*(units[i] for i in order), *((preamble,) if preamble else ()))),)
 
-        return view
+        return plan
 
     def describe(self, params: StrategyParams) -> dict[str, Any]:
         return {"max_memory_samples": params.max_memory_samples, "failure_patterns": list(params.failure_patterns)}

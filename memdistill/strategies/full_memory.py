@@ -1,12 +1,16 @@
-"""full_memory: the teacher sees every entry of the snapshot, the sample's own entries included."""
+"""full_memory: the teacher sees every entry of the snapshot, the sample's own entries included.
+
+Under the token budget the oldest other samples go first, then the preamble, and the sample's own
+entries last: they are what makes this strategy differ from exclude_current.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from memdistill.snapshot import Snapshot
-from memdistill.strategies.base import MemoryView, StrategyParams, ViewFunction, register
+from memdistill.snapshot import Sample, Snapshot
+from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, is_own, oldest_first_then, register, snapshot_units
 
 
 @register
@@ -17,8 +21,14 @@ class FullMemory:
         pass
 
     def prepare(self, snapshot: Snapshot, params: StrategyParams, failed: Sequence[bool]) -> ViewFunction:
-        everything = MemoryView.of([(0, len(snapshot.entries))])
-        return lambda sample: everything
+        preamble, units = snapshot_units(snapshot)
+
+        def plan(sample: Sample) -> tuple[MemoryPlan, ...]:
+            own = next((u for u in units if is_own(u, sample)), None)
+            others = [u for u in units if u is not own]
+            return (oldest_first_then(others, preamble, own),)
+
+        return plan
 
     def describe(self, params: StrategyParams) -> dict[str, Any]:
         return {}

@@ -1,4 +1,9 @@
-"""rolling_window: the last `window_k` entries before the sample's observation."""
+"""rolling_window: the last `window_k` entries before the sample's observation, whole samples only.
+
+A sample that starts before the window is left out entirely (never a memory opening with an ACTION
+whose OBSERVATION was cut), so the view holds at most `window_k` entries. The token budget drops the
+oldest samples of the window first.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from memdistill.errors import UserError
-from memdistill.snapshot import Snapshot
-from memdistill.strategies.base import MemoryView, StrategyParams, ViewFunction, register
+from memdistill.snapshot import Sample, Snapshot
+from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, oldest_first_then, register, snapshot_units
 
 
 @register
@@ -20,7 +25,15 @@ class RollingWindow:
 
     def prepare(self, snapshot: Snapshot, params: StrategyParams, failed: Sequence[bool]) -> ViewFunction:
         window = params.window_k
-        return lambda sample: MemoryView.of([(max(0, sample.start - window), sample.start)])
+        preamble, units = snapshot_units(snapshot)
+        candidates = [u for u in (preamble, *units) if u is not None]
+
+        def plan(sample: Sample) -> tuple[MemoryPlan, ...]:
+            # An observation from outside the memory starts after its last entry: the window ends there.
+            first = sample.start - window
+            return (oldest_first_then([u for u in candidates if u.start >= first and u.stop <= sample.start]),)
+
+        return plan
 
     def describe(self, params: StrategyParams) -> dict[str, Any]:
         return {"window_k": params.window_k}

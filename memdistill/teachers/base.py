@@ -14,6 +14,8 @@ class SamplingParams:
     top_p: float = 1.0
     top_logprobs: int = 20
     seed: int = 0
+    # tempered: log softmax(logits / T), the distribution sampled from | raw: log softmax(logits). Equal at T = 0.
+    logprobs: str = "tempered"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -22,6 +24,7 @@ class SamplingParams:
             "top_p": self.top_p,
             "top_logprobs": self.top_logprobs,
             "seed": self.seed,
+            "logprobs": self.logprobs,
         }
 
 
@@ -56,6 +59,8 @@ class Failure:
     sample_idx: int
     error: str
     attempts: int
+    # The server refused the request itself (a 4xx): asking again, or asking with another prompt, fails alike.
+    permanent: bool = False
 
 
 class Teacher(Protocol):

@@ -40,6 +40,8 @@ MAX_RETRY_AFTER = 120.0
 MAX_BACKOFF = 30.0
 # Statuses that may succeed when asked again (request timeout, conflict, rate limit, server errors).
 RETRYABLE_STATUSES = {408, 409, 425, 429}
+# This many refusals (4xx) before any success stop the run: every other sample would be refused alike.
+CONFIGURATION_ERROR_STREAK = 3
 
 
 def public_url(url: str) -> str:
@@ -120,8 +122,11 @@ def decode_tokasaurus(fingerprint: Any, choice_index: int, top_k: int) -> tuple[
     try:
         ids = [int(i) for i in packed["completion_ids"][choice_index]]
         chosen = _unpack(packed["packed_chosen_logprobs"][choice_index], np.float32, "packed_chosen_logprobs")
-        top_ids = _unpack(packed["packed_topk_indices"][choice_index], np.int32, "packed_topk_indices")
-        top_values = _unpack(packed["packed_topk_logprobs"][choice_index], np.float32, "packed_topk_logprobs")
+        if top_k > 0 or packed.get("packed_topk_indices"):
+            top_ids = _unpack(packed["packed_topk_indices"][choice_index], np.int32, "packed_topk_indices")
+            top_values = _unpack(packed["packed_topk_logprobs"][choice_index], np.float32, "packed_topk_logprobs")
+        else:  # top_logprobs 0: the exact ids and chosen logprobs still come, no top-k arrays
+            top_ids = top_values = np.empty(0, dtype=np.float32)
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise TransientError(f"tokasaurus: malformed system_fingerprint ({type(exc).__name__}: {exc})") from None
     steps = len(ids)
@@ -162,15 +167,29 @@ def _entry(item: dict[str, Any], exact_ids: bool, flavor: str) -> dict[str, Any]
                 "return_tokens_as_token_ids — is it vLLM? otherwise use --flavor openai"
             )
         out["token_id"] = int(match.group(1))
-    if item.get("bytes") is not None:
+    elif item.get("bytes") is not None:
+        # With token ids vLLM sends the bytes of the literal "token_id:N" string: not the token's, so not kept.
         out["bytes"] = list(item["bytes"])
     return out
 
 
+def keep_top_k(entries: list[dict[str, Any]], chosen_id: int | None, k: int) -> list[dict[str, Any]]:
+    """The K most likely alternatives, plus the sampled token's own entry when it is not among them.
+
+    vLLM at T > 0 puts the sampled token first and cuts the list to the requested count, so a row asked
+    for K can hold K-1 real alternatives; the vllm flavor asks for K+1 and keeps this."""
+    ranked = sorted(entries, key=lambda entry: -entry["logprob"])
+    kept = ranked[:k]
+    if chosen_id is not None and all(entry["token_id"] != chosen_id for entry in kept):
+        kept += [entry for entry in ranked[k:] if entry["token_id"] == chosen_id][:1]
+    return kept
+
+
 def decode_logprob_content(
-    content: Any, flavor: str, exact_ids: bool
+    content: Any, flavor: str, exact_ids: bool, keep: int | None = None
 ) -> tuple[list[int] | None, list[dict[str, Any]]]:
-    """OpenAI-shape `logprobs.content` → our per-token dicts; ids exact when the server sent `token_id:N`."""
+    """OpenAI-shape `logprobs.content` → our per-token dicts; ids exact when the server sent `token_id:N`.
+    `keep`: cut each row to that many alternatives plus the sampled token's own entry (keep_top_k)."""
     if not isinstance(content, list):
         raise TransientError(f"{flavor}: logprobs.content is {type(content).__name__}, expected a list")
     tokens = []
@@ -178,6 +197,8 @@ def decode_logprob_content(
         for item in content:
             entry = _entry(item, exact_ids, flavor)
             entry["top_logprobs"] = [_entry(top, exact_ids, flavor) for top in item.get("top_logprobs") or []]
+            if keep is not None:
+                entry["top_logprobs"] = keep_top_k(entry["top_logprobs"], entry["token_id"], keep)
             tokens.append(entry)
     except (KeyError, TypeError, ValueError) as exc:
         raise TransientError(f"{flavor}: malformed logprobs entry ({type(exc).__name__}: {exc})") from None
@@ -192,7 +213,14 @@ NO_LOGPROBS_HINT = {
 }
 
 
-def decode_response(body: dict[str, Any], flavor: str, top_logprobs: int) -> dict[str, Any]:
+def requested_top_logprobs(flavor: str, sampling: SamplingParams) -> int:
+    """What to ask the server for: K, or K+1 from vLLM when sampling (its sampled token takes a slot)."""
+    if flavor == "vllm" and sampling.temperature > 0 and sampling.top_logprobs > 0:
+        return sampling.top_logprobs + 1
+    return sampling.top_logprobs
+
+
+def decode_response(body: dict[str, Any], flavor: str, top_logprobs: int, keep: int | None = None) -> dict[str, Any]:
     """The parts of one chat-completion body we keep: text, ids, logprobs, finish reason, usage."""
     try:
         choice = body["choices"][0]
@@ -204,17 +232,17 @@ def decode_response(body: dict[str, Any], flavor: str, top_logprobs: int) -> dic
     usage = body.get("usage") or {}
     ids: list[int] | None = None
     tokens: list[dict[str, Any]] | None = None
-    if top_logprobs > 0:
-        if flavor == "tokasaurus":
-            ids, tokens = decode_tokasaurus(body.get("system_fingerprint"), 0, top_logprobs)
-        else:
-            logprobs = choice.get("logprobs")
-            if not logprobs or logprobs.get("content") is None:
-                raise UserError(
-                    f"flavor {flavor}: the server returned no logprobs although logprobs=True, top_logprobs="
-                    f"{top_logprobs} were sent; {NO_LOGPROBS_HINT[flavor]}"
-                )
-            ids, tokens = decode_logprob_content(logprobs["content"], flavor, exact_ids=flavor == "vllm")
+    if flavor == "tokasaurus":
+        # Asked for even at top_logprobs 0: the fingerprint still carries the exact completion_ids.
+        ids, tokens = decode_tokasaurus(body.get("system_fingerprint"), 0, top_logprobs)
+    elif top_logprobs > 0:
+        logprobs = choice.get("logprobs")
+        if not logprobs or logprobs.get("content") is None:
+            raise UserError(
+                f"flavor {flavor}: the server returned no logprobs although logprobs=True, top_logprobs="
+                f"{top_logprobs} were sent; {NO_LOGPROBS_HINT[flavor]}"
+            )
+        ids, tokens = decode_logprob_content(logprobs["content"], flavor, exact_ids=flavor == "vllm", keep=keep)
     output_tokens = usage.get("completion_tokens")
     if not isinstance(output_tokens, int):
         output_tokens = len(tokens) if tokens is not None else 0
@@ -307,6 +335,8 @@ class OpenAITeacher:
                 raise UserError(f"base_url: '{public_url(url)}' is not an http(s) URL")
         if concurrency < 1:
             raise UserError(f"concurrency: must be at least 1, got {concurrency}")
+        if flavor == "tokasaurus" and sampling.logprobs == "raw" and sampling.temperature > 0:
+            raise UserError("logprobs: Tokasaurus sends tempered logprobs only (softmax(logits/T)); use logprobs: tempered")
         if max_retries < 0:
             raise UserError(f"max_retries: must be >= 0, got {max_retries}")
         self.model = model
@@ -344,12 +374,12 @@ class OpenAITeacher:
             "n": 1,
         }
         extra: dict[str, Any] = {}
+        if self.flavor == "tokasaurus":
+            extra["logprobs_in_fingerprint"] = True  # exact completion_ids even at top_logprobs 0
         if s.top_logprobs > 0:
             kwargs["logprobs"] = True
-            kwargs["top_logprobs"] = s.top_logprobs
-            if self.flavor == "tokasaurus":
-                extra["logprobs_in_fingerprint"] = True
-            elif self.flavor == "vllm":
+            kwargs["top_logprobs"] = requested_top_logprobs(self.flavor, s)
+            if self.flavor == "vllm":
                 extra["return_tokens_as_token_ids"] = True
         if extra:
             kwargs["extra_body"] = extra
@@ -384,7 +414,7 @@ class OpenAITeacher:
             raise TransientError(f"{endpoint.public}: connection failed ({type(cause).__name__}: {cause})", endpoint_down=True) from None
         except openai.APIStatusError as exc:
             status = exc.status_code
-            detail = _short(exc.message)
+            detail = _short(server_reason(exc))
             if status in (401, 403):
                 raise UserError(
                     f"{endpoint.public} refused the request ({status}): check the API key in ${self.api_key_env}"
@@ -402,7 +432,8 @@ class OpenAITeacher:
             raise TransientError(f"{endpoint.public}: response body is not complete JSON ({exc})") from None
         if not isinstance(parsed, dict):
             raise TransientError(f"{endpoint.public}: response body is not a JSON object")
-        return decode_response(parsed, self.flavor, self.sampling.top_logprobs)
+        keep = self.sampling.top_logprobs if requested_top_logprobs(self.flavor, self.sampling) != self.sampling.top_logprobs else None
+        return decode_response(parsed, self.flavor, self.sampling.top_logprobs, keep)
 
     async def complete(self, request: TeacherRequest) -> Completion | Failure:
         """One request with retries; raises UserError for problems every request would have."""
@@ -421,7 +452,7 @@ class OpenAITeacher:
                 error: str = str(exc)
                 retry_after = exc.retry_after
             except PermanentError as exc:
-                return Failure(request.sample_idx, str(exc), attempt + 1)
+                return Failure(request.sample_idx, str(exc), attempt + 1, permanent=True)
             finally:
                 self._pool.release(endpoint, ok, down)
             if ok:
@@ -454,11 +485,18 @@ class OpenAITeacher:
                     return
 
         workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(requests)))]
+        answered = 0
+        refused: list[Failure] = []
         try:
             for _ in range(len(requests)):
                 item = await done.get()
                 if isinstance(item, BaseException):
                     raise item
+                if isinstance(item, Failure) and item.permanent:
+                    refused.append(item)
+                    stop_on_configuration_error(refused, answered)
+                elif isinstance(item, Completion):
+                    answered += 1
                 yield item
         finally:
             for task in workers:
@@ -470,6 +508,38 @@ class OpenAITeacher:
             for endpoint in self._pool.endpoints:
                 await endpoint.client.close()
             self._pool = None
+
+
+def server_reason(exc: Any) -> str:
+    """The server's own words for a refused request: the body's `detail` (FastAPI, Tokasaurus) or `message`
+    (OpenAI, vLLM), not the client's bare "Error code: 400"."""
+    bodies = [getattr(exc, "body", None)]
+    response = getattr(exc, "response", None)
+    try:
+        bodies.append(json.loads(response.text) if response is not None else None)
+    except (ValueError, AttributeError, TypeError):
+        bodies.append(response.text if response is not None and getattr(response, "text", "") else None)
+    for body in bodies:
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            body = body["error"]
+        if isinstance(body, dict):
+            for key in ("detail", "message"):
+                value = body.get(key)
+                if value:
+                    return value if isinstance(value, str) else json.dumps(value)
+        elif isinstance(body, str) and body.strip():
+            return body
+    return str(getattr(exc, "message", exc))
+
+
+def stop_on_configuration_error(refused: list[Failure], answered: int) -> None:
+    """The first CONFIGURATION_ERROR_STREAK answers all refused (4xx), none served: the request itself is
+    wrong (top_logprobs above the server's limit, an unknown field, top_p on Tokasaurus); stop the run."""
+    if answered == 0 and len(refused) >= CONFIGURATION_ERROR_STREAK:
+        raise UserError(
+            f"the server refused the first {len(refused)} requests and answered none: {refused[0].error}; "
+            f"this is a configuration error (check top_logprobs against the server's limit, top_p, the model name)"
+        )
 
 
 def _short(message: str, limit: int = 200) -> str:

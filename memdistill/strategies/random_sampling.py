@@ -1,0 +1,80 @@
+"""random_sampling: `num_subsets` views per observation, each `subset_size` whole samples drawn at random.
+
+The student then learns what the memory implies rather than what one fixed context implies. Draws come
+from a generator seeded by `seed` and the observation's position, so the same inputs and params give the
+same views. With the memory's own observations as targets, the sample's own entries are never drawn.
+Views are distinct when the memory holds enough samples; they keep the original order unless `shuffle`.
+The preamble (entries before the first Observation) is context and joins every view. Under the token
+budget a view's samples go oldest first, the preamble last.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from memdistill.errors import UserError
+from memdistill.snapshot import Sample, Snapshot
+from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, is_own, oldest_first_then, register, snapshot_units
+
+# Draws tried per wanted view before settling for repeats (only when few distinct subsets exist).
+ATTEMPTS_PER_VIEW = 20
+
+
+def draw_subsets(candidates: Sequence[int], size: int, count: int, rng: random.Random) -> list[tuple[int, ...]]:
+    """`count` subsets of `min(size, len(candidates))` candidates, distinct while the candidates allow.
+
+    Each subset is returned in the order it was drawn (the shuffle order); sort it for the original order.
+    """
+    size = min(size, len(candidates))
+    possible = math.comb(len(candidates), size)
+    subsets: list[tuple[int, ...]] = []
+    seen: set[frozenset[int]] = set()
+    for _ in range(count * ATTEMPTS_PER_VIEW):
+        if len(subsets) == count:
+            break
+        subset = tuple(rng.sample(list(candidates), size))
+        key = frozenset(subset)
+        if key in seen and len(seen) < possible:
+            continue
+        seen.add(key)
+        subsets.append(subset)
+    while len(subsets) < count:  # a tiny memory: repeat the views there are
+        subsets.append(subsets[len(subsets) % max(1, len(seen))] if subsets else ())
+    return subsets
+
+
+@register
+class RandomSampling:
+    name = "random_sampling"
+
+    def check(self, params: StrategyParams) -> None:
+        for name in ("subset_size", "num_subsets"):
+            value = getattr(params, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name}: must be an integer of at least 1, got {value!r}")
+        if not isinstance(params.shuffle, bool):
+            raise UserError(f"shuffle: expected true or false, got {params.shuffle!r}")
+
+    def prepare(self, snapshot: Snapshot, params: StrategyParams, failed: Sequence[bool]) -> ViewFunction:
+        preamble, units = snapshot_units(snapshot)
+
+        def plans(sample: Sample) -> tuple[MemoryPlan, ...]:
+            candidates = [u.sample_idx for u in units if not is_own(u, sample)]
+            # One generator per observation, keyed by its position: rows never depend on which others are selected.
+            rng = random.Random(f"random_sampling:{params.seed}:{sample.start}:{sample.sample_idx}")
+            out = []
+            for subset in draw_subsets(candidates, params.subset_size, params.num_subsets, rng):
+                plan = oldest_first_then([units[i] for i in subset], preamble)
+                if params.shuffle:
+                    shown = ((preamble.sample_idx,) if preamble else ()) + subset
+                    plan = MemoryPlan(plan.units, shown)
+                out.append(plan)
+            return tuple(out)
+
+        return plans
+
+    def describe(self, params: StrategyParams) -> dict[str, Any]:
+        return {"subset_size": params.subset_size, "num_subsets": params.num_subsets, "shuffle": params.shuffle, "seed": params.seed}

@@ -1,0 +1,45 @@
+"""`memdistill export-teacher`: a model folder other engines load with the input embedding in place."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from memdistill.cli import main as cli_main  # noqa: E402
+from memdistill.models import EMBEDDING_KEY, LM_HEAD_KEY, load_embedded_model, tied_state_dict  # noqa: E402
+
+
+def test_tied_weights_are_saved_under_the_embedding_name() -> None:
+    shared = torch.arange(6.0).reshape(3, 2)
+    # What a copy saved by safetensors' dedup holds: the shared tensor under lm_head only.
+    tied = tied_state_dict({LM_HEAD_KEY: shared, "model.norm.weight": torch.ones(2)}, tied=True)
+    assert set(tied) == {EMBEDDING_KEY, "model.norm.weight"} and torch.equal(tied[EMBEDDING_KEY], shared)
+    untied = tied_state_dict({EMBEDDING_KEY: shared, LM_HEAD_KEY: shared * 2}, tied=False)
+    assert torch.equal(untied[EMBEDDING_KEY], shared) and torch.equal(untied[LM_HEAD_KEY], shared * 2)
+    assert untied[EMBEDDING_KEY].data_ptr() != shared.data_ptr()  # copies: safetensors refuses shared storage
+
+
+def test_exported_folder_loads_with_the_same_logits(tmp_path: Path, capsys) -> None:
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path / "teacher"
+    assert cli_main(["export-teacher", str(folder)]) == 0
+    assert capsys.readouterr().out.strip() == str(folder)
+    with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+        keys = set(weights.keys())
+    config = json.loads((folder / "config.json").read_text())
+    assert EMBEDDING_KEY in keys and config["tie_word_embeddings"] is True and LM_HEAD_KEY not in keys
+    assert "quantization_config" not in config
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    assert tokenizer.chat_template and (folder / "generation_config.json").is_file()
+    exported = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    reference = load_embedded_model()
+    ids = torch.tensor([tokenizer.encode("What is 2 + 2?")])
+    with torch.inference_mode():
+        assert torch.equal(exported(input_ids=ids).logits, reference(input_ids=ids).logits)
+    assert exported.get_input_embeddings().weight.abs().sum() > 0
