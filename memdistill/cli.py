@@ -56,6 +56,15 @@ def _export_teacher_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _params_main(args: argparse.Namespace) -> int:
+    from memdistill.params import check_file
+    from stages import stage_configs
+
+    sections = check_file(args.check, stage_configs())
+    print(f"{args.check}: ok ({', '.join(sections)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from stages import convert, generate, snapshots, stats
 
@@ -75,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="show one record token by token", description="Show one record of a JSONL or parquet dataset.")
     _inspect_arguments(inspect)
     inspect.set_defaults(handler=_inspect_main)
+    check = commands.add_parser(
+        "params", help="validate a params file without running anything", description="Validate every stage section of a params file."
+    )
+    check.add_argument("--check", required=True, type=Path, metavar="PARAMS_YAML", help="the params file to validate, e.g. params.yaml")
+    check.set_defaults(handler=_params_main)
     export = commands.add_parser(
         "export-teacher", help="write the embedded SmolLM2 as a Hugging Face model folder (serve it with vLLM)",
         description="Write the embedded teacher as a Hugging Face model folder: float32 safetensors with tied embeddings "

@@ -44,9 +44,13 @@ def compile_failure_patterns(patterns: Sequence[str] | None) -> tuple[re.Pattern
         if not isinstance(pattern, str):
             raise UserError(f"failure_patterns: expected strings, got {pattern!r}")
         try:
-            compiled.append(re.compile(pattern, flags=re.IGNORECASE))
+            regex = re.compile(pattern, flags=re.IGNORECASE)
         except re.error as exc:
             raise UserError(f"failure_patterns: '{pattern}' is not a valid regular expression ({exc})") from None
+        # A pattern that matches the empty string would call every feedback a failure.
+        if regex.search("") is not None:
+            raise UserError(f"failure_patterns: '{pattern}' matches the empty string")
+        compiled.append(regex)
     return tuple(compiled)
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,21 +87,48 @@ def _parquet_record(path: Path, sample: int) -> dict[str, Any]:
     raise _OutOfRange(seen)
 
 
+PROMPTS_FILE = (
+    "a prompts file from the snapshots stage (teacher_messages, student_messages), not a dataset; "
+    "inspect shows what generate and convert write (dataset.jsonl, dataset.parquet)"
+)
+
+
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line; a line that is not UTF-8 is a UserError naming it."""
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)") from None
+            if line.strip():
+                yield lineno, line
+
+
+def _parse_line(path: Path, lineno: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise UserError(f"{path}:{lineno}: JSON nested too deeply to read") from None
+
+
+def _refuse_prompts_file(path: Path, lineno: int, record: Any) -> None:
+    if isinstance(record, dict) and "teacher_messages" in record and "messages" not in record:
+        raise UserError(f"{path}:{lineno}: {PROMPTS_FILE}")
+
+
 def _jsonl_record(path: Path, sample: int) -> dict[str, Any]:
     number = -1
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            number += 1
-            if number == sample:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-                if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-                    raise UserError(f"{path}:{lineno}: expected an object with a 'messages' list")
-                return record
+    for lineno, line in _jsonl_lines(path):
+        number += 1
+        if number == sample:
+            record = _parse_line(path, lineno, line)
+            _refuse_prompts_file(path, lineno, record)
+            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+                raise UserError(f"{path}:{lineno}: expected an object with a 'messages' list")
+            return record
     raise _OutOfRange(number + 1)
 
 
@@ -329,6 +356,11 @@ def render_file_summary(path: Path) -> str:
             ("bytes per assistant token", f"{figures.file_bytes / tokens if tokens else 0:.1f}"),
         ]
     else:
+        first = shards.part_files(path)[0]
+        if not _is_parquet(first):
+            for lineno, line in _jsonl_lines(first):
+                _refuse_prompts_file(first, lineno, _parse_line(first, lineno, line))
+                break
         figures = stats.jsonl_figures(path)
         samples = figures.samples
         rows = [

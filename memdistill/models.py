@@ -13,7 +13,9 @@ import importlib.util
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,7 +145,18 @@ def load_tokenizer(name_or_path: str) -> "PreTrainedTokenizerBase":
     from transformers import AutoTokenizer
 
     if is_embedded(name_or_path):
-        return AutoTokenizer.from_pretrained(str(embedded_tokenizer_dir()))
+        return AutoTokenizer.from_pretrained(str(embedded_tokenizer_dir()), local_files_only=True)
+    try:
+        # A local folder, or a hub id already in the Hugging Face cache: no network, no retries.
+        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+    except Exception:  # transformers raises many types here; the hub may still have it
+        pass
+    if not Path(name_or_path).expanduser().exists() and not _hub_reachable():
+        # Without this check huggingface_hub retries for about a minute before giving up.
+        raise UserError(
+            f"cannot load tokenizer '{name_or_path}': not a local folder, not in the Hugging Face cache, and the hub "
+            f"({_hub_endpoint()}) cannot be reached; pass a local tokenizer folder or '{EMBEDDED_MODEL}'"
+        )
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except Exception as exc:  # transformers raises many types here; all mean "cannot load this tokenizer"
@@ -151,6 +164,22 @@ def load_tokenizer(name_or_path: str) -> "PreTrainedTokenizerBase":
             f"cannot load tokenizer '{name_or_path}': {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
             f"pass a local tokenizer folder or '{EMBEDDED_MODEL}'"
         ) from None
+
+
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether a hub download could start at all: offline mode is off and its host answers within `timeout`."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urllib.parse.urlsplit(_hub_endpoint())
+    try:
+        with socket.create_connection((url.hostname or "", url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def teacher_context_length(name: str, tokenizer: Any | None = None) -> int | None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from memdistill.errors import UserError
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_PATTERN = re.compile(r"^memory_(\d+)\.jsonl$")
 
@@ -67,7 +72,25 @@ def _snapshot_id(path: Path) -> int:
 
 
 def _snapshots_in(folder: Path) -> dict[str, Path]:
-    return {p.name: p for p in folder.iterdir() if p.is_file() and SNAPSHOT_PATTERN.match(p.name)}
+    """Snapshot files by name; a broken symlink is listed too, so choosing it fails loudly."""
+    return {
+        p.name: p for p in folder.iterdir() if SNAPSHOT_PATTERN.match(p.name) and (p.is_file() or (p.is_symlink() and not p.exists()))
+    }
+
+
+def _usable(path: Path) -> Path:
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{path}: broken symlink (points to {os.readlink(path)}); fix or remove it, or name another snapshot")
+    return path
+
+
+def _latest(snapshots: dict[str, Path]) -> Path:
+    """The highest numeric id; two names with the same id (memory_100, memory_0100) are ambiguous."""
+    newest = max(_snapshot_id(p) for p in snapshots.values())
+    tied = sorted(name for name, p in snapshots.items() if _snapshot_id(p) == newest)
+    if len(tied) > 1:
+        raise UserError(f"{snapshots[tied[0]].parent}: {' and '.join(tied)} have the same id {newest}; remove one or set snapshot to one of them")
+    return _usable(snapshots[tied[0]])
 
 
 def find_snapshot(checkpoint_dir: str | Path, which: str = "latest") -> Path:
@@ -96,11 +119,15 @@ def find_snapshot(checkpoint_dir: str | Path, which: str = "latest") -> Path:
             f"No memory snapshots found in {folder}: point checkpoint_dir at an episode checkpoint such as ep_000200"
         )
     if which == "latest":
-        # Ties (memory_0100 and memory_100) are broken by name so the choice never depends on listing order.
-        return max(snapshots.values(), key=lambda p: (_snapshot_id(p), p.name))
-    name = Path(which).name
-    if name in snapshots:
-        return snapshots[name]
+        return _latest(snapshots)
+    asked = Path(which)
+    if asked.parent != Path(".") and asked.parent.resolve() != folder.resolve():
+        # Never swap a path for a same-named file elsewhere: the user meant that one file.
+        raise UserError(
+            f"{which}: snapshot must be a file name inside checkpoint_dir {folder} (such as {sorted(snapshots)[-1]}), not a path elsewhere"
+        )
+    if asked.name in snapshots:
+        return _usable(snapshots[asked.name])
     raise UserError(
         f"{folder}: snapshot '{which}' not found (snapshot); expected 'latest' or one of {', '.join(sorted(snapshots))}"
     )
@@ -138,7 +165,12 @@ def parse_entries(data: bytes, path: Path) -> tuple[MemoryEntry, ...]:
             raw = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        entries.append(parse_entry(raw, len(entries), f"{path}:{lineno}"))
+        except RecursionError:
+            raise UserError(f"{path}:{lineno}: JSON nested too deeply to read (more than about {sys.getrecursionlimit()} levels)") from None
+        entry = parse_entry(raw, len(entries), f"{path}:{lineno}")
+        if entry.kind == "observation" and not (entry.content.strip() if isinstance(entry.content, str) else entry.content):
+            log.warning("%s:%d: Observation with empty content; the teacher will answer an empty question", path, lineno)
+        entries.append(entry)
     return tuple(entries)
 
 

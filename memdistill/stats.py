@@ -152,7 +152,7 @@ def _collect(query: pl.LazyFrame | list[pl.LazyFrame], path: Path, what: str) ->
 def _locate_bad_line(path: Path) -> None:
     """polars names no line: on the error path only, a plain pass finds the first line that is not
     valid JSON or whose logprobs are not shaped as the intermediate format says, and raises naming it."""
-    for lineno, record in fileio.read_jsonl(path):
+    for lineno, record in fileio.read_jsonl(path, allow_nan=False):
         messages = record.get("messages") if isinstance(record, dict) else None
         if not isinstance(messages, list):
             raise UserError(f"{path}:{lineno}: expected an object with a 'messages' list")

@@ -14,9 +14,11 @@ import itertools
 import logging
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from tqdm import tqdm
 
@@ -40,8 +42,8 @@ from memdistill.prompts import (
     view_cost,
 )
 from memdistill.redact import DEFAULT_REDACT_PATTERNS, Redactor
-from memdistill.snapshot import MemoryEntry, Sample, Snapshot, find_snapshot, load_observations, load_snapshot, split_samples
-from memdistill.strategies import MemoryView, StrategyParams, get_strategy
+from memdistill.snapshot import SNAPSHOT_PATTERN, MemoryEntry, Sample, Snapshot, find_snapshot, load_observations, load_snapshot, split_samples
+from memdistill.strategies import MemoryView, StrategyParams, get_strategy, strategy_names
 
 log = logging.getLogger(__name__)
 
@@ -61,85 +63,86 @@ RESERVED_METADATA = frozenset({
 DEFAULT_ANSWER_TOKENS = 48
 
 
-@dataclass
-class SnapshotsConfig:
-    checkpoint_dir: str = "data/checkpoints/ep_000200"
-    snapshot: str = "latest"
-    strategy: str = "exclude_current"
-    window_k: int = 12
-    max_memory_samples: int = 8
-    failure_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_FAILURE_PATTERNS))
-    max_prompt_tokens: int | str | None = AUTO
-    context_length: int | None = None  # teacher's context window for 'auto'; null = read from the tokenizer / known teachers
-    tokenizer: str | None = "smollm2-135m-instruct"
-    system_prompt: str | None = None  # null = the checkpoint's system_prompt.txt, else a generic agent prompt
-    system_prompt_file: str | None = None  # a file holding the agent's system prompt (instead of system_prompt)
-    student_view: str = "observation_only"
-    max_samples: int | None = 8
-    sample_selection: str = "first"
-    seed: int = 0
-    redact_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_REDACT_PATTERNS))
-    subset_size: int = 4  # random_sampling: whole samples per memory view
-    num_subsets: int = 3  # random_sampling: memory views (rows) per observation
-    shuffle: bool = False  # random_sampling: show a view's samples in drawn order instead of the original order
-    observations: str | None = None  # JSONL of observations from outside the memory; null = the memory's own
-    metadata: dict[str, Any] = field(default_factory=dict)  # copied into every row's metadata (run, split, agent version)
+class SnapshotsConfig(params.StageParams):
+    section: ClassVar[str] = "snapshots"
+    # `max_prompt_tokens: auto` keeps the answer's tokens free: generate.max_tokens.
+    borrowed: ClassVar[dict[str, str]] = {"max_tokens": "generate"}
+
+    checkpoint_dir: str = Field("data/checkpoints/ep_000200", description="episode checkpoint folder holding memory_<id>.jsonl snapshots")
+    snapshot: str = Field("latest", description="'latest' (highest numeric id) or a file name in checkpoint_dir such as memory_000100.jsonl")
+    strategy: str = Field("exclude_current", description="memory formation: " + ", ".join(strategy_names()))
+    window_k: int = Field(12, ge=1, description="rolling_window: entries before the current observation the teacher sees (whole samples only)")
+    max_memory_samples: int = Field(8, ge=0, description="failure_focus: past samples the teacher sees (failed first)")
+    failure_patterns: list[str] | None = Field(
+        default_factory=lambda: list(DEFAULT_FAILURE_PATTERNS), description="regexes (case-insensitive) marking text feedback as a failure"
+    )
+    max_prompt_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        AUTO,
+        description="longest teacher prompt: 'auto' (the teacher's context minus generate.max_tokens), a number, or null (no limit); "
+        "whole memory samples are dropped to fit, the ones the strategy values least first",
+    )
+    context_length: int | None = Field(
+        None, ge=1, description="the teacher's context window for 'auto' (null = read from the tokenizer / known teachers)"
+    )
+    max_tokens: int = Field(DEFAULT_ANSWER_TOKENS, ge=1, description="the answer's tokens that max_prompt_tokens: auto keeps free (read from generate.max_tokens)")
+    tokenizer: str | None = Field("smollm2-135m-instruct", description="tokenizer counting prompt tokens (null = 4 characters per token)")
+    system_prompt: str | None = Field(None, description="the agent's system prompt (null = the checkpoint's system_prompt.txt, else a generic agent prompt)")
+    system_prompt_file: str | None = Field(None, description="a text file holding the agent's system prompt (instead of system_prompt)")
+    student_view: Literal[STUDENT_VIEWS] = Field("observation_only", description="training messages: observation_only (no memory) or teacher")
+    max_samples: int | None = Field(8, ge=1, description="keep at most this many samples (null = all)")
+    sample_selection: Literal[SELECTIONS] = Field("first", description="which samples max_samples keeps")
+    seed: int = Field(0, description="seed for sample_selection: random and for random_sampling")
+    redact_patterns: list[str] | None = Field(
+        default_factory=lambda: list(DEFAULT_REDACT_PATTERNS), description="regexes whose matches become [REDACTED] (null = none)"
+    )
+    subset_size: int = Field(4, ge=1, description="random_sampling: whole samples per memory view")
+    num_subsets: int = Field(3, ge=1, description="random_sampling: memory views (rows) per observation")
+    shuffle: bool = Field(False, description="random_sampling: show a view's samples in drawn order instead of the original order")
+    observations: str | None = Field(
+        None,
+        description="JSONL of observations from outside the memory ({\"content\": ...} per line, or memory-format entries whose "
+        "Observations are taken); samples are built from them against the whole memory, so exclude_current then "
+        "equals full_memory, and there is no reference action or feedback (null = the memory's own)",
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict, description="copied into every row's metadata (run, split, agent version), e.g. '{run: exp-12, split: train}'")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        params.check_with(get_strategy, value)
+        return value
+
+    @field_validator("failure_patterns")
+    @classmethod
+    def _failure_regexes(cls, value: list[str] | None) -> list[str] | None:
+        params.check_with(compile_failure_patterns, value)
+        return value
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _redact_regexes(cls, value: list[str] | None) -> list[str] | None:
+        params.check_with(Redactor.compile, value)
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _no_reserved_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        clashes = sorted(set(map(str, value)) & RESERVED_METADATA)
+        if clashes:
+            raise ValueError(f"key(s) {', '.join(clashes)} are written by memdistill itself; rename them")
+        return value
+
+    @model_validator(mode="after")
+    def _one_system_prompt(self) -> "SnapshotsConfig":
+        if self.system_prompt is not None and self.system_prompt_file is not None:
+            raise ValueError("system_prompt and system_prompt_file are both set; give one of them")
+        return self
 
     def strategy_params(self) -> StrategyParams:
         return StrategyParams(
             self.window_k, self.max_memory_samples, tuple(self.failure_patterns or ()),
             self.subset_size, self.num_subsets, self.shuffle, self.seed,
         )
-
-    def validate(self) -> None:
-        """Reject bad parameters before reading anything; each error names the field."""
-        for name in ("checkpoint_dir", "snapshot", "strategy", "student_view", "sample_selection"):
-            if not isinstance(getattr(self, name), str):
-                raise UserError(f"{name}: expected a string, got {getattr(self, name)!r}")
-        for name in ("system_prompt", "system_prompt_file"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                raise UserError(f"{name}: expected a string or null, got {getattr(self, name)!r}")
-        if self.system_prompt is not None and self.system_prompt_file is not None:
-            raise UserError("system_prompt and system_prompt_file are both set; give one of them")
-        _check_int("window_k", self.window_k, 1)
-        _check_int("max_memory_samples", self.max_memory_samples, 0)
-        _check_int("subset_size", self.subset_size, 1)
-        _check_int("num_subsets", self.num_subsets, 1)
-        if not isinstance(self.shuffle, bool):
-            raise UserError(f"shuffle: expected true or false, got {self.shuffle!r}")
-        _check_int("seed", self.seed, None)
-        if self.max_samples is not None:
-            _check_int("max_samples", self.max_samples, 1)
-        if self.max_prompt_tokens is not None and self.max_prompt_tokens != AUTO:
-            if isinstance(self.max_prompt_tokens, str):
-                raise UserError(f"max_prompt_tokens: expected 'auto', an integer or null, got {self.max_prompt_tokens!r}")
-            _check_int("max_prompt_tokens", self.max_prompt_tokens, 1)
-        if self.context_length is not None:
-            _check_int("context_length", self.context_length, 1)
-        if self.observations is not None and not isinstance(self.observations, str):
-            raise UserError(f"observations: expected a file path or null, got {self.observations!r}")
-        if not isinstance(self.metadata, dict):
-            raise UserError(f"metadata: expected a mapping, got {self.metadata!r}")
-        clashes = sorted(set(map(str, self.metadata)) & RESERVED_METADATA)
-        if clashes:
-            raise UserError(f"metadata: key(s) {', '.join(clashes)} are written by memdistill itself; rename them")
-        if self.tokenizer is not None and not isinstance(self.tokenizer, str):
-            raise UserError(f"tokenizer: expected a name or null, got {self.tokenizer!r}")
-        compile_failure_patterns(self.failure_patterns)
-        Redactor.compile(self.redact_patterns)
-        strategy = get_strategy(self.strategy)
-        strategy.check(self.strategy_params())
-        if self.student_view not in STUDENT_VIEWS:
-            raise UserError(f"student_view: expected one of {', '.join(STUDENT_VIEWS)}, got '{self.student_view}'")
-        if self.sample_selection not in SELECTIONS:
-            raise UserError(f"sample_selection: expected one of {', '.join(SELECTIONS)}, got '{self.sample_selection}'")
-
-
-def _check_int(name: str, value: Any, minimum: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{name}: expected an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise UserError(f"{name}: must be at least {minimum}, got {value}")
 
 
 @dataclass
@@ -360,16 +363,19 @@ def run(
     config: SnapshotsConfig,
     output: Path,
     count_tokens: TokenCounter | None = None,
-    answer_tokens: int = DEFAULT_ANSWER_TOKENS,
+    answer_tokens: int | None = None,
 ) -> SnapshotsSummary:
-    """Validate, read the snapshot, stream the rows into `output` atomically (nothing is left on error).
+    """Read the snapshot, stream the rows into `output` atomically (nothing is left on error).
 
-    `answer_tokens` is generate.max_tokens: `max_prompt_tokens: auto` keeps that much of the context free.
+    `answer_tokens` (default: the config's generate.max_tokens) is what `max_prompt_tokens: auto` keeps free.
     """
-    config.validate()
+    answer_tokens = config.max_tokens if answer_tokens is None else answer_tokens
     system_prompt = resolve_system_prompt(config.system_prompt, config.system_prompt_file, config.checkpoint_dir)
     fileio.ensure_parent(output)
     path = find_snapshot(config.checkpoint_dir, config.snapshot)
+    fileio.refuse_input_as_output(output, path)
+    if output.resolve().parent == path.resolve().parent and SNAPSHOT_PATTERN.match(output.name):
+        raise UserError(f"{output}: this output would become the checkpoint's newest snapshot; write it outside {path.parent}")
     snapshot = load_snapshot(path)
     counter = make_counter(config, count_tokens)
     limit = prompt_budget(config, counter, answer_tokens)
@@ -400,69 +406,21 @@ def run(
     return summary
 
 
-def _max_prompt_tokens_flag(value: str) -> int | str:
-    if value == AUTO:
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got '{value}'") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint-dir", help="episode checkpoint folder holding memory_<id>.jsonl files")
-    parser.add_argument(
-        "--strategy", help="memory formation strategy: full_memory, exclude_current, rolling_window, failure_focus, random_sampling"
-    )
     parser.add_argument("--output", required=True, type=Path, help="where to write prompts.jsonl")
-    parser.add_argument("--window-k", type=int, help="entries kept by rolling_window (whole samples only)")
-    parser.add_argument("--max-samples", type=int, help="keep at most N samples (see sample_selection)")
-    parser.add_argument("--snapshot", help="'latest' (highest id) or a file name such as memory_000100.jsonl")
-    parser.add_argument(
-        "--max-prompt-tokens", type=_max_prompt_tokens_flag,
-        help="longest teacher prompt: 'auto' (the teacher's context minus generate.max_tokens) or a number; "
-        "whole memory samples are dropped to fit, the ones the strategy values least first",
-    )
-    parser.add_argument("--context-length", type=int, help="the teacher's context window, for 'auto' with an unknown teacher")
-    parser.add_argument(
-        "--observations",
-        help="JSONL of observations from outside the memory ({\"content\": ...} per line, or memory-format entries whose "
-        "Observations are taken); samples are built from them against the whole memory, so exclude_current then "
-        "equals full_memory, and there is no reference action or feedback",
-    )
-    parser.add_argument("--subset-size", type=int, help="random_sampling: whole samples per memory view")
-    parser.add_argument("--num-subsets", type=int, help="random_sampling: memory views (rows) per observation")
-    prompt = parser.add_mutually_exclusive_group()
-    prompt.add_argument("--system-prompt", help="the agent's system prompt (default: the checkpoint's system_prompt.txt)")
-    prompt.add_argument("--system-prompt-file", help="a text file holding the agent's system prompt")
     parser.add_argument("--params", type=Path, help="params.yaml to read the 'snapshots' section (and generate.max_tokens) from")
+    params.add_arguments(parser, SnapshotsConfig, skip=("system_prompt", "system_prompt_file"))
+    prompt = parser.add_mutually_exclusive_group()
+    for name in ("system_prompt", "system_prompt_file"):
+        params.add_argument(prompt, SnapshotsConfig, name)
 
 
 def main(args: argparse.Namespace) -> int:
-    flags = {
-        "checkpoint_dir": args.checkpoint_dir,
-        "strategy": args.strategy,
-        "window_k": args.window_k,
-        "max_samples": args.max_samples,
-        "snapshot": args.snapshot,
-        "max_prompt_tokens": args.max_prompt_tokens,
-        "context_length": args.context_length,
-        "system_prompt": args.system_prompt,
-        "system_prompt_file": args.system_prompt_file,
-        "observations": args.observations,
-        "subset_size": args.subset_size,
-        "num_subsets": args.num_subsets,
-    }
-    source = f"{args.params} [snapshots]" if args.params else "snapshots flags"
-    merged = params.merge(asdict(SnapshotsConfig()), params.load_section(args.params, "snapshots"), flags)
+    flags = params.flag_values(args, SnapshotsConfig)
     # A system prompt flag beats whichever of the two the params file set.
-    if args.system_prompt is not None:
-        merged["system_prompt_file"] = None
-    if args.system_prompt_file is not None:
-        merged["system_prompt"] = None
-    config = params.build_config(SnapshotsConfig, merged, source)
-    answer_tokens = params.load_section(args.params, "generate").get("max_tokens", DEFAULT_ANSWER_TOKENS)
-    if isinstance(answer_tokens, bool) or not isinstance(answer_tokens, int) or answer_tokens < 1:
-        raise UserError(f"{args.params} [generate]: max_tokens must be a positive integer, got {answer_tokens!r}")
-    run(config, args.output, answer_tokens=answer_tokens)
+    for given, other in (("system_prompt", "system_prompt_file"), ("system_prompt_file", "system_prompt")):
+        if given in flags:
+            flags[other] = None
+            break  # the two flags are mutually exclusive
+    run(params.build(SnapshotsConfig, args.params, flags), args.output)
     return 0

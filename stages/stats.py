@@ -12,11 +12,12 @@ import argparse
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
 
 from memdistill import fileio, params
-from memdistill.errors import UserError
 from memdistill.convert_figures import figures_path
 from memdistill.plots import PLOTS, render_plots, write_plots
 from memdistill.stats import DEFAULT_MASS_THRESHOLDS, StatsResult, compute_stats, render_summary
@@ -24,29 +25,22 @@ from stages.convert import ConvertConfig
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_PROB_MASS = ConvertConfig.min_prob_mass
+
+class StatsConfig(params.StageParams):
+    section: ClassVar[str] = "stats"
+    borrowed: ClassVar[dict[str, str]] = {"min_prob_mass": "convert"}
+
+    min_prob_mass: float = Field(
+        ConvertConfig.model_fields["min_prob_mass"].default, gt=0, le=1, description="the threshold convert used (read from convert.min_prob_mass)"
+    )
+    mass_thresholds: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_MASS_THRESHOLDS), description="min_prob_mass values for the mass curve, comma-separated"
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class StatsConfig:
-    min_prob_mass: float = DEFAULT_MIN_PROB_MASS
-    mass_thresholds: tuple[float, ...] = DEFAULT_MASS_THRESHOLDS
-
-
-def load_config(params_path: Path | None, min_prob_mass: float | None, thresholds: list[float] | None) -> StatsConfig:
+def load_config(params_path: Path | None, flags: dict[str, Any] | None = None) -> StatsConfig:
     """min_prob_mass from `convert.min_prob_mass` (what convert used), thresholds from `stats`; flags win."""
-    convert = params.load_section(params_path, "convert")
-    section = params.load_section(params_path, "stats")
-    unknown = sorted(set(section) - {"mass_thresholds"})
-    if unknown:
-        raise UserError(f"{params_path}: unknown parameter(s) in 'stats': {', '.join(unknown)}; expected mass_thresholds")
-    mass = min_prob_mass if min_prob_mass is not None else convert.get("min_prob_mass", DEFAULT_MIN_PROB_MASS)
-    listed = thresholds if thresholds is not None else section.get("mass_thresholds", list(DEFAULT_MASS_THRESHOLDS))
-    if not isinstance(mass, (int, float)) or isinstance(mass, bool):
-        raise UserError(f"{params_path}: convert.min_prob_mass must be a number, got {mass!r}")
-    if not isinstance(listed, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in listed):
-        raise UserError(f"{params_path}: stats.mass_thresholds must be a list of numbers, got {listed!r}")
-    return StatsConfig(float(mass), tuple(float(v) for v in listed))
+    return params.build(StatsConfig, params_path, flags or {})
 
 
 def run(
@@ -55,12 +49,18 @@ def run(
     metrics_path: Path,
     plots_dir: Path | None = None,
     summary_path: Path | None = None,
-    config: StatsConfig = StatsConfig(),
+    config: StatsConfig | None = None,
     generate_metrics: Path | None = None,
     figures: Path | None = None,
 ) -> StatsResult:
+    config = config or StatsConfig()
     figures = figures or figures_path(parquet)
-    result = compute_stats(jsonl, parquet, config.min_prob_mass, generate_metrics, config.mass_thresholds, figures)
+    result = compute_stats(jsonl, parquet, config.min_prob_mass, generate_metrics, tuple(config.mass_thresholds), figures)
+    plots = [plots_dir / f"{name}.csv" for name in result.plots] if plots_dir is not None else []
+    plots += [plots_dir / f"{spec.name}.svg" for spec in PLOTS] if plots_dir is not None else []
+    for output in (metrics_path, summary_path, *plots):
+        if output is not None:
+            fileio.refuse_input_as_output(output, jsonl, parquet, generate_metrics, figures)
     # Every output is computed before the first is written: a failure leaves the old set intact.
     # The folders are this stage's own (DVC does not create them), so a fresh clone needs no mkdir.
     svgs = render_plots(result.plots) if plots_dir is not None else {}
@@ -89,13 +89,6 @@ def run(
     return result
 
 
-def _thresholds(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,0.9,0.99, got {text!r}") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jsonl", required=True, type=Path, help="intermediate dataset.jsonl (for the mass curve)")
     parser.add_argument("--parquet", required=True, type=Path, help="cartridges parquet from convert")
@@ -105,11 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generate-metrics", type=Path, help="metrics/generate.json to show in the summary (skipped if absent)")
     parser.add_argument("--figures", type=Path, help="convert's figures (default: the parquet's stem + .figures.json; the JSONL is read when absent)")
     parser.add_argument("--params", type=Path, help="params.yaml: reads convert.min_prob_mass and stats.mass_thresholds")
-    parser.add_argument("--min-prob-mass", type=float, help="the threshold convert used (default: convert.min_prob_mass, else 0.99)")
-    parser.add_argument("--mass-thresholds", type=_thresholds, help="comma-separated thresholds for the mass curve (default 0.5..0.999)")
+    params.add_arguments(parser, StatsConfig)
 
 
 def main(args: argparse.Namespace) -> int:
-    config = load_config(args.params, args.min_prob_mass, args.mass_thresholds)
+    config = load_config(args.params, params.flag_values(args, StatsConfig))
     run(args.jsonl, args.parquet, args.metrics, args.plots_dir, args.summary, config, args.generate_metrics, args.figures)
     return 0

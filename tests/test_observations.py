@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from memdistill.cli import main as cli_main
+from memdistill import params
 from memdistill.errors import UserError
 from memdistill.snapshot import load_observations
 from stages.snapshots import SnapshotsConfig, run
@@ -71,8 +72,9 @@ def test_params_metadata_reaches_every_row_and_may_not_overwrite_ours(example_ch
     tags = {"run": "exp-12", "split": "train", "agent": {"version": 3}}
     run(SnapshotsConfig(checkpoint_dir=str(example_checkpoint), tokenizer=None, max_prompt_tokens=None, metadata=tags), output)
     assert all({k: row["metadata"][k] for k in tags} == tags for row in rows_of(output))
-    with pytest.raises(UserError, match=r"^metadata: key\(s\) strategy are written by memdistill itself"):
-        run(SnapshotsConfig(checkpoint_dir=str(example_checkpoint), metadata={"strategy": "x"}), output)
+    # Checked when the parameters are read (params.yaml or --metadata), before anything runs.
+    with pytest.raises(UserError, match=r"^snapshots\.metadata: key\(s\) strategy are written by memdistill itself"):
+        params.validate(SnapshotsConfig, {"checkpoint_dir": str(example_checkpoint), "metadata": {"strategy": "x"}})
 
 
 def test_random_sampling_is_byte_identical_for_the_same_seed(example_checkpoint: Path, tmp_path: Path) -> None:

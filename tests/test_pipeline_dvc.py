@@ -112,3 +112,56 @@ def test_push_and_pull_through_a_local_remote(pipeline_repo: Path, tmp_path: Pat
     dvc("pull", cwd=pipeline_repo)
     for name, content in originals.items():
         assert (pipeline_repo / name).read_bytes() == content, name
+
+
+def test_committed_lock_matches_the_committed_code(tmp_path: Path) -> None:
+    """What a fresh clone sees: `dvc status` may only miss the outputs (not in the clone), never find a code
+    dependency or a parameter that differs from what dvc.lock recorded. A stale lock makes `make run`
+    re-run stages nobody changed, and `dvc status` after it disagree with git."""
+    repo = tmp_path / "clone"
+    for name in project_files():
+        target = repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, target)
+    run(["git", "init", "-q"], repo)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1")
+    listed = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=repo, env=env, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    status = json.loads(listed.stdout.strip() or "{}")
+    produced = {
+        str(next(iter(out)) if isinstance(out, dict) else out)
+        for stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].values()
+        for key in ("outs", "metrics")
+        for out in stage.get(key, [])
+    }
+    stale = []
+    for stage, changes in status.items():
+        for change in changes:
+            if not isinstance(change, dict):
+                stale.append(f"{stage}: {change}")
+                continue
+            for kind, entries in change.items():
+                if kind == "changed outs":
+                    continue  # a clone has no outputs until `dvc pull` or `make run`
+                if kind == "changed deps":
+                    stale += [f"{stage}: {path} {what}" for path, what in entries.items() if path not in produced]
+                else:
+                    stale.append(f"{stage}: {kind} {entries}")
+    assert not stale, "dvc.lock does not match the committed code (run `dvc repro` and commit dvc.lock): " + "; ".join(stale)
+
+
+def test_failed_generate_keeps_the_last_dataset(pipeline_repo: Path) -> None:
+    """generate's outputs are `persist: true`: DVC does not delete them before a run that then fails."""
+    dvc("checkout", "--force", cwd=pipeline_repo)
+    kept = {name: (pipeline_repo / name).read_bytes() for name in ("data/dataset.jsonl", "metrics/generate.json")}
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1")
+    failed = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "generate.backend=openai", "-S", "generate.base_url=[http://127.0.0.1:9/v1]",
+         "-S", "generate.max_retries=0", "-S", "generate.timeout=2"],
+        cwd=pipeline_repo, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert failed.returncode != 0, failed.stdout
+    assert "memdistill generate: error:" in failed.stdout + failed.stderr
+    for name, content in kept.items():
+        assert (pipeline_repo / name).read_bytes() == content, name
+    run(["git", "checkout", "--", "params.yaml"], pipeline_repo)

@@ -46,7 +46,7 @@ def test_svg_is_self_contained_and_repeatable() -> None:
 def test_stage_writes_svgs_and_embeds_them_in_the_summary(tmp_path: Path) -> None:
     jsonl, parquet = write_dataset(tmp_path)
     plots, summary = tmp_path / "plots", tmp_path / "reports" / "summary.md"
-    run(jsonl, parquet, tmp_path / "metrics" / "stats.json", plots, summary, StatsConfig(MIN_PROB_MASS))
+    run(jsonl, parquet, tmp_path / "metrics" / "stats.json", plots, summary, StatsConfig(min_prob_mass=MIN_PROB_MASS))
     for spec in PLOTS:
         assert (plots / f"{spec.name}.svg").read_text().rstrip().endswith("</svg>")
     text = summary.read_text()
@@ -58,5 +58,5 @@ def test_stage_writes_svgs_and_embeds_them_in_the_summary(tmp_path: Path) -> Non
 def test_summary_without_plots_embeds_nothing(tmp_path: Path) -> None:
     jsonl, parquet = write_dataset(tmp_path)
     summary = tmp_path / "summary.md"
-    run(jsonl, parquet, tmp_path / "stats.json", None, summary, StatsConfig(MIN_PROB_MASS))
+    run(jsonl, parquet, tmp_path / "stats.json", None, summary, StatsConfig(min_prob_mass=MIN_PROB_MASS))
     assert "![" not in summary.read_text()

@@ -57,7 +57,7 @@ def plots_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy2(REPO_ROOT / name, repo / name)
     data = tmp_path_factory.mktemp("plots_data")
     jsonl, parquet = write_dataset(data)
-    run(jsonl, parquet, repo / "metrics" / "stats.json", repo / "plots", repo / "reports" / "summary.md", StatsConfig(MIN_PROB_MASS))
+    run(jsonl, parquet, repo / "metrics" / "stats.json", repo / "plots", repo / "reports" / "summary.md", StatsConfig(min_prob_mass=MIN_PROB_MASS))
     _run(["git", "init", "-q"], repo)
     _run([sys.executable, "-m", "dvc", "init", "-q"], repo)
     return repo

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from memdistill import params
 from memdistill.errors import UserError
 from memdistill.executors.sharded_convert import plan_units, spans_per_file
 from memdistill.generation import generate_dataset
@@ -137,10 +138,10 @@ def test_generate_writes_contiguous_jsonl_parts_with_the_single_file_rows(tmp_pa
 
 
 def test_convert_config_rejects_unknown_executor_and_bad_shards(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="executor: expected one of local, ray"):
-        convert_stage.ConvertConfig(executor="spark").validate()
-    with pytest.raises(UserError, match="shards: must be an integer >= 1"):
-        convert_stage.ConvertConfig(shards=0).validate()
+    with pytest.raises(UserError, match="convert.executor: expected one of local, ray"):
+        params.validate(convert_stage.ConvertConfig, {"executor": "spark"})
+    with pytest.raises(UserError, match="convert.shards: expected an integer >= 1 or null, got 0"):
+        params.validate(convert_stage.ConvertConfig, {"shards": 0})
 
 
 @pytest.mark.parametrize("parts", [1, 2])
@@ -178,7 +179,7 @@ def test_the_cli_takes_the_new_flags_and_inspects_a_shard_directory(tmp_path: Pa
     assert cli_main(["inspect", str(tmp_path / "out.parquet"), "--sample", "5", "--no-decode"]) == 0
     assert "sample_idx=5" in capsys.readouterr().out
     assert cli_main(["convert", "--input", str(source), "--output", str(tmp_path / "x.parquet"), "--shards", "0"]) == 2
-    assert "shards: must be an integer >= 1" in capsys.readouterr().err
+    assert "--shards: expected an integer >= 1 or null, got 0" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
 
 

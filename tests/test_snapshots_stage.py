@@ -293,10 +293,10 @@ def test_bad_snapshot_lines(case: str, tmp_path: Path, capsys: pytest.CaptureFix
 @pytest.mark.parametrize(
     ("args", "pattern"),
     [
-        (["--strategy", "newest"], r"strategy: unknown strategy 'newest'"),
-        (["--strategy", "rolling_window", "--window-k", "0"], r"window_k: must be at least 1, got 0"),
-        (["--max-samples", "0"], r"max_samples: must be at least 1"),
-        (["--max-prompt-tokens", "0"], r"max_prompt_tokens: must be at least 1"),
+        (["--strategy", "newest"], r"--strategy: unknown strategy 'newest'"),
+        (["--strategy", "rolling_window", "--window-k", "0"], r"--window-k: expected an integer >= 1, got 0$"),
+        (["--max-samples", "0"], r"--max-samples: expected an integer >= 1 or null, got 0$"),
+        (["--max-prompt-tokens", "0"], r"--max-prompt-tokens: expected an integer >= 1 or 'auto' or null, got 0$"),
         (["--snapshot", "memory_3.jsonl"], r"snapshot 'memory_3\.jsonl' not found"),
     ],
 )
@@ -329,16 +329,16 @@ def test_folder_of_episodes(checkpoint: Path, tmp_path: Path, capsys: pytest.Cap
 @pytest.mark.parametrize(
     ("section", "pattern"),
     [
-        ({"window_k": "three"}, r"window_k: expected an integer, got 'three'"),
-        ({"failure_patterns": ["(unclosed"]}, r"failure_patterns: '\(unclosed' is not a valid regular expression"),
-        ({"redact_patterns": [".*"]}, r"redact_patterns: '\.\*' matches the empty string"),
-        ({"sample_selection": "middle"}, r"sample_selection: expected one of first, last, random"),
-        ({"student_view": "both"}, r"student_view: expected one of observation_only, teacher"),
-        ({"windowk": 3}, r"params\.yaml \[snapshots\]: unknown parameter\(s\) windowk"),
-        ({"failure_patterns": 5}, r"failure_patterns: expected a list of regular expressions, got 5"),
-        ({"redact_patterns": "sk-.*"}, r"redact_patterns: expected a list of regular expressions"),
-        ({"max_prompt_tokens": 8192.0}, r"max_prompt_tokens: expected an integer, got 8192\.0"),
-        ({"max_memory_samples": -1}, r"max_memory_samples: must be at least 0, got -1"),
+        ({"window_k": "three"}, r"params\.yaml: snapshots\.window_k: expected an integer >= 1, got \"three\"$"),
+        ({"failure_patterns": ["(unclosed"]}, r"snapshots\.failure_patterns: '\(unclosed' is not a valid regular expression"),
+        ({"redact_patterns": [".*"]}, r"snapshots\.redact_patterns: '\.\*' matches the empty string"),
+        ({"sample_selection": "middle"}, r"snapshots\.sample_selection: expected one of first, last, random, got \"middle\"$"),
+        ({"student_view": "both"}, r"snapshots\.student_view: expected one of observation_only, teacher, got \"both\"$"),
+        ({"windowk": 3}, r"params\.yaml: snapshots\.windowk: unknown parameter; expected some of checkpoint_dir, "),
+        ({"failure_patterns": 5}, r"snapshots\.failure_patterns: expected a list of strings or null, got 5$"),
+        ({"redact_patterns": "sk-.*"}, r"snapshots\.redact_patterns: expected a list of strings or null, got \"sk-\.\*\"$"),
+        ({"max_prompt_tokens": 8192.0}, r"snapshots\.max_prompt_tokens: expected an integer >= 1 or 'auto' or null, got 8192\.0$"),
+        ({"max_memory_samples": -1}, r"snapshots\.max_memory_samples: expected an integer >= 0, got -1$"),
     ],
 )
 def test_bad_params_file(

@@ -329,12 +329,12 @@ def test_stage_writes_metrics_plots_and_summary(tmp_path: Path, dataset: tuple[P
 def test_flags_override_params(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("convert:\n  min_prob_mass: 0.9\n")
-    assert load_config(params, None, None) == StatsConfig(0.9, DEFAULT_MASS_THRESHOLDS)
-    assert load_config(params, 0.95, [0.6]) == StatsConfig(0.95, (0.6,))
-    assert load_config(None, None, None) == StatsConfig()
+    assert load_config(params) == StatsConfig(min_prob_mass=0.9, mass_thresholds=list(DEFAULT_MASS_THRESHOLDS))
+    assert load_config(params, {"min_prob_mass": 0.95, "mass_thresholds": [0.6]}) == StatsConfig(min_prob_mass=0.95, mass_thresholds=[0.6])
+    assert load_config(None) == StatsConfig()
     params.write_text("stats:\n  mass_tresholds: [0.5]\n")
-    with pytest.raises(UserError, match="mass_tresholds"):
-        load_config(params, None, None)
+    with pytest.raises(UserError, match=r"params\.yaml: stats\.mass_tresholds: unknown parameter"):
+        load_config(params)
 
 
 def test_missing_generate_metrics_means_no_generation_figures(dataset: tuple[Path, Path], tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from memdistill import params
 from memdistill.conversion import convert_file
 from memdistill.errors import UserError
 from stages.snapshots import SnapshotsConfig
@@ -39,9 +40,9 @@ def test_fuzzed_snapshots_give_output_or_one_clean_error(lines: list[str], strat
         folder.mkdir()
         (folder / "memory_000001.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
         output = Path(tmp) / "prompts.jsonl"
-        config = SnapshotsConfig(checkpoint_dir=str(folder), strategy=strategy, window_k=window_k, max_prompt_tokens=None, tokenizer=None)
+        values = {"checkpoint_dir": str(folder), "strategy": strategy, "window_k": window_k, "max_prompt_tokens": None, "tokenizer": None}
         try:
-            run_snapshots(config, output)
+            run_snapshots(params.validate(SnapshotsConfig, values), output)
         except UserError as exc:
             assert "\n" not in str(exc).strip()
             assert not output.exists()
