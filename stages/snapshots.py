@@ -89,7 +89,7 @@ class SnapshotsConfig(params.StageParams):
     system_prompt: str | None = Field(None, description="the agent's system prompt (null = the checkpoint's system_prompt.txt, else a generic agent prompt)")
     system_prompt_file: str | None = Field(None, description="a text file holding the agent's system prompt (instead of system_prompt)")
     student_view: Literal[STUDENT_VIEWS] = Field("observation_only", description="training messages: observation_only (no memory) or teacher")
-    max_samples: int | None = Field(8, ge=1, description="keep at most this many samples (null = all)")
+    max_samples: int | None = Field(None, ge=1, description="keep at most this many samples (null = all)")
     sample_selection: Literal[SELECTIONS] = Field("first", description="which samples max_samples keeps")
     seed: int = Field(0, description="seed for sample_selection: random and for random_sampling")
     redact_patterns: list[str] | None = Field(
