@@ -43,22 +43,8 @@ def mass_curve_counts(logprobs: np.ndarray, thresholds: np.ndarray) -> tuple[np.
     entries convert's rule keeps summed over the rows (shortest sorted prefix reaching it, all when never
     reached), and the rows whose whole recorded mass stays below it. Decides on float32 values, as
     `flatten_by_mass` does, so the count at convert's own threshold is exactly what it keeps."""
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    clean = np.where(np.isfinite(logprobs), logprobs, -np.inf).astype(np.float32)
-    ordered = -np.sort(-clean, axis=1)
-    # keep_counts' rule for every threshold at once. A row keeps (its entries whose cumulative mass is
-    # below t) + 1 when its mass reaches t, else all its valid entries; padding (-inf) adds no mass, so a
-    # row that never reaches t has all K cumulative values below it. So one count per threshold over the
-    # whole message's cumulative values (contiguous, no per-row reduction) gives every row's share.
-    T, K = ordered.shape
-    cumulative = np.cumsum(np.exp(ordered.astype(np.float64)), axis=1)
-    available = np.isfinite(ordered).sum(axis=1)
-    mass = cumulative[:, -1] if K else np.zeros(T)
-    never = mass[:, None] < thresholds[None, :]  # [T, H]: rows whose whole top-K stays below t
-    below = never.sum(axis=0)
-    entries_below = np.count_nonzero(cumulative.reshape(1, -1) < thresholds[:, None], axis=1)
-    kept = entries_below - K * below + (T - below) + (available[:, None] * never).sum(axis=0)
-    return kept.astype(np.int64), below.astype(np.int64)
+    kept, never = mass_curve_row_counts(logprobs, thresholds)
+    return kept.sum(axis=0, dtype=np.int64), never.sum(axis=0, dtype=np.int64)
 
 
 def mass_curve_row_counts(logprobs: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

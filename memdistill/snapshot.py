@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,24 +150,29 @@ def parse_entry(raw: Any, index: int, where: str) -> MemoryEntry:
     return MemoryEntry(index=index, type=entry_type, content=content)
 
 
-def parse_entries(data: bytes, path: Path) -> tuple[MemoryEntry, ...]:
-    """Parse every non-blank line of a snapshot's bytes; errors name `path` and the 1-based line."""
+def json_lines(data: bytes, path: Path) -> Iterator[tuple[int, Any]]:
+    """(1-based line number, parsed value) of every non-blank line; errors name `path` and the line."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    entries: list[MemoryEntry] = []
     # Split on '\n' only: str.splitlines() would also split inside JSON strings holding U+2028 or U+0085,
     # which json.dumps(ensure_ascii=False) writes raw.
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
+            yield lineno, json.loads(line)
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         except RecursionError:
             raise UserError(f"{path}:{lineno}: JSON nested too deeply to read (more than about {sys.getrecursionlimit()} levels)") from None
+
+
+def parse_entries(data: bytes, path: Path) -> tuple[MemoryEntry, ...]:
+    """Parse every non-blank line of a snapshot's bytes; errors name `path` and the 1-based line."""
+    entries: list[MemoryEntry] = []
+    for lineno, raw in json_lines(data, path):
         entry = parse_entry(raw, len(entries), f"{path}:{lineno}")
         if entry.kind == "observation" and not (entry.content.strip() if isinstance(entry.content, str) else entry.content):
             log.warning("%s:%d: Observation with empty content; the teacher will answer an empty question", path, lineno)
@@ -218,18 +224,8 @@ def load_observations(path: str | Path, memory_size: int) -> tuple[ExternalObser
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: observations file not found (observations)")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     found: list[ExternalObservation] = []
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    for lineno, raw in json_lines(path.read_bytes(), path):
         if isinstance(raw, dict) and "type" not in raw:
             raw = {"type": "Observation", **raw}
         entry = parse_entry(raw, memory_size, f"{path}:{lineno}")
