@@ -239,3 +239,21 @@ def export_teacher(target: Path) -> Path:
         if item.is_file() and not item.name.startswith("."):
             shutil.copy2(item, target / item.name)
     return target
+
+
+def exported_teacher_dir() -> Path:
+    """The embedded teacher as a model folder engines load (`export_teacher`), written once into the cache.
+
+    Not `embedded_model_dir()`: that copy keeps the tied embedding only as `lm_head.weight`, which vLLM
+    loads with no input embedding (uniform logprobs, only a warning)."""
+    target = cache_root() / "models" / EMBEDDED_MODEL / "export"
+    if not (target / "model.safetensors").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+        export_teacher(staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process exported it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+

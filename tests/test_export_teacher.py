@@ -43,3 +43,20 @@ def test_exported_folder_loads_with_the_same_logits(tmp_path: Path, capsys) -> N
     with torch.inference_mode():
         assert torch.equal(exported(input_ids=ids).logits, reference(input_ids=ids).logits)
     assert exported.get_input_embeddings().weight.abs().sum() > 0
+
+
+def test_the_in_process_vllm_teacher_loads_the_exported_folder_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """backend vllm with the embedded teacher: the engine gets the exported folder (input embedding under its
+    own name, float32), written once into the cache, never the de-quantised copy that lacks it."""
+    from safetensors import safe_open
+
+    from memdistill import models
+
+    monkeypatch.setenv("MEMDISTILL_CACHE", str(tmp_path))
+    folder = models.exported_teacher_dir()
+    assert folder.parent == tmp_path / "models" / models.EMBEDDED_MODEL
+    with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+        assert EMBEDDING_KEY in weights.keys()
+    written = (folder / "model.safetensors").stat().st_mtime_ns
+    assert models.exported_teacher_dir() == folder and (folder / "model.safetensors").stat().st_mtime_ns == written
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".export-")]  # no staging folder left

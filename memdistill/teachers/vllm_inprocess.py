@@ -113,9 +113,10 @@ class VLLMTeacher:
             # generate.logprobs raw keeps vLLM's default, softmax(logits). Equal at T = 0.
             args["logprobs_mode"] = "processed_logprobs"
         if is_embedded(self.model_name):
-            from memdistill.models import embedded_model_dir, embedded_tokenizer_dir
+            from memdistill.models import exported_teacher_dir
 
-            args.update(model=str(embedded_model_dir()), tokenizer=str(embedded_tokenizer_dir()))
+            # float32 as the embedded teacher runs (vLLM's CPU default, bfloat16, moves logprobs by up to ~2 nats).
+            args.update(model=str(exported_teacher_dir()), dtype="float32")
         else:
             args["model"] = self.model_name
         args.update(self.engine_args)
