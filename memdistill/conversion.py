@@ -548,8 +548,6 @@ class RowConverter:
             eot_appended=eot_appended,
             json=_metadata_json(metadata),
         )
-        if self.figures is not None:
-            self.figures.close_record()
         return OutRow(out, str(system_prompt), row_metadata, str(kind or ""))
 
 

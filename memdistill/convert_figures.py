@@ -17,7 +17,6 @@ probability sitting exactly on a threshold: the figures decide on the float32 va
 from __future__ import annotations
 
 import json
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -106,9 +105,8 @@ class RecordCounts:
 
 class FiguresCollector:
     """Counts a convert run: `add_token_rows` per assistant message (the recorded dense top-k) or
-    `add_counts` for messages counted elsewhere, `close_record` when a record is converted,
-    `drop_row` for a record not written, `add_row` per record written (commits the oldest closed
-    record's counts: a block of records is converted before its rows are written)."""
+    `add_counts` for messages counted elsewhere, `drop_row` for a record not written, `add_row` for a
+    record written (commits the counts added since the previous record ended)."""
 
     def __init__(self, min_prob_mass: float, thresholds: Sequence[float]) -> None:
         values = sorted({float(t) for t in (*thresholds, min_prob_mass)})
@@ -117,7 +115,6 @@ class FiguresCollector:
         self.thresholds = np.asarray(values, dtype=np.float64)
         self.figures = ConvertFigures(float(min_prob_mass), values, kept_at=[0] * len(values), rows_below=[0] * len(values))
         self._histogram = np.zeros(0, dtype=np.int64)
-        self._closed: deque[RecordCounts] = deque()
         self._open = self._empty()
 
     def _empty(self) -> RecordCounts:
@@ -139,11 +136,6 @@ class FiguresCollector:
         record.recorded += recorded
         record.top_k = max(record.top_k, top_k)
 
-    def close_record(self) -> None:
-        """The record whose messages were just added is converted: its counts wait for `add_row`."""
-        self._closed.append(self._open)
-        self._open = self._empty()
-
     def drop_row(self) -> None:
         """The record whose messages were just added is not written (rejected): forget its counts."""
         self._open = self._empty()
@@ -152,10 +144,7 @@ class FiguresCollector:
     def add_row(self, row: OutRow) -> None:
         """A record written to the parquet: commit its curve counts and count what it holds."""
         f = self.figures
-        if self._closed:
-            record = self._closed.popleft()
-        else:  # counted but never closed: the record just added
-            record, self._open = self._open, self._empty()
+        record, self._open = self._open, self._empty()
         f.kept_at = [a + int(b) for a, b in zip(f.kept_at, record.kept)]
         f.rows_below = [a + int(b) for a, b in zip(f.rows_below, record.below)]
         f.tokens_with_logprobs += record.tokens
