@@ -110,8 +110,10 @@ def make_ray_pool(config: GenerateConfig, description: dict) -> Teacher:
     """Teachers on Ray actors; each openai-backend actor keeps its share of the requests in flight,
     each vllm-backend actor holds one engine on one GPU."""
     from memdistill.executors.ray_generate import RayTeacherPool
+    from memdistill.executors.ray_runtime import absolute_if_local
 
-    per_actor = config.model_copy(update={"concurrency": max(1, config.concurrency // config.num_workers)})
+    per_actor = config.model_copy(update={"concurrency": max(1, config.concurrency // config.num_workers),
+                                          "model": absolute_if_local(config.model)})
     return RayTeacherPool(functools.partial(make_teacher, per_actor), description, config.num_workers,
                           config.batch_size, config.ray_address,
                           num_gpus_per_worker=1.0 if config.backend == "vllm" else 0.0)  # one vLLM engine per GPU

@@ -59,6 +59,29 @@ def assistant_arrays(row: dict) -> tuple[list[int], np.ndarray, list[list[int]]]
     return ids, top, [[entry["token_id"] for entry in item["top_logprobs"]] for item in items]
 
 
+def assert_same_generations(local: Path, sharded: Path, count: int) -> None:
+    """Same ids and top-k ids per sample; logprobs equal up to float noise (batches pad differently)."""
+    local_rows, ray_rows = rows_by_sample(local), rows_by_sample(sharded)
+    assert sorted(ray_rows) == list(range(count))
+    for sample in range(count):
+        local_ids, local_top, local_top_ids = assistant_arrays(local_rows[sample])
+        ray_ids, ray_top, ray_top_ids = assistant_arrays(ray_rows[sample])
+        assert ray_ids == local_ids and ray_top_ids == local_top_ids
+        np.testing.assert_allclose(ray_top, local_top, rtol=0, atol=1e-4)
+
+
+def assert_same_conversions(single_file: Path, sharded: Path, count: int) -> None:
+    single = {sample_of(r): r for r in pd.read_parquet(single_file).to_dict(orient="records")}
+    rows = pd.read_parquet(sharded).to_dict(orient="records")
+    assert sorted(sample_of(row) for row in rows) == list(range(count))
+    for row in rows:
+        expected = single[sample_of(row)]
+        got_top, want_top = row["messages"][-1]["top_logprobs"], expected["messages"][-1]["top_logprobs"]
+        assert list(row["messages"][-1]["token_ids"]) == list(expected["messages"][-1]["token_ids"])
+        assert list(got_top["token_id"]) == list(want_top["token_id"])
+        np.testing.assert_allclose(got_top["logprobs"], want_top["logprobs"], rtol=0, atol=1e-4)
+
+
 def test_generate_and_convert_on_ray_equal_the_single_process_run(cluster: Any, tmp_path: Path) -> None:
     count = 6
     local_out = tmp_path / "local.jsonl"
@@ -73,27 +96,12 @@ def test_generate_and_convert_on_ray_equal_the_single_process_run(cluster: Any, 
     assert metrics["requests"] == count and metrics["failures"] == 0
     assert len(part_files(tmp_path / "ray.jsonl")) == 2  # shards default to num_workers on ray
 
-    local_rows, ray_rows = rows_by_sample(local_out), rows_by_sample(tmp_path / "ray.jsonl")
-    assert sorted(ray_rows) == list(range(count))
-    for sample in range(count):
-        local_ids, local_top, local_top_ids = assistant_arrays(local_rows[sample])
-        ray_ids, ray_top, ray_top_ids = assistant_arrays(ray_rows[sample])
-        assert ray_ids == local_ids and ray_top_ids == local_top_ids
-        # Batches group prompts differently, so padding differs: equal up to float noise.
-        np.testing.assert_allclose(ray_top, local_top, rtol=0, atol=1e-4)
+    assert_same_generations(local_out, tmp_path / "ray.jsonl", count)
 
     convert_stage.run(convert_stage.ConvertConfig(), local_out, tmp_path / "local.parquet")
     convert_stage.run(convert_stage.ConvertConfig(executor="ray", shards=4), tmp_path / "ray.jsonl", tmp_path / "ray.parquet")
     assert len(part_files(tmp_path / "ray.parquet")) == 4
-    single = {sample_of(r): r for r in pd.read_parquet(tmp_path / "local.parquet").to_dict(orient="records")}
-    sharded = pd.read_parquet(tmp_path / "ray.parquet").to_dict(orient="records")
-    assert sorted(sample_of(row) for row in sharded) == list(range(count))
-    for row in sharded:
-        expected = single[sample_of(row)]
-        got_top, want_top = row["messages"][-1]["top_logprobs"], expected["messages"][-1]["top_logprobs"]
-        assert list(row["messages"][-1]["token_ids"]) == list(expected["messages"][-1]["token_ids"])
-        assert list(got_top["token_id"]) == list(want_top["token_id"])
-        np.testing.assert_allclose(got_top["logprobs"], want_top["logprobs"], rtol=0, atol=1e-4)
+    assert_same_conversions(tmp_path / "local.parquet", tmp_path / "ray.parquet", count)
 
 
 def test_a_killed_actor_loses_nothing_and_duplicates_nothing(cluster: Any, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ single file's convert decides over the whole file is decided here over all units
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -184,8 +184,11 @@ def _run_local(units: list[ConvertUnit], folder: Path, options: ConvertOptions) 
 
 
 def _run_ray(units: list[ConvertUnit], folder: Path, options: ConvertOptions, address: str | None, num_workers: int) -> list[UnitResult]:
-    from memdistill.executors.ray_runtime import ray_session, unwrap_task_error
+    from memdistill.executors.ray_runtime import absolute_if_local, ray_session, unwrap_task_error
 
+    # Workers run in folders of their own: every path they open is absolute (on the shared filesystem).
+    units = [replace(unit, source=unit.source.resolve()) for unit in units]
+    options = replace(options, tokenizer=absolute_if_local(options.tokenizer))
     with ray_session(address, num_workers) as ray:
         # One CPU per task: at most as many units run at once as the cluster has CPUs for.
         remote = ray.remote(num_cpus=1, max_retries=2)(convert_unit)
