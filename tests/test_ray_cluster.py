@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from ray.cluster_utils import Cluster
 
+from memdistill.executors.ray_runtime import host_and_port
 from memdistill.generation import generate_dataset
 from memdistill.teachers.base import SamplingParams
 from memdistill.teachers.local import LocalTeacher
@@ -99,3 +100,12 @@ def test_an_address_where_nothing_listens_is_one_line_and_a_non_zero_exit(tmp_pa
         "start the cluster first (`ray start --head`) or leave ray_address empty to run on a local Ray instance"
     )
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("address", "target"),
+    [("head:6379", ("head", 6379)), ("ray://10.0.0.5:10001", ("10.0.0.5", 10001)), ("[::1]:6379", ("::1", 6379)),
+     ("auto", None), ("local", None), ("head", None)],
+)
+def test_only_explicit_host_port_addresses_are_probed(address: str, target: tuple[str, int] | None) -> None:
+    assert host_and_port(address) == target
