@@ -6,10 +6,10 @@ import argparse
 import logging
 import shutil
 import sys
-from pathlib import Path
 
 from memdistill import __version__
 from memdistill.errors import UserError
+from memdistill.fileio import local_path
 
 DESCRIPTION = """Turn an agent's memory into a cartridge training dataset by context distillation.
 
@@ -17,7 +17,7 @@ Pipeline: snapshots -> generate -> convert -> stats (see `dvc.yaml`; `dvc repro`
 
 
 def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=Path, help="dataset.jsonl or dataset.parquet")
+    parser.add_argument("file", type=local_path, help="dataset.jsonl or dataset.parquet")
     parser.add_argument("--sample", type=int, default=0, help="record number to show (0-based, default 0)")
     parser.add_argument("--summary", action="store_true", help="print file-level figures instead of a record")
     parser.add_argument(
@@ -87,21 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "params", help="validate a params file without running anything", description="Validate every stage section of a params file."
     )
-    check.add_argument("--check", required=True, type=Path, metavar="PARAMS_YAML", help="the params file to validate, e.g. params.yaml")
+    check.add_argument("--check", required=True, type=local_path, metavar="PARAMS_YAML", help="the params file to validate, e.g. params.yaml")
     check.set_defaults(handler=_params_main)
     export = commands.add_parser(
         "export-teacher", help="write the embedded SmolLM2 as a Hugging Face model folder (serve it with vLLM)",
         description="Write the embedded teacher as a Hugging Face model folder: float32 safetensors with tied embeddings "
         "stored under model.embed_tokens.weight, config, generation config, tokenizer and chat template.",
     )
-    export.add_argument("dir", type=Path, help="folder to write (created if missing)")
+    export.add_argument("dir", type=local_path, help="folder to write (created if missing)")
     export.set_defaults(handler=_export_teacher_main)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UserError as exc:  # a path flag given as a URL (fileio.local_path)
+        print(f"memdistill: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

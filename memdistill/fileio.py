@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,26 @@ from filelock import FileLock, Timeout
 from memdistill.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+# s3://, gs://, hdfs://, file://...: a scheme of two or more letters (C:/ stays a path) and "://".
+URL_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def url_refusal(text: str) -> str | None:
+    """Why a path given as a URL cannot be used, or None for a path. Only local paths are read and written:
+    pathlib would turn s3://bucket/x into a local folder `s3:`."""
+    if URL_PREFIX.match(text):
+        return (f"{text} is a URL; memdistill reads and writes local paths only (on a cluster: a filesystem "
+                "every node mounts, e.g. NFS or Lustre; mount a bucket with s3fs or gcsfuse, or copy the files)")
+    return None
+
+
+def local_path(text: str) -> Path:
+    """The argparse type of every path flag: a URL is a UserError, before anything runs."""
+    if reason := url_refusal(text):
+        raise UserError(reason)
+    return Path(text)
 
 
 def ensure_parent(path: Path) -> None:

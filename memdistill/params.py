@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
 
+from memdistill import fileio
 from memdistill.errors import UserError
 
 NULL_WORDS = ("null", "none")
@@ -65,6 +66,13 @@ def check_with(check: Callable[[Any], Any], value: Any) -> None:
     except UserError as exc:
         # The library names the field itself ("window_k: ..."); the params error line names it already.
         raise ValueError(str(exc).split(": ", 1)[-1]) from None
+
+
+def local_path_field(value: str | None) -> str | None:
+    """A field validator for path parameters (`field_validator(...)(local_path_field)`): a URL is refused."""
+    if value is not None and (reason := fileio.url_refusal(value)):
+        raise ValueError(reason)
+    return value
 
 
 # ---------------------------------------------------------------------------------------------- errors

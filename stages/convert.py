@@ -78,10 +78,10 @@ def run(config: ConvertConfig, input_path: Path, output: Path, figures: Path | N
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, type=Path, help="intermediate dataset from generate (.jsonl, or its parquet form)")
-    parser.add_argument("--output", required=True, type=Path, help="where to write the cartridges parquet")
-    parser.add_argument("--figures", type=Path, help="where to write the figures stats reads (default: OUTPUT's stem + .figures.json)")
-    parser.add_argument("--params", type=Path, help="params.yaml to read the 'convert' section (and stats.mass_thresholds) from")
+    parser.add_argument("--input", required=True, type=fileio.local_path, help="intermediate dataset from generate (.jsonl, or its parquet form)")
+    parser.add_argument("--output", required=True, type=fileio.local_path, help="where to write the cartridges parquet")
+    parser.add_argument("--figures", type=fileio.local_path, help="where to write the figures stats reads (default: OUTPUT's stem + .figures.json)")
+    parser.add_argument("--params", type=fileio.local_path, help="params.yaml to read the 'convert' section (and stats.mass_thresholds) from")
     params.add_arguments(parser, ConvertConfig)
 
 

@@ -58,6 +58,8 @@ class GenerateConfig(params.StageParams):
     output_format: Literal[OUTPUT_FORMATS] = Field("jsonl", description="intermediate dataset as jsonl or parquet (same fields, columnar)")
     shards: int | None = Field(None, ge=1, description="output parts: 1 = one file, N = a directory of N part files; null = 1 locally, num_workers on ray")
 
+    _local_paths = field_validator("cache_dir", "metrics")(params.local_path_field)
+
     @field_validator("base_url", mode="before")
     @classmethod
     def _one_url_is_a_list(cls, value: Any) -> Any:
@@ -143,9 +145,9 @@ def run(config: GenerateConfig, input_path: Path, output: Path) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, type=Path, help="prompts.jsonl from the snapshots stage")
-    parser.add_argument("--output", required=True, type=Path, help="where to write dataset.jsonl")
-    parser.add_argument("--params", type=Path, help="params.yaml to read the 'generate' section from")
+    parser.add_argument("--input", required=True, type=fileio.local_path, help="prompts.jsonl from the snapshots stage")
+    parser.add_argument("--output", required=True, type=fileio.local_path, help="where to write dataset.jsonl")
+    parser.add_argument("--params", type=fileio.local_path, help="params.yaml to read the 'generate' section from")
     params.add_arguments(parser, GenerateConfig)
     parser.add_argument("--no-cache", dest="use_cache", action="store_false", default=argparse.SUPPRESS, help="same as --no-use-cache")
 

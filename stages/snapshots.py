@@ -106,6 +106,8 @@ class SnapshotsConfig(params.StageParams):
     )
     metadata: dict[str, Any] = Field(default_factory=dict, description="copied into every row's metadata (run, split, agent version), e.g. '{run: exp-12, split: train}'")
 
+    _local_paths = field_validator("checkpoint_dir", "system_prompt_file", "observations")(params.local_path_field)
+
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
@@ -407,8 +409,8 @@ def run(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", required=True, type=Path, help="where to write prompts.jsonl")
-    parser.add_argument("--params", type=Path, help="params.yaml to read the 'snapshots' section (and generate.max_tokens) from")
+    parser.add_argument("--output", required=True, type=fileio.local_path, help="where to write prompts.jsonl")
+    parser.add_argument("--params", type=fileio.local_path, help="params.yaml to read the 'snapshots' section (and generate.max_tokens) from")
     params.add_arguments(parser, SnapshotsConfig, skip=("system_prompt", "system_prompt_file"))
     prompt = parser.add_mutually_exclusive_group()
     for name in ("system_prompt", "system_prompt_file"):

@@ -90,14 +90,14 @@ def run(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--jsonl", required=True, type=Path, help="intermediate dataset.jsonl (for the mass curve)")
-    parser.add_argument("--parquet", required=True, type=Path, help="cartridges parquet from convert")
-    parser.add_argument("--metrics", required=True, type=Path, help="where to write stats.json (a DVC metric)")
-    parser.add_argument("--plots-dir", type=Path, help="folder for plot data (CSV files DVC renders) and the plots drawn offline (SVG)")
-    parser.add_argument("--summary", type=Path, help="where to write a readable markdown summary (reports/summary.md)")
-    parser.add_argument("--generate-metrics", type=Path, help="metrics/generate.json to show in the summary (skipped if absent)")
-    parser.add_argument("--figures", type=Path, help="convert's figures (default: the parquet's stem + .figures.json; the JSONL is read when absent)")
-    parser.add_argument("--params", type=Path, help="params.yaml: reads convert.min_prob_mass and stats.mass_thresholds")
+    parser.add_argument("--jsonl", required=True, type=fileio.local_path, help="intermediate dataset.jsonl (for the mass curve)")
+    parser.add_argument("--parquet", required=True, type=fileio.local_path, help="cartridges parquet from convert")
+    parser.add_argument("--metrics", required=True, type=fileio.local_path, help="where to write stats.json (a DVC metric)")
+    parser.add_argument("--plots-dir", type=fileio.local_path, help="folder for plot data (CSV files DVC renders) and the plots drawn offline (SVG)")
+    parser.add_argument("--summary", type=fileio.local_path, help="where to write a readable markdown summary (reports/summary.md)")
+    parser.add_argument("--generate-metrics", type=fileio.local_path, help="metrics/generate.json to show in the summary (skipped if absent)")
+    parser.add_argument("--figures", type=fileio.local_path, help="convert's figures (default: the parquet's stem + .figures.json; the JSONL is read when absent)")
+    parser.add_argument("--params", type=fileio.local_path, help="params.yaml: reads convert.min_prob_mass and stats.mass_thresholds")
     params.add_arguments(parser, StatsConfig)
 
 

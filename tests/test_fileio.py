@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from memdistill.errors import UserError
-from memdistill.fileio import atomic_output, atomic_path, lock_path, output_lock, read_jsonl
+from memdistill.cli import main
+from memdistill.fileio import atomic_output, atomic_path, local_path, lock_path, output_lock, read_jsonl
 from tests.conftest import REPO_ROOT
 
 
@@ -126,3 +127,34 @@ def test_lock_folder_falls_back_when_the_cache_is_not_writable(tmp_path: Path, m
         handle.write("x\n")
     assert (tmp_path / "out.jsonl").read_text() == "x\n"
     assert lock_path(tmp_path / "out.jsonl").parent.name == f"memdistill-locks-{os.getuid()}"
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["generate", "--input", "prompts.jsonl", "--output", "s3://bucket/dataset.jsonl"], ""),
+        (["generate", "--input", "prompts.jsonl", "--output", "out.jsonl", "--cache-dir", "s3://bucket/cache"], "--cache-dir: "),
+        (["convert", "--input", "gs://bucket/dataset.jsonl", "--output", "out.parquet"], ""),
+        (["snapshots", "--checkpoint-dir", "s3://bucket/ep_000200", "--strategy", "full_memory", "--output", "p.jsonl"], "--checkpoint-dir: "),
+        (["stats", "--jsonl", "d.jsonl", "--parquet", "d.parquet", "--metrics", "m.json", "--plots-dir", "file:///tmp/plots"], ""),
+        (["inspect", "hdfs://namenode/dataset.parquet"], ""),
+    ],
+)
+def test_a_url_for_a_path_is_one_line_and_creates_no_local_folder(
+    args: list[str], where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.jsonl").write_text('{"sample_idx": 0, "teacher_messages": [], "student_messages": []}\n')
+    assert main(args) == 2
+    url = next(arg for arg in args if "://" in arg)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith(f"error: {where}{url} is a URL; memdistill reads and writes local paths only (on a cluster: a filesystem "
+                         "every node mounts, e.g. NFS or Lustre; mount a bucket with s3fs or gcsfuse, or copy the files)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.jsonl"]  # no `s3:` folder, no output
+
+
+def test_windows_drives_and_odd_local_names_stay_paths() -> None:
+    assert local_path("C:/data/x.jsonl") == Path("C:/data/x.jsonl")
+    assert local_path("runs/a:b/x.jsonl") == Path("runs/a:b/x.jsonl")
+    with pytest.raises(UserError, match="is a URL"):
+        local_path("s3://bucket/x.jsonl")
