@@ -66,7 +66,7 @@ def _params_main(args: argparse.Namespace) -> int:
 
 
 # The pipeline's stages: command (its module is stages/<command>.py) and summary. A stage's module, and so
-# its imports (the teachers, pyarrow, matplotlib...), is loaded only when that command runs or shows its help.
+# its imports (the teachers, pyarrow, pygal...), is loaded only when that command runs or shows its help.
 STAGES = (
     ("snapshots", "read a checkpoint's memory, apply a strategy, write teacher and student prompts"),
     ("generate", "ask the teacher for every prompt; record tokens and top-k logprobs"),
