@@ -30,7 +30,9 @@ def run_one(kind: str, source: Path, output: Path, min_prob_mass: float) -> dict
     wall, cpu = time.perf_counter(), time.process_time()
     if kind == "memdistill":
         from memdistill.conversion import convert_file
+        from memdistill.fileio import arrow_without_pandas
 
+        arrow_without_pandas()  # as the convert command starts
         convert_file(source, output, MODEL, min_prob_mass)
     else:
         from bench.convert_baseline import convert_baseline

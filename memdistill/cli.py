@@ -65,19 +65,34 @@ def _params_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from stages import convert, generate, snapshots, stats
+# The pipeline's stages: command (its module is stages/<command>.py) and summary. A stage's module, and so
+# its imports (the teachers, pyarrow, pygal...), is loaded only when that command runs or shows its help.
+STAGES = (
+    ("snapshots", "read a checkpoint's memory, apply a strategy, write teacher and student prompts"),
+    ("generate", "ask the teacher for every prompt; record tokens and top-k logprobs"),
+    ("convert", "write the cartridges parquet, keeping the top-k entries that reach min_prob_mass"),
+    ("stats", "compute dataset metrics and plot data"),
+)
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named on the command line: the first word that is not an option."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with the arguments of `command` only when it is a stage (its module is imported)."""
+    import importlib
 
     parser = argparse.ArgumentParser(prog="memdistill", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"memdistill {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module, summary in (
-        ("snapshots", snapshots, "read a checkpoint's memory, apply a strategy, write teacher and student prompts"),
-        ("generate", generate, "ask the teacher for every prompt; record tokens and top-k logprobs"),
-        ("convert", convert, "write the cartridges parquet, keeping the top-k entries that reach min_prob_mass"),
-        ("stats", stats, "compute dataset metrics and plot data"),
-    ):
+    for name, summary in STAGES:
+        if name != command:
+            commands.add_parser(name, help=summary)
+            continue
+        module = importlib.import_module(f"stages.{name}")
         sub = commands.add_parser(name, help=summary, description=(module.__doc__ or summary).strip())
         module.add_arguments(sub)
         sub.set_defaults(handler=module.main)
@@ -100,11 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        args = parser.parse_args(argv)
+        args = build_parser(_command_of(argv)).parse_args(argv)
     except UserError as exc:  # a path flag given as a URL (fileio.local_path)
-        print(f"memdistill: error: {exc}", file=sys.stderr)
+        print(f"memdistill {_command_of(argv)}: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -572,7 +572,7 @@ def _metadata_json(metadata: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------ columnar fast path (JSONL)
 
 # JSONL is read in blocks of about this many bytes (whole lines): bounds the reader's memory.
-BLOCK_BYTES = 4 << 20
+BLOCK_BYTES = 2 << 20
 ARROW_BLOCK_BYTES = 1 << 20
 _METADATA_KEY = b'"metadata"'
 _ENTRY_FIELDS = ("token", "logprob", "token_id", "bytes")

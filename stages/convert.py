@@ -86,5 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    run(params.build(ConvertConfig, args.params, params.flag_values(args, ConvertConfig)), args.input, args.output, args.figures)
+    config = params.build(ConvertConfig, args.params, params.flag_values(args, ConvertConfig))
+    if config.executor == "local":
+        fileio.arrow_without_pandas()  # Ray Data hands pyarrow pandas batches
+    run(config, args.input, args.output, args.figures)
     return 0

@@ -103,5 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.params, params.flag_values(args, StatsConfig))
+    fileio.arrow_without_pandas()
     run(args.jsonl, args.parquet, args.metrics, args.plots_dir, args.summary, config, args.generate_metrics, args.figures)
     return 0

@@ -148,7 +148,7 @@ def test_a_url_for_a_path_is_one_line_and_creates_no_local_folder(
     assert main(args) == 2
     url = next(arg for arg in args if "://" in arg)
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.endswith(f"error: {where}{url} is a URL; memdistill reads and writes local paths only (on a cluster: a filesystem "
+    assert line == (f"memdistill {args[0]}: error: {where}{url} is a URL; memdistill reads and writes local paths only (on a cluster: a filesystem "
                          "every node mounts, e.g. NFS or Lustre; mount a bucket with s3fs or gcsfuse, or copy the files)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prompts.jsonl"]  # no `s3:` folder, no output
 

@@ -39,7 +39,7 @@ def write_params(tmp_path: Path, sections: dict[str, Any]) -> Path:
 
 
 def parse(command: str, *flags: str) -> argparse.Namespace:
-    return build_parser().parse_args([command, *REQUIRED[command], *flags])
+    return build_parser(command).parse_args([command, *REQUIRED[command], *flags])
 
 
 def test_every_params_yaml_key_is_a_model_field() -> None:
@@ -62,7 +62,7 @@ def test_flag_defaults_are_the_model_defaults(model: type[params.StageParams]) -
 @pytest.mark.parametrize("model", stage_configs(), ids=lambda m: m.section)
 def test_every_field_has_a_flag_with_its_description_and_default(model: type[params.StageParams]) -> None:
     # argparse wraps lines (also after a hyphen): compare with all white space removed.
-    help_text = "".join(build_parser()._subparsers._group_actions[0].choices[model.section].format_help().split())
+    help_text = "".join(build_parser(model.section)._subparsers._group_actions[0].choices[model.section].format_help().split())
     for name, field in model.model_fields.items():
         assert f"--{name.replace('_', '-')}" in help_text
         assert field.description and "".join(field.description.split()) in help_text, name
