@@ -31,7 +31,7 @@ class ConvertConfig(params.StageParams):
     rows_per_group: int = Field(64, ge=1, description="rows buffered per parquet row group (bounds memory)")
     append_eot: bool = Field(True, description="append the end-of-turn id a teacher that stopped left out of its logprobs")
     executor: Literal[EXECUTORS] = Field("local", description="local: this process; ray: one task per shard on a Ray cluster")
-    ray_address: str | None = Field(None, description="executor ray: an existing cluster (e.g. ray://head:10001, auto); null = start a local one")
+    ray_address: str | None = Field(None, description="executor ray: an existing cluster (head:6379, auto; ray://head:10001 needs ray[client]); null = start a local one")
     num_workers: int = Field(2, ge=1, description="executor ray: tasks at once on a local Ray instance, and shards when shards is null")
     shards: int | None = Field(None, ge=1, description="output parts: 1 = one file, N = a directory of about N parts; null = one part per input part (ray: at least num_workers)")
     mass_thresholds: list[float] = Field(

@@ -53,7 +53,7 @@ class GenerateConfig(params.StageParams):
     metrics: str | None = Field(None, description="write the run summary (requests, cache hits, tokens/s) as JSON here")
 
     executor: Literal[EXECUTORS] = Field("local", description="local: this process; ray: teacher actors on a Ray cluster")
-    ray_address: str | None = Field(None, description="executor ray: an existing cluster (e.g. ray://head:10001, auto); null = start a local one")
+    ray_address: str | None = Field(None, description="executor ray: an existing cluster (head:6379, auto; ray://head:10001 needs ray[client]); null = start a local one")
     num_workers: int = Field(2, ge=1, description="executor ray: teacher actors (one teacher each)")
     output_format: Literal[OUTPUT_FORMATS] = Field("jsonl", description="intermediate dataset as jsonl or parquet (same fields, columnar)")
     shards: int | None = Field(None, ge=1, description="output parts: 1 = one file, N = a directory of N part files; null = 1 locally, num_workers on ray")
