@@ -25,15 +25,17 @@ from tests import test_stats
 from tests.test_stats import MIN_PROB_MASS, write_dataset
 
 THRESHOLDS = (0.3, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
+# [rows, K] top-k logprobs, -inf where a row has fewer entries.
+LOGPROB_ROWS = hnp.arrays(
+    np.float64,
+    hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=8),
+    elements=st.one_of(st.floats(min_value=-12.0, max_value=0.0), st.just(-np.inf)),
+)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    hnp.arrays(
-        np.float64,
-        hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=8),
-        elements=st.one_of(st.floats(min_value=-12.0, max_value=0.0), st.just(-np.inf)),
-    ),
+    LOGPROB_ROWS,
 )
 def test_curve_counts_are_what_flatten_by_mass_keeps(logprobs: np.ndarray) -> None:
     """At every threshold, the count is exactly the entries convert's flatten_by_mass keeps there."""
@@ -47,11 +49,7 @@ def test_curve_counts_are_what_flatten_by_mass_keeps(logprobs: np.ndarray) -> No
 
 @settings(max_examples=60, deadline=None)
 @given(
-    hnp.arrays(
-        np.float64,
-        hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=8),
-        elements=st.one_of(st.floats(min_value=-12.0, max_value=0.0), st.just(-np.inf)),
-    ),
+    LOGPROB_ROWS,
     st.integers(min_value=0, max_value=5),
 )
 def test_row_counts_sum_to_the_message_counts_at_any_padding(logprobs: np.ndarray, extra: int) -> None:

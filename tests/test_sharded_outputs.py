@@ -48,6 +48,16 @@ def convert(input_path: Path, output: Path, **options) -> None:
     convert_stage.run(config, input_path, output)
 
 
+def single_and_sharded(tmp_path: Path, rows: list[dict]) -> tuple[Path, Path]:
+    """The same nine rows as one JSONL file and as a shard directory of three parts (4, 2 and 3 rows)."""
+    single = write_jsonl(tmp_path / "dataset.jsonl", rows)
+    folder = tmp_path / "sharded.jsonl"
+    folder.mkdir()
+    for index, chunk in enumerate((rows[:4], rows[4:6], rows[6:])):
+        write_jsonl(folder / f"part-{index:05d}.jsonl", chunk)
+    return single, folder
+
+
 def records_of(path: Path) -> list[dict]:
     frame = pd.read_parquet(path)  # a file, or a shard directory as pandas (and cartridges) read it
     return json.loads(frame.to_json(orient="records"))
@@ -67,11 +77,7 @@ def test_sharded_convert_writes_the_rows_of_the_single_file_in_order(tmp_path: P
 
 def test_a_shard_directory_input_converts_part_by_part_and_stats_and_inspect_read_both(tmp_path: Path, vocab: dict[str, int]) -> None:
     rows = dataset_records(vocab, 9)
-    single = write_jsonl(tmp_path / "dataset.jsonl", rows)
-    folder = tmp_path / "sharded.jsonl"
-    folder.mkdir()
-    for index, chunk in enumerate((rows[:4], rows[4:6], rows[6:])):
-        write_jsonl(folder / f"part-{index:05d}.jsonl", chunk)
+    single, folder = single_and_sharded(tmp_path, rows)
     convert(single, tmp_path / "single.parquet")
     convert(folder, tmp_path / "sharded.parquet")  # shards: null -> one part per input part
     assert len(part_files(tmp_path / "sharded.parquet")) == 3
@@ -243,11 +249,7 @@ def test_sharded_convert_writes_the_whole_outputs_figures_and_stats_reads_them(
 
     rows = dataset_records(vocab, 9)
     without_logprobs(rows[4])
-    single = write_jsonl(tmp_path / "dataset.jsonl", rows)
-    folder = tmp_path / "sharded.jsonl"
-    folder.mkdir()
-    for index, chunk in enumerate((rows[:4], rows[4:6], rows[6:])):
-        write_jsonl(folder / f"part-{index:05d}.jsonl", chunk)
+    single, folder = single_and_sharded(tmp_path, rows)
     convert(single, tmp_path / "single.parquet")
     convert(folder, tmp_path / "sharded.parquet")
 
