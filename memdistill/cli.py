@@ -116,10 +116,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    command = _command_of(argv)
     try:
-        args = build_parser(_command_of(argv)).parse_args(argv)
+        args = build_parser(command).parse_args(argv)
     except UserError as exc:  # a path flag given as a URL (fileio.local_path)
-        print(f"memdistill {_command_of(argv)}: error: {exc}", file=sys.stderr)
+        print(f"memdistill {command}: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -217,8 +217,8 @@ def dump_json_line(obj: Any) -> str:
 def arrow_without_pandas() -> None:
     """Let pyarrow run without importing pandas, in a command that never hands it a pandas object.
 
-    pyarrow imports pandas on its first array only to ask whether its input is a pandas object: about
-    0.3 s and 27 MB, a quarter of converting a million top-k entries. Run once at a command's start, the
+    pyarrow imports pandas on its first array only to ask whether its input is a pandas object: up to
+    0.25 s and about 30 MB of peak memory when converting a million top-k entries. Run once at a command's start, the
     question finds no pandas and pyarrow does not ask again in this process (its explicit pandas
     conversions, `to_pandas` and `from_pandas`, still import it). A pandas object given to `pyarrow.array`
     afterwards would be read as a plain sequence, hence only for our own commands' processes; nothing is
