@@ -196,8 +196,11 @@ def _run_ray(units: list[ConvertUnit], folder: Path, options: ConvertOptions, ad
         try:
             return ray.get(pending)
         except ray.exceptions.RayTaskError as exc:
+            # Not force=True: it fails a running task at once while the worker's reply can still arrive, and
+            # Ray 2.60's driver then aborts on the second completion ("Tried to complete task that was not
+            # pending"). A plain cancel interrupts a running task and drops a queued one; each ends once.
             for ref in pending:
-                ray.cancel(ref, force=True)
+                ray.cancel(ref)
             raise unwrap_task_error(exc) from None
 
 
