@@ -190,18 +190,31 @@ def _run_ray(units: list[ConvertUnit], folder: Path, options: ConvertOptions, ad
     units = [replace(unit, source=unit.source.resolve()) for unit in units]
     options = replace(options, tokenizer=absolute_if_local(options.tokenizer))
     with ray_session(address, num_workers) as ray:
-        # One CPU per task: at most as many units run at once as the cluster has CPUs for.
+        # One CPU per task, and only as many submitted as can run (the cluster's CPUs, or num_workers for an
+        # autoscaler to grow into): after a failure nothing new starts, and the running ones are waited for
+        # rather than cancelled (a cancel can race the worker's reply, and Ray 2.60's driver then aborts:
+        # "Tried to complete task that was not pending"). The staging folder is then removed with no task
+        # still writing into it.
         remote = ray.remote(num_cpus=1, max_retries=2)(convert_unit)
-        pending = [remote.remote(unit, folder.resolve(), options) for unit in units]
-        try:
-            return ray.get(pending)
-        except ray.exceptions.RayTaskError as exc:
-            # Not force=True: it fails a running task at once while the worker's reply can still arrive, and
-            # Ray 2.60's driver then aborts on the second completion ("Tried to complete task that was not
-            # pending"). A plain cancel interrupts a running task and drops a queued one; each ends once.
-            for ref in pending:
-                ray.cancel(ref)
-            raise unwrap_task_error(exc) from None
+        window = max(num_workers, int(ray.cluster_resources().get("CPU", 1)))
+        waiting, running = list(reversed(units)), {}
+        results: dict[int, UnitResult] = {}
+        failure: BaseException | None = None
+        while waiting or running:
+            while failure is None and waiting and len(running) < window:
+                unit = waiting.pop()
+                running[remote.remote(unit, folder.resolve(), options)] = unit.part
+            if not running:
+                break
+            [ready], _ = ray.wait(list(running), num_returns=1)
+            part = running.pop(ready)
+            try:
+                results[part] = ray.get(ready)
+            except ray.exceptions.RayError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise unwrap_task_error(failure) from None
+        return [results[unit.part] for unit in units]
 
 
 def convert_sharded(
