@@ -22,7 +22,7 @@ import yaml
 from bench.bench_snapshots import synthetic_entries
 from memdistill.redact import Redactor
 from memdistill.snapshot import MemoryEntry, Snapshot, split_samples
-from stages.snapshots import redact_snapshot
+from memdistill.prompt_rows import redact_snapshot
 
 PATTERNS = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["snapshots"]["redact_patterns"]
 

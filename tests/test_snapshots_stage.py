@@ -14,7 +14,8 @@ from memdistill.cli import main as cli_main
 from memdistill.errors import UserError
 from memdistill.prompts import FunctionCounter, Message, estimate_tokens, render_entry, teacher_messages
 from memdistill.snapshot import load_snapshot
-from stages.snapshots import SnapshotsConfig, iter_prompt_rows, run, select_samples
+from memdistill.prompt_rows import iter_prompt_rows, select_samples
+from stages.snapshots import SnapshotsConfig, run
 from tests.conftest import write_jsonl
 
 HISTORY = [
@@ -235,7 +236,7 @@ def test_named_snapshot_is_used(checkpoint: Path, tmp_path: Path) -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(st.sampled_from(["Observation", "Action", "Feedback", "Note"]), min_size=1, max_size=25),
-    st.one_of(st.none(), st.integers(20, 200)),
+    st.one_of(st.none(), st.integers(60, 200)),  # an empty-memory prompt is 58 words: every sample fits
 )
 def test_exclude_current_prompt_never_shows_the_samples_own_action(
     tmp_path: Path, kinds: list[str], max_prompt_tokens: int | None
@@ -245,8 +246,10 @@ def test_exclude_current_prompt_never_shows_the_samples_own_action(
     folder.mkdir(exist_ok=True)
     path = write_jsonl(folder / "memory_1.jsonl", [{"type": k, "content": f"{k.lower()} number {i}"} for i, k in enumerate(kinds)])
     snapshot = load_snapshot(path)
-    cfg = config(folder, max_prompt_tokens=max_prompt_tokens)
-    for row in iter_prompt_rows(snapshot, cfg, FunctionCounter(words, name="words")):
+    options = config(folder, max_prompt_tokens=max_prompt_tokens).row_options()
+    rows = list(iter_prompt_rows(snapshot, options, FunctionCounter(words, name="words"), ("You are an agent.", "test"), limit=max_prompt_tokens))
+    assert len(rows) == kinds.count("Observation")
+    for row in rows:
         sample = snapshot.samples[row["sample_idx"]]
         memory_block = row["teacher_messages"][1]["content"].split("\n\nHere is the current observation:")[0]
         for index in sample.entry_indices:
