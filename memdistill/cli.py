@@ -6,6 +6,7 @@ import argparse
 import logging
 import shutil
 import sys
+from typing import NoReturn
 
 from memdistill import __version__
 from memdistill.errors import UserError
@@ -14,6 +15,14 @@ from memdistill.fileio import local_path
 DESCRIPTION = """Turn an agent's memory into a cartridge training dataset by context distillation.
 
 Pipeline: snapshots -> generate -> convert -> stats (see `dvc.yaml`; `dvc repro` runs it all)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the flag (`memdistill generate: error: --max-tokens:
+    expected an integer, got 'abc'`), like every other input error, and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message.removeprefix('argument ')}\n")
 
 
 def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +93,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser, with the arguments of `command` only when it is a stage (its module is imported)."""
     import importlib
 
-    parser = argparse.ArgumentParser(prog="memdistill", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="memdistill", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"memdistill {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -116,12 +125,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        build_parser().print_help(sys.stderr)
+        return 2
     command = _command_of(argv)
     try:
         args = build_parser(command).parse_args(argv)
-    except UserError as exc:  # a path flag given as a URL (fileio.local_path)
-        print(f"memdistill {command}: error: {exc}", file=sys.stderr)
-        return 2
+    except SystemExit as exc:  # --help, --version, or a usage error (one line: Parser.error)
+        return int(exc.code or 0)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

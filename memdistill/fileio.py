@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -34,9 +35,9 @@ def url_refusal(text: str) -> str | None:
 
 
 def local_path(text: str) -> Path:
-    """The argparse type of every path flag: a URL is a UserError, before anything runs."""
+    """The argparse type of every path flag: a URL is refused (argparse names the flag), before anything runs."""
     if reason := url_refusal(text):
-        raise UserError(reason)
+        raise argparse.ArgumentTypeError(reason)
     return Path(text)
 
 

@@ -1,4 +1,4 @@
-"""The command line loads only what the command it runs needs."""
+"""The command line loads only what the command it runs needs, and a usage error is one line."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from memdistill.cli import main
 from tests.conftest import REPO_ROOT
 
 
@@ -52,3 +55,28 @@ def test_arrow_without_pandas_changes_nothing_once_pandas_is_loaded() -> None:
         "from memdistill.fileio import arrow_without_pandas; arrow_without_pandas()\n"
         "assert pa.array(pd.Series([1, None], dtype='Int64')).to_pylist() == [1, None]"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["generate", "--input", "p.jsonl", "--output", "d.jsonl", "--max-tokens", "abc"],
+         "memdistill generate: error: --max-tokens: expected an integer, got 'abc'"),
+        (["convert", "--output", "d.parquet"], "memdistill convert: error: the following arguments are required: --input"),
+        (["inspect", "d.parquet", "--color", "pink"],
+         "memdistill inspect: error: --color: invalid choice: 'pink' (choose from auto, always, never)"),
+        (["distill"], "memdistill: error: COMMAND: invalid choice: 'distill' (choose from snapshots, generate, convert, stats, "
+                      "inspect, params, export-teacher)"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_flag(argv: list[str], line: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    # Python before 3.12 quotes the choices argparse lists.
+    assert [text.replace("', '", ", ").replace("from '", "from ").replace("')", ")") for text in captured.err.splitlines()] == [line]
+    assert captured.out == ""
+
+
+def test_no_command_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "Pipeline: snapshots -> generate -> convert -> stats" in capsys.readouterr().err

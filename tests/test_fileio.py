@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import stat
@@ -132,12 +133,12 @@ def test_lock_folder_falls_back_when_the_cache_is_not_writable(tmp_path: Path, m
 @pytest.mark.parametrize(
     ("args", "where"),
     [
-        (["generate", "--input", "prompts.jsonl", "--output", "s3://bucket/dataset.jsonl"], ""),
+        (["generate", "--input", "prompts.jsonl", "--output", "s3://bucket/dataset.jsonl"], "--output: "),
         (["generate", "--input", "prompts.jsonl", "--output", "out.jsonl", "--cache-dir", "s3://bucket/cache"], "--cache-dir: "),
-        (["convert", "--input", "gs://bucket/dataset.jsonl", "--output", "out.parquet"], ""),
+        (["convert", "--input", "gs://bucket/dataset.jsonl", "--output", "out.parquet"], "--input: "),
         (["snapshots", "--checkpoint-dir", "s3://bucket/ep_000200", "--strategy", "full_memory", "--output", "p.jsonl"], "--checkpoint-dir: "),
-        (["stats", "--jsonl", "d.jsonl", "--parquet", "d.parquet", "--metrics", "m.json", "--plots-dir", "file:///tmp/plots"], ""),
-        (["inspect", "hdfs://namenode/dataset.parquet"], ""),
+        (["stats", "--jsonl", "d.jsonl", "--parquet", "d.parquet", "--metrics", "m.json", "--plots-dir", "file:///tmp/plots"], "--plots-dir: "),
+        (["inspect", "hdfs://namenode/dataset.parquet"], "file: "),
     ],
 )
 def test_a_url_for_a_path_is_one_line_and_creates_no_local_folder(
@@ -156,5 +157,5 @@ def test_a_url_for_a_path_is_one_line_and_creates_no_local_folder(
 def test_windows_drives_and_odd_local_names_stay_paths() -> None:
     assert local_path("C:/data/x.jsonl") == Path("C:/data/x.jsonl")
     assert local_path("runs/a:b/x.jsonl") == Path("runs/a:b/x.jsonl")
-    with pytest.raises(UserError, match="is a URL"):
+    with pytest.raises(argparse.ArgumentTypeError, match="is a URL"):
         local_path("s3://bucket/x.jsonl")
