@@ -197,13 +197,13 @@ def _run_ray(units: list[ConvertUnit], folder: Path, options: ConvertOptions, ad
         # still writing into it.
         remote = ray.remote(num_cpus=1, max_retries=2)(convert_unit)
         window = max(num_workers, int(ray.cluster_resources().get("CPU", 1)))
-        waiting, running = list(reversed(units)), {}
+        target, todo = folder.resolve(), iter(units)
+        running: dict[Any, int] = {}  # task -> its part number
         results: dict[int, UnitResult] = {}
         failure: BaseException | None = None
-        while waiting or running:
-            while failure is None and waiting and len(running) < window:
-                unit = waiting.pop()
-                running[remote.remote(unit, folder.resolve(), options)] = unit.part
+        while True:
+            while failure is None and len(running) < window and (unit := next(todo, None)) is not None:
+                running[remote.remote(unit, target, options)] = unit.part
             if not running:
                 break
             [ready], _ = ray.wait(list(running), num_returns=1)
