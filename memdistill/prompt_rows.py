@@ -1,7 +1,8 @@
 """Prompt rows: one prompts.jsonl row per selected sample and memory view of a snapshot.
 
 The snapshot is redacted, the memory-formation strategy plans each sample's memory, the token budget keeps
-whole memory samples in the order the strategy values them, and every row records what its memory covered.
+whole memory samples in the order the strategy values them (skipping one that cannot fit and trying the next),
+and every row records what its memory covered.
 The snapshots stage reads its parameters and writes the rows; this builds them.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from memdistill.budget import AUTO, as_ranges, fit_to_budget, resolve_max_prompt_tokens
+from memdistill.budget import AUTO, as_ranges, cut_from_middle, fit_to_budget, resolve_max_prompt_tokens
 from memdistill.feedback import compile_failure_patterns, is_failure
 from memdistill.prompts import (
     EMPTY_MEMORY,
@@ -46,7 +47,8 @@ RESERVED_METADATA = frozenset({
     "strategy", "strategy_params", "snapshot", "snapshot_sha256", "system_prompt", "system_prompt_source", "observation_source",
     "observation_idx", "view", "views", "sample_entries", "memory_entries", "memory_size_entries", "memory_size_chars",
     "memory_samples_wanted", "memory_samples_kept", "memory_tokens_wanted", "memory_tokens_kept", "memory_coverage",
-    "max_prompt_tokens", "token_counter", "prompt_tokens", "dropped_for_budget", "reference_action",
+    "max_prompt_tokens", "token_counter", "prompt_tokens", "dropped_for_budget", "observation_tokens", "observation_tokens_kept",
+    "reference_action",
     "reference_feedback", "failed", "missing", "redactions", "sample_idx", "metrics", "teacher", "finish_reason",
 })
 
@@ -66,6 +68,8 @@ class RowOptions:
     sample_selection: str = "first"
     seed: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+    max_observation_tokens: int | None = None
+    """Cut an observation longer than this many tokens from its middle (None: never cut)."""
 
 
 @dataclass
@@ -73,12 +77,20 @@ class SnapshotsSummary:
     """What a run did, for the log line (and tests)."""
 
     samples_in_snapshot: int = 0
+    samples_written: int = 0
+    """Samples with at least one row (random_sampling writes several rows per sample)."""
     rows: int = 0
     max_prompt_tokens: int | None = None
     dropped_for_budget: int = 0
     """Memory samples (whole units) dropped to fit the budget, over all rows."""
     over_budget: list[int] = field(default_factory=list)
     """Samples left out because their prompt is over the budget even with an empty memory."""
+    over_budget_observation_tokens: list[int] = field(default_factory=list)
+    """Their observations' tokens (after any cut), in the same order."""
+    base_tokens: int = 0
+    """The teacher prompt with an empty memory and an empty observation: what the budget leaves an observation."""
+    observations_cut: int = 0
+    """Samples whose observation was cut to max_observation_tokens."""
     low_coverage: int = 0
     """Rows that kept less than LOW_COVERAGE of the memory their strategy wanted."""
     coverages: list[float] = field(default_factory=list)
@@ -197,19 +209,32 @@ def iter_prompt_rows(
     summary.samples_in_snapshot = len(targets)
     summary.redactions = sum(redaction_counts) + sum(max(0, count) for _, _, count in targets)
     summary.max_prompt_tokens = limit
+    summary.base_tokens = counter.messages(teacher_messages(agent_prompt, [], ""))
+    max_observation = options.max_observation_tokens
     for sample_idx in tqdm(chosen, desc="snapshots", unit="sample", disable=None):
         sample, source, observation_redactions = targets[sample_idx]
         from_memory = source == "memory"
         observation = render_content(sample.observation.content)
+        if max_observation is None:
+            observation_tokens = observation_tokens_kept = counter.texts([observation])[0]
+        else:
+            cut = cut_from_middle(observation, max_observation, lambda text: counter.texts([text])[0])
+            observation, observation_tokens, observation_tokens_kept = cut.text, cut.tokens, cut.kept_tokens
+            summary.observations_cut += cut.kept_tokens < cut.tokens
         fixed = counter.messages(teacher_messages(agent_prompt, [], observation)) - empty_memory_tokens
         render = functools.partial(_render_teacher, agent_prompt, lines, observation)
         plans = plans_of(sample)
+        written = False
         for view_idx, plan in enumerate(plans):
             fitted = fit_to_budget(plan, render, counter, tokens_before, limit, fixed)
             if limit is not None and fitted.tokens > limit:
-                # Sending it would make the teacher truncate or refuse it; leave it out and say so at the end.
+                # Even an empty memory is over: the teacher would truncate or refuse it. Leave it out and say
+                # at the end whether the observation or the system prompt is what is too long.
                 summary.over_budget.append(sample_idx)
+                summary.over_budget_observation_tokens.append(counter.texts([observation])[0])
                 break
+            summary.samples_written += not written
+            written = True
             view, teacher, coverage = fitted.view, fitted.messages, fitted.coverage
             student = teacher if options.student_view == "teacher" else student_messages(agent_prompt, observation)
             memory_redactions = sum(redactions_before[b] - redactions_before[a] for a, b in view.ranges)
@@ -250,6 +275,9 @@ def iter_prompt_rows(
                 "token_counter": counter.name,
                 "prompt_tokens": fitted.tokens,
                 "dropped_for_budget": fitted.dropped_units,
+                # The observation's tokens, and those of it still in the prompts (fewer when max_observation_tokens cut it).
+                "observation_tokens": observation_tokens,
+                "observation_tokens_kept": observation_tokens_kept,
                 "reference_action": render_content(sample.action.content) if sample.action else None,
                 "reference_feedback": render_content(sample.feedback.content) if sample.feedback else None,
                 "failed": failed[sample_idx] if from_memory else None,
@@ -277,4 +305,31 @@ def coverage_warning(summary: SnapshotsSummary, strategy: str) -> str | None:
         f"(mean coverage {summary.mean_coverage:.2f}) under max_prompt_tokens {summary.max_prompt_tokens}: "
         f"raise max_prompt_tokens or set it to auto (the teacher's context minus generate.max_tokens), use a teacher "
         f"with a longer context, or choose a smaller memory (rolling_window, failure_focus with fewer max_memory_samples)"
+    )
+
+
+def over_budget_message(summary: SnapshotsSummary, max_observation_tokens: int | None) -> str | None:
+    """What left samples out because even an empty memory is over the budget, and what to change; or None.
+
+    With an empty memory a prompt is the system prompt and template (`base_tokens`) plus the observation, so
+    when the first fits the budget it is the observation that is too long.
+    """
+    if not summary.over_budget:
+        return None
+    count, limit, base = len(summary.over_budget), summary.max_prompt_tokens, summary.base_tokens
+    shown = ", ".join(map(str, summary.over_budget[:10])) + (" ..." if count > 10 else "")
+    which = f"{count} samples left out" if summary.rows else f"all {count} selected samples left out"
+    if limit is None or base > limit:
+        return (
+            f"{which} (sample_idx {shown}): the system prompt, the prompt's headers and the chat template alone are {base} tokens, "
+            f"over max_prompt_tokens {limit} even with an empty memory; raise max_prompt_tokens or shorten system_prompt"
+        )
+    sizes = sorted(summary.over_budget_observation_tokens)
+    size = f"{sizes[0]}" if sizes[0] == sizes[-1] else f"{sizes[0]}-{sizes[-1]}"
+    cut = f"lower snapshots.max_observation_tokens ({max_observation_tokens})" if max_observation_tokens else "set snapshots.max_observation_tokens"
+    return (
+        f"{which} (sample_idx {shown}): their observation alone is too long ({size} tokens) for max_prompt_tokens {limit}, "
+        f"which leaves an observation {limit - base} tokens once the system prompt, the prompt's headers and the chat "
+        f"template are counted, even with an empty memory; {cut} below {limit - base} to cut long observations from the "
+        f"middle, or raise max_prompt_tokens"
     )

@@ -1,9 +1,9 @@
 """snapshots stage: checkpoint folder -> prompts.jsonl (teacher and student prompts per sample).
 
 Finds the snapshot (`snapshot: latest` = highest numeric id), splits it into samples, redacts, applies
-the memory-formation strategy, fits the memory to `max_prompt_tokens` by dropping whole samples in the
-order the strategy values least, and streams one JSON line per selected sample with what its memory
-covered (the rows are built by memdistill/prompt_rows.py). Same inputs and params give a byte-identical file.
+the memory-formation strategy, fits the memory to `max_prompt_tokens` by keeping the whole samples the
+strategy values most that fit (one too large is skipped, the next tried), and streams one JSON line per
+selected sample with what its memory covered (the rows are built by memdistill/prompt_rows.py). Same inputs and params give a byte-identical file.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from memdistill.errors import UserError
 from memdistill.feedback import DEFAULT_FAILURE_PATTERNS, compile_failure_patterns
 from memdistill.prompt_rows import (
     RESERVED_METADATA, SELECTIONS, STUDENT_VIEWS, RowOptions, SnapshotsSummary, coverage_warning, iter_prompt_rows, make_counter,
-    prompt_budget,
+    over_budget_message, prompt_budget,
 )
 from memdistill.prompts import TokenCounter, resolve_system_prompt
 from memdistill.redact import DEFAULT_REDACT_PATTERNS, Redactor
@@ -50,7 +50,10 @@ class SnapshotsConfig(params.StageParams):
     max_prompt_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
         AUTO,
         description="longest teacher prompt: 'auto' (the teacher's context minus generate.max_tokens), a number, or null (no limit); "
-        "whole memory samples are dropped to fit, the ones the strategy values least first",
+        "the whole memory samples the strategy values most that fit are kept (one too large is skipped, the next tried)",
+    )
+    max_observation_tokens: int | None = Field(
+        None, ge=16, description="cut an observation longer than this many tokens from its middle, with a marker (null = never cut)",
     )
     context_length: int | None = Field(
         None, ge=1, description="the teacher's context window for 'auto' (null = read from the tokenizer / known teachers)"
@@ -120,7 +123,7 @@ class SnapshotsConfig(params.StageParams):
     def row_options(self) -> RowOptions:
         return RowOptions(
             self.strategy, self.strategy_params(), self.redact_patterns, self.failure_patterns, self.observations,
-            self.student_view, self.max_samples, self.sample_selection, self.seed, self.metadata,
+            self.student_view, self.max_samples, self.sample_selection, self.seed, self.metadata, self.max_observation_tokens,
         )
 
 
@@ -149,22 +152,17 @@ def run(
         for row in iter_prompt_rows(snapshot, config.row_options(), counter, system_prompt, summary, limit):
             handle.write(fileio.dump_json_line(row))
         if summary.over_budget and not summary.rows:
-            raise UserError(
-                f"{path}: every selected prompt is over max_prompt_tokens {limit} even with an empty memory; "
-                f"raise max_prompt_tokens or shorten system_prompt"
-            )
+            raise UserError(f"{path}: {over_budget_message(summary, config.max_observation_tokens)}")
     log.info(
-        "wrote %d of %d samples from %s (%s, system prompt from %s) to %s; max_prompt_tokens %s, mean memory coverage %.3f, "
-        "%d memory samples dropped for the token budget, %d redactions",
-        summary.rows, summary.samples_in_snapshot, path, config.strategy, system_prompt[1], output, limit,
-        summary.mean_coverage, summary.dropped_for_budget, summary.redactions,
+        "wrote %d rows for %d of %d samples from %s (%s, system prompt from %s) to %s; max_prompt_tokens %s, mean memory "
+        "coverage %.3f, %d memory samples dropped for the token budget, %d observations cut to max_observation_tokens, "
+        "%d redactions",
+        summary.rows, summary.samples_written, summary.samples_in_snapshot, path, config.strategy, system_prompt[1], output,
+        limit, summary.mean_coverage, summary.dropped_for_budget, summary.observations_cut, summary.redactions,
     )
-    if summary.over_budget:
-        shown = ", ".join(map(str, summary.over_budget[:10])) + (" ..." if len(summary.over_budget) > 10 else "")
-        log.warning(
-            "%d samples left out: over max_prompt_tokens %s even with an empty memory (sample_idx %s); "
-            "raise max_prompt_tokens or shorten system_prompt", len(summary.over_budget), limit, shown,
-        )
+    left_out = over_budget_message(summary, config.max_observation_tokens)
+    if left_out:
+        log.warning(left_out)
     warning = coverage_warning(summary, config.strategy)
     if warning:
         log.warning(warning)

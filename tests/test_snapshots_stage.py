@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,8 @@ def test_exclude_current_rows(checkpoint: Path, tmp_path: Path) -> None:
         "token_counter": "estimate",
         "prompt_tokens": FunctionCounter(estimate_tokens).messages([Message(**m) for m in second["teacher_messages"]]),
         "dropped_for_budget": 0,
+        "observation_tokens": estimate_tokens("What is 3*3?"),
+        "observation_tokens_kept": estimate_tokens("What is 3*3?"),
         "reference_action": "6, key sk-abcdefghijklmnopqrst",
         "reference_feedback": "Wrong, expected 9; ask bob@example.org",
         "failed": True,
@@ -168,7 +171,7 @@ def test_redaction_reaches_every_text_and_is_counted(checkpoint: Path, tmp_path:
     assert rows[1]["metadata"]["reference_feedback"] == "Wrong, expected 9; ask [REDACTED]"
 
 
-def test_budget_drops_the_oldest_whole_samples(checkpoint: Path, tmp_path: Path) -> None:
+def test_budget_keeps_the_newest_whole_samples_that_fit(checkpoint: Path, tmp_path: Path) -> None:
     output = tmp_path / "prompts.jsonl"
     cfg = config(checkpoint, strategy="full_memory", max_prompt_tokens=75)
     run(cfg, output, count_tokens=words)
@@ -176,29 +179,35 @@ def test_budget_drops_the_oldest_whole_samples(checkpoint: Path, tmp_path: Path)
     snapshot = load_snapshot(checkpoint / "memory_10.jsonl")
     lines = [render_entry(e) for e in snapshot.entries]
     starts = [s.start for s in snapshot.samples]
+
+    def prompt_tokens(samples: list[int], observation: str) -> int:
+        memory = [lines[j] for i in sorted(samples) for j in snapshot.samples[i].entry_indices]
+        return counter.messages(teacher_messages(cfg.system_prompt, memory, observation))
+
     for row in rows_of(output):
         meta = row["metadata"]
         own = row["sample_idx"]
+        observation = row["student_messages"][1]["content"]
         kept = [i for first, last in meta["memory_samples_kept"] for i in range(first, last + 1)]
         assert meta["memory_samples_wanted"] == [[0, 3]] and meta["token_counter"] == "words"
         assert own in kept and 0 < meta["dropped_for_budget"] == 4 - len(kept)
-        # The others kept are the newest; every kept range opens with an Observation.
-        others = [i for i in [0, 1, 2, 3] if i != own]
-        assert [i for i in kept if i != own] == others[len(others) - (len(kept) - 1) :]
         assert all(first in starts for first, _ in meta["memory_entries"])
         assert meta["memory_coverage"] == round(meta["memory_tokens_kept"] / meta["memory_tokens_wanted"], 6) < 1
         teacher = [Message(**m) for m in row["teacher_messages"]]
         assert meta["prompt_tokens"] == counter.messages(teacher) <= 75
-        # One more (the newest dropped) sample would not fit.
-        newest_dropped = max(i for i in others if i not in kept)
-        wider = sorted(kept + [newest_dropped])
-        memory = [lines[j] for i in wider for j in snapshot.samples[i].entry_indices]
-        assert counter.messages(teacher_messages(cfg.system_prompt, memory, row["student_messages"][1]["content"])) > 75
+        # Its own sample first, then the others newest first, each kept exactly when it fits beside those kept.
+        walk: list[int] = []
+        for i in [own] + [i for i in (3, 2, 1, 0) if i != own]:
+            if prompt_tokens(walk + [i], observation) <= 75:
+                walk.append(i)
+        assert sorted(walk) == kept
 
 
 def test_prompt_over_the_budget_even_without_memory_is_left_out(checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     output = tmp_path / "prompts.jsonl"
-    with pytest.raises(UserError, match=r"every selected prompt is over max_prompt_tokens 5 even with an empty memory"):
+    with pytest.raises(UserError, match=r"all 4 selected samples left out \(sample_idx 0, 1, 2, 3\): the system prompt, the prompt's "
+                       r"headers and the chat template alone are \d+ tokens, over max_prompt_tokens 5 even with an empty memory; raise max_prompt_tokens or shorten system_prompt$"):
         run(config(checkpoint, max_prompt_tokens=5), output, count_tokens=words)
     assert not output.exists()
     (checkpoint / "memory_11.jsonl").write_text(
@@ -206,7 +215,38 @@ def test_prompt_over_the_budget_even_without_memory_is_left_out(checkpoint: Path
     )
     summary = run(config(checkpoint, max_prompt_tokens=80), output, count_tokens=words)
     assert [row["sample_idx"] for row in rows_of(output)] == [0, 1, 2, 3] and summary.over_budget == [4]
-    assert "1 samples left out: over max_prompt_tokens 80 even with an empty memory (sample_idx 4)" in caplog.text
+    # The observation is named as what is too long, not the system prompt.
+    assert "1 samples left out (sample_idx 4): their observation alone is too long (100 tokens) for max_prompt_tokens 80" in caplog.text
+    assert "set snapshots.max_observation_tokens below" in caplog.text and "shorten system_prompt" not in caplog.text
+    assert "wrote 4 rows for 4 of 5 samples" in caplog.text
+
+
+def test_max_observation_tokens_cuts_a_long_observation_from_the_middle(checkpoint: Path, tmp_path: Path) -> None:
+    long_log = " ".join(f"line{i}" for i in range(100))
+    (checkpoint / "memory_11.jsonl").write_text(
+        (checkpoint / "memory_10.jsonl").read_text() + json.dumps({"type": "Observation", "content": long_log}) + "\n"
+    )
+    output = tmp_path / "prompts.jsonl"
+    summary = run(config(checkpoint, max_prompt_tokens=80, max_observation_tokens=20), output, count_tokens=words)
+    rows = rows_of(output)
+    assert [row["sample_idx"] for row in rows] == [0, 1, 2, 3, 4] and summary.observations_cut == 1 and not summary.over_budget
+    last = rows[-1]
+    student = last["student_messages"][1]["content"]
+    assert student.startswith("line0 line1") and student.endswith("line98 line99")
+    assert f"\n[... {100 - last['metadata']['observation_tokens_kept']} tokens cut ...]\n" in student
+    assert words(student) <= 20
+    assert last["metadata"]["observation_tokens"] == 100 and last["metadata"]["observation_tokens_kept"] == words(student) - 5
+    # The teacher sees the same observation text as the student.
+    assert last["teacher_messages"][1]["content"].endswith("Here is the current observation:\n\n" + student)
+    # Short observations are untouched, with their count recorded.
+    first = rows[0]["metadata"]
+    assert first["observation_tokens"] == first["observation_tokens_kept"] == words(rows[0]["student_messages"][1]["content"])
+    assert rows[0]["student_messages"][1]["content"] == "Mail ada@example.com: what is 2+2?"
+
+
+def test_max_observation_tokens_is_checked(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli("--checkpoint-dir", str(checkpoint), "--max-observation-tokens", "3", "--output", str(tmp_path / "p.jsonl"))
+    assert code == 2 and "--max-observation-tokens: expected an integer >= 16 or null, got 3" in capsys.readouterr().err
 
 
 def test_estimate_is_used_without_a_tokenizer(checkpoint: Path, tmp_path: Path) -> None:
@@ -399,45 +439,6 @@ def test_example_checkpoint_with_the_embedded_tokenizer(example_checkpoint: Path
         assert row["metadata"]["prompt_tokens"] == count <= 300
         assert row["metadata"]["dropped_for_budget"] > 0
     assert rows[-1]["metadata"]["missing"] == ["feedback"]
-
-
-class SkewedCounter:
-    """Per-line counts off by `skew` tokens from what the rendered prompt really costs (words + 10)."""
-
-    name = "skewed"
-
-    def __init__(self, skew: int) -> None:
-        self.skew = skew
-
-    def texts(self, texts: list[str]) -> list[int]:
-        return [max(0, words(text) + self.skew) for text in texts]
-
-    def messages(self, messages: list[Message]) -> int:
-        return sum(words(m.content) for m in messages) + 10
-
-
-@settings(max_examples=150, deadline=None)
-@given(st.lists(st.integers(1, 9), min_size=1, max_size=15), st.integers(-1, 3), st.integers(0, 80))
-def test_fit_to_budget_corrects_a_skewed_first_cut(line_words: list[int], skew: int, limit: int) -> None:
-    import itertools
-
-    from memdistill.budget import fit_to_budget
-    from memdistill.strategies import MemoryPlan, MemoryUnit, MemoryView
-
-    lines = [" ".join(["w"] * n) for n in line_words]
-    counter = SkewedCounter(skew)
-    tokens_before = [0, *itertools.accumulate(counter.texts([line + "\n" for line in lines]))]
-
-    def render(view: MemoryView) -> list[Message]:
-        return teacher_messages("S", [lines[i] for i in view], "obs")
-
-    plan = MemoryPlan(tuple(MemoryUnit(i, i, i + 1) for i in range(len(lines))))
-    fixed = counter.messages(render(MemoryView())) - words("No previous experiences.")
-    fitted = fit_to_budget(plan, render, counter, tokens_before, limit, fixed)
-    fitting = [d for d in range(len(lines) + 1) if counter.messages(render(plan.kept(d))) <= limit]
-    assert fitted.view == plan.kept(fitted.dropped_units)
-    assert fitted.tokens == counter.messages(fitted.messages) == counter.messages(render(fitted.view))
-    assert fitted.dropped_units == (fitting[0] if fitting else len(lines))
 
 
 # --- the agent's system prompt: flag > params > the checkpoint's system_prompt.txt > default ----------

@@ -271,3 +271,65 @@ def test_random_sampling_views_hold_whole_samples_never_the_own_one(
     # Distinct views while the memory allows.
     assert len(set(drawn)) == min(num_subsets, math.comb(others, size))
     assert plans == build_memory_plans("random_sampling", snapshot, sample, params, failed)
+
+
+# --- random_sampling: linear in samples x views, same draws as drawing from the list -----------------
+
+
+@given(st.integers(0, 80), st.data())
+def test_other_samples_is_the_list_without_the_own_sample(count: int, data: st.DataObject) -> None:
+    from memdistill.strategies.random_sampling import OtherSamples
+
+    own = data.draw(st.none() | st.integers(0, max(0, count - 1))) if count else None
+    others = OtherSamples(count, own)
+    expected = [i for i in range(count) if i != own]
+    assert len(others) == len(expected) and list(others) == expected
+    assert [others[i] for i in range(len(expected))] == expected and others[-1:] == expected[-1:]
+    with pytest.raises(IndexError):
+        others[len(expected)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 40), st.integers(1, 5), st.integers(0, 10**6), st.data())
+def test_random_sampling_draws_what_the_list_of_others_gave(count: int, size: int, views: int, seed: int, data: st.DataObject) -> None:
+    """Drawing from OtherSamples gives the same subsets as drawing from the list the strategy used to build
+    for each observation (so rows stay byte-identical for the same seed), small memories and large."""
+    import random
+
+    from memdistill.strategies.random_sampling import OtherSamples, draw_subsets
+
+    own = data.draw(st.none() | st.integers(0, count - 1))
+    listed = [i for i in range(count) if i != own]
+    key = f"random_sampling:{seed}:{own}"
+    assert draw_subsets(OtherSamples(count, own), size, views, random.Random(key)) == draw_subsets(listed, size, views, random.Random(key))
+
+
+def test_random_sampling_never_walks_the_whole_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each observation draws by index: nothing per observation walks the memory's samples."""
+    from memdistill.strategies import random_sampling
+
+    def no_walk(self: object) -> object:
+        raise AssertionError("walked every sample")
+
+    history = [("Observation", f"o{i}") if i % 2 == 0 else ("Action", f"a{i}") for i in range(2000)]
+    snapshot = make_snapshot(history)
+    params = StrategyParams(subset_size=4, num_subsets=3, seed=3)
+    plans_of = get_strategy("random_sampling").prepare(snapshot, params, [False] * len(snapshot.samples))
+    monkeypatch.setattr(random_sampling.OtherSamples, "__iter__", no_walk)
+    monkeypatch.setattr(random_sampling, "is_own", no_walk, raising=False)
+    for sample in snapshot.samples[:50]:
+        plans = plans_of(sample)
+        assert len(plans) == 3 and all(len(plan.units) == 4 for plan in plans)
+        assert all(sample.sample_idx not in plan.samples() for plan in plans)
+
+
+def test_random_sampling_says_once_when_subset_size_is_more_than_the_memory(caplog: pytest.LogCaptureFixture) -> None:
+    params = StrategyParams(subset_size=9, num_subsets=2, seed=1)
+    plans_of = get_strategy("random_sampling").prepare(SNAPSHOT, params, FAILED)
+    for sample in SNAPSHOT.samples:
+        assert all(len([i for i in plan.samples() if i >= 0]) == 3 for plan in plans_of(sample))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "random_sampling: subset_size 9 is more than the 3 samples of the memory an observation can draw from "
+        "(its own is never drawn); each view holds those 3"
+    ]

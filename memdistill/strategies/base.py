@@ -80,7 +80,7 @@ class MemoryUnit:
 
 @dataclass(frozen=True, slots=True)
 class MemoryPlan:
-    """A strategy's memory for one sample: whole units, listed in the order the token budget drops them
+    """A strategy's memory for one sample: whole units, listed in the order the token budget gives them up
     (the one the strategy values least first). The teacher sees the kept units in their original order."""
 
     units: tuple[MemoryUnit, ...] = ()
@@ -89,19 +89,22 @@ class MemoryPlan:
 
     @property
     def view(self) -> MemoryView:
-        return self.kept(0)
+        return self.kept()
 
-    def kept(self, dropped: int) -> MemoryView:
-        """The view left after dropping the first `dropped` units of the drop order."""
-        kept = self.units[dropped:]
+    def _kept_units(self, keep: Sequence[bool] | None) -> list[MemoryUnit]:
+        return list(self.units) if keep is None else [u for u, kept in zip(self.units, keep) if kept]
+
+    def kept(self, keep: Sequence[bool] | None = None) -> MemoryView:
+        """The view of the units `keep` marks (one flag per unit, in plan order; None = every unit)."""
+        kept = self._kept_units(keep)
         if self.shown_order is None:
             return MemoryView.of((u.start, u.stop) for u in kept)
         position = {sample_idx: rank for rank, sample_idx in enumerate(self.shown_order)}
         return MemoryView(tuple((u.start, u.stop) for u in sorted(kept, key=lambda u: position[u.sample_idx])))
 
-    def samples(self, dropped: int = 0) -> list[int]:
+    def samples(self, keep: Sequence[bool] | None = None) -> list[int]:
         """The kept units' sample numbers in original order (PREAMBLE first when kept)."""
-        return sorted(u.sample_idx for u in self.units[dropped:])
+        return sorted(u.sample_idx for u in self._kept_units(keep))
 
 
 def snapshot_units(snapshot: Snapshot) -> tuple[MemoryUnit | None, tuple[MemoryUnit, ...]]:

@@ -6,21 +6,61 @@ same views. With the memory's own observations as targets, the sample's own entr
 Views are distinct when the memory holds enough samples; they keep the original order unless `shuffle`.
 The preamble (entries before the first Observation) is context and joins every view. Under the token
 budget a view's samples go oldest first, the preamble last.
+
+Work per observation is proportional to `subset_size * num_subsets`, not to the memory's size: the
+candidates are every sample but the observation's own, indexed in place (`OtherSamples`) rather than listed.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 import random
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
 
 from memdistill.errors import UserError
 from memdistill.snapshot import Sample, Snapshot
-from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, is_own, oldest_first_then, register, snapshot_units
+from memdistill.strategies.base import MemoryPlan, StrategyParams, ViewFunction, oldest_first_then, register, snapshot_units
+
+log = logging.getLogger(__name__)
 
 # Draws tried per wanted view before settling for repeats (only when few distinct subsets exist).
 ATTEMPTS_PER_VIEW = 20
+
+
+class OtherSamples(Sequence[int]):
+    """Sample numbers 0..count-1 without `own` (None: all of them), in order, without building the list.
+
+    `random.sample` draws from any sequence by index, so drawing from this gives exactly what drawing from
+    the equal list gives, at the cost of the draw instead of the memory's size.
+    """
+
+    def __init__(self, count: int, own: int | None) -> None:
+        self.count = count
+        self.own = own
+
+    def __len__(self) -> int:
+        return self.count - (self.own is not None)
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[int]: ...
+    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return index + 1 if self.own is not None and index >= self.own else index
+
+    def __iter__(self) -> Iterator[int]:
+        if self.own is None:
+            return iter(range(self.count))
+        return itertools.chain(range(self.own), range(self.own + 1, self.count))
 
 
 def draw_subsets(candidates: Sequence[int], size: int, count: int, rng: random.Random) -> list[tuple[int, ...]]:
@@ -35,7 +75,7 @@ def draw_subsets(candidates: Sequence[int], size: int, count: int, rng: random.R
     for _ in range(count * ATTEMPTS_PER_VIEW):
         if len(subsets) == count:
             break
-        subset = tuple(rng.sample(list(candidates), size))
+        subset = tuple(rng.sample(candidates, size))
         key = frozenset(subset)
         if key in seen and len(seen) < possible:
             continue
@@ -60,9 +100,21 @@ class RandomSampling:
 
     def prepare(self, snapshot: Snapshot, params: StrategyParams, failed: Sequence[bool]) -> ViewFunction:
         preamble, units = snapshot_units(snapshot)
+        own_at = {u.start: u.sample_idx for u in units}
+        warned = False
 
         def plans(sample: Sample) -> tuple[MemoryPlan, ...]:
-            candidates = [u.sample_idx for u in units if not is_own(u, sample)]
+            nonlocal warned
+            # An observation from outside the memory (an empty range) owns no sample.
+            own = own_at.get(sample.start) if sample.stop > sample.start else None
+            candidates = OtherSamples(len(units), own)
+            if params.subset_size > len(candidates) and not warned:
+                warned = True
+                log.warning(
+                    "random_sampling: subset_size %d is more than the %d samples of the memory an observation can draw "
+                    "from (its own is never drawn); each view holds those %d",
+                    params.subset_size, len(candidates), len(candidates),
+                )
             # One generator per observation, keyed by its position: rows never depend on which others are selected.
             rng = random.Random(f"random_sampling:{params.seed}:{sample.start}:{sample.sample_idx}")
             out = []
