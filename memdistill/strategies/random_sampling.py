@@ -40,9 +40,10 @@ class OtherSamples(Sequence[int]):
     def __init__(self, count: int, own: int | None) -> None:
         self.count = count
         self.own = own
+        self.size = count - (own is not None)
 
     def __len__(self) -> int:
-        return self.count - (self.own is not None)
+        return self.size
 
     @overload
     def __getitem__(self, index: int) -> int: ...
@@ -52,8 +53,8 @@ class OtherSamples(Sequence[int]):
         if isinstance(index, slice):
             return list(self)[index]
         if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
+            index += self.size
+        if not 0 <= index < self.size:
             raise IndexError(index)
         return index + 1 if self.own is not None and index >= self.own else index
 
