@@ -244,6 +244,19 @@ def test_max_observation_tokens_cuts_a_long_observation_from_the_middle(checkpoi
     assert rows[0]["student_messages"][1]["content"] == "Mail ada@example.com: what is 2+2?"
 
 
+
+def test_an_observation_still_too_long_after_the_cut_names_the_setting(
+    checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (checkpoint / "memory_11.jsonl").write_text(
+        (checkpoint / "memory_10.jsonl").read_text() + json.dumps({"type": "Observation", "content": "long " * 100}) + "\n"
+    )
+    summary = run(config(checkpoint, max_prompt_tokens=80, max_observation_tokens=40), tmp_path / "prompts.jsonl", count_tokens=words)
+    assert summary.over_budget == [4] and summary.observations_cut == 1
+    assert "their observation alone is too long (40 tokens) for max_prompt_tokens 80" in caplog.text
+    assert "lower snapshots.max_observation_tokens (40) below 25" in caplog.text
+
+
 def test_max_observation_tokens_is_checked(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli("--checkpoint-dir", str(checkpoint), "--max-observation-tokens", "3", "--output", str(tmp_path / "p.jsonl"))
     assert code == 2 and "--max-observation-tokens: expected an integer >= 16 or null, got 3" in capsys.readouterr().err
