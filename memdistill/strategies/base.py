@@ -71,7 +71,7 @@ PREAMBLE = -1
 
 @dataclass(frozen=True, slots=True)
 class MemoryUnit:
-    """What the token budget drops whole: one sample's entries, or the preamble (`sample_idx` PREAMBLE)."""
+    """What the token budget keeps or drops whole: one sample's entries, or the preamble (`sample_idx` PREAMBLE)."""
 
     sample_idx: int
     start: int
@@ -80,8 +80,8 @@ class MemoryUnit:
 
 @dataclass(frozen=True, slots=True)
 class MemoryPlan:
-    """A strategy's memory for one sample: whole units, listed in the order the token budget gives them up
-    (the one the strategy values least first). The teacher sees the kept units in their original order."""
+    """A strategy's memory for one sample: whole units, the one the strategy values least first. The token
+    budget keeps them from the other end while they fit; the teacher sees the kept units in their original order."""
 
     units: tuple[MemoryUnit, ...] = ()
     shown_order: tuple[int, ...] | None = None
@@ -143,8 +143,8 @@ class Strategy(Protocol):
     """A memory-formation strategy.
 
     `check` rejects bad parameters before any work; `prepare` does the per-snapshot work once (ranking,
-    say) and returns the function that gives sample i its plans, one per memory view (whole units in the
-    order the token budget drops them; every strategy but random_sampling gives one view); `describe` lists the parameters that
+    say) and returns the function that gives sample i its plans, one per memory view (whole units valued
+    least first; every strategy but random_sampling gives one view); `describe` lists the parameters that
     shaped the views, for the output metadata.
     """
 

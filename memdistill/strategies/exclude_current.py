@@ -1,7 +1,7 @@
 """exclude_current: every entry except the sample's own (its Observation, Action, Feedback and anything between).
 
-Under the token budget the oldest other samples go first, the preamble (entries before the first
-Observation: a task description, agent notes) last.
+Valued least to most under the token budget: the other samples oldest first, then the preamble (entries
+before the first Observation: a task description, agent notes); the budget keeps from the most valued end.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """failure_focus: failed samples first, then the most recent others, within `max_memory_samples` samples.
 
 Sample i itself is never included. Entries before the first observation (agent notes, a task
-description) belong to no sample and are kept, as they are context rather than experiences. Under the
-token budget the chosen successes go first (oldest first), then the failures (oldest first), the
-preamble last.
+description) belong to no sample and are kept, as they are context rather than experiences. Valued least
+to most under the token budget: the chosen successes (oldest first), then the failures (oldest first),
+then the preamble; the budget keeps from the most valued end.
 """
 
 from __future__ import annotations

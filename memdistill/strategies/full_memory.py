@@ -1,7 +1,8 @@
 """full_memory: the teacher sees every entry of the snapshot, the sample's own entries included.
 
-Under the token budget the oldest other samples go first, then the preamble, and the sample's own
-entries last: they are what makes this strategy differ from exclude_current.
+Valued least to most under the token budget: the other samples oldest first, then the preamble, then the
+sample's own entries, which make this strategy differ from exclude_current; the budget keeps from the most
+valued end, and a sample whose own entries cannot fit still gets the others.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ The student then learns what the memory implies rather than what one fixed conte
 from a generator seeded by `seed` and the observation's position, so the same inputs and params give the
 same views. With the memory's own observations as targets, the sample's own entries are never drawn.
 Views are distinct when the memory holds enough samples; they keep the original order unless `shuffle`.
-The preamble (entries before the first Observation) is context and joins every view. Under the token
-budget a view's samples go oldest first, the preamble last.
+The preamble (entries before the first Observation) is context and joins every view. Valued least to
+most under the token budget: a view's samples oldest first, then the preamble.
 
 Work per observation is proportional to `subset_size * num_subsets`, not to the memory's size: the
 candidates are every sample but the observation's own, indexed in place (`OtherSamples`) rather than listed.

@@ -1,8 +1,8 @@
 """rolling_window: the last `window_k` entries before the sample's observation, whole samples only.
 
 A sample that starts before the window is left out entirely (never a memory opening with an ACTION
-whose OBSERVATION was cut), so the view holds at most `window_k` entries. The token budget drops the
-oldest samples of the window first.
+whose OBSERVATION was cut), so the view holds at most `window_k` entries. The token budget keeps the
+window's newest samples first, skipping one that cannot fit (a huge log) for the older ones that can.
 """
 
 from __future__ import annotations
