@@ -72,7 +72,7 @@ def _feedback_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _feedback_main(args: argparse.Namespace) -> int:
-    from memdistill.feedback_audit import audit_feedback
+    from memdistill.feedback.audit import audit_feedback
     from memdistill.params import build, flag_values
     from stages.snapshots import SnapshotsConfig
 

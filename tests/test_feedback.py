@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from memdistill.cli import main as cli_main
 from memdistill.errors import UserError
 from memdistill.feedback import (
-    DEFAULT_FAILURE_PATTERNS, DEFAULT_SUCCESS_PATTERNS, DICT_RULES, TEXT_RULES, FeedbackReader, Verdict, is_failure,
+    DEFAULT_FAILURE_PATTERNS, DEFAULT_SUCCESS_PATTERNS, DICT_RULES, TEXT_RULES, FeedbackReader, Verdict,
 )
 from stages.snapshots import SnapshotsConfig, run
 from tests.conftest import write_jsonl
@@ -201,8 +201,11 @@ def test_every_feedback_gets_a_verdict_and_a_named_rule(feedback: object) -> Non
 
 def test_failure_patterns_given_replace_the_default_words() -> None:
     """Backward compatible: a failure_patterns list is the whole list of failure words (structural rules stay)."""
-    assert is_failure("double trouble", [r"double"]) and not is_failure("Wrong, expected 9", [r"double"])
-    assert is_failure("exit status 1", [r"double"]) and not is_failure("wrong", None)
+    reader = FeedbackReader.from_params(failure_patterns=[r"double"])
+    assert reader.read("double trouble") == Verdict(True, "text:pattern:double")
+    assert reader.read("Wrong, expected 9") == Verdict(None, "none")
+    assert reader.read("exit status 1") == Verdict(True, "text:exit_code")
+    assert FeedbackReader.from_params(failure_patterns=None).read("wrong") == Verdict(None, "none")
 
 
 def test_success_patterns_and_keys_extend_the_reader() -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from memdistill.feedback import FeedbackReader, Verdict
+from memdistill.feedback.reader import FeedbackReader
+from memdistill.feedback.verdict import Verdict
 from memdistill.prompts import render_content
 from memdistill.redact import Redactor
 from memdistill.snapshot import Snapshot, find_snapshot, load_snapshot
