@@ -17,6 +17,7 @@ from memdistill.errors import UserError
 from memdistill.feedback import (
     DEFAULT_FAILURE_PATTERNS, DEFAULT_SUCCESS_PATTERNS, DICT_RULES, TEXT_RULES, FeedbackReader, Verdict,
 )
+from memdistill.feedback.literals import fold, required_literals
 from stages.snapshots import SnapshotsConfig, run
 from tests.conftest import write_jsonl
 
@@ -348,3 +349,37 @@ def test_feedback_command_bad_input_is_one_line(
 def test_reader_rejects_an_unknown_role() -> None:
     with pytest.raises(UserError, match=r"^feedback_keys: unknown role 'exit'; expected some of verdict, status, failed"):
         FeedbackReader.from_params(feedback_keys={"exit": ["rc"]})
+
+
+# --- the literal shortcut -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "literals"),
+    [
+        (r"\bfail(?:s|ed)?\b", {"fail"}),
+        (r"\b(?:wrong|not (?:correct|right))\b", {"wrong", "correct", "right"}),
+        (r"[ab]xyz+", {"xy"}),
+        (r"TIMEOUT", {"timeout"}),
+        (r"(?:x|y*)", None),
+        (r".*", None),
+        (r"\d+ failed", {" failed"}),
+    ],
+)
+def test_required_literals(pattern: str, literals: set[str] | None) -> None:
+    assert required_literals(pattern) == (frozenset(literals) if literals is not None else None)
+
+
+WORDS = ["fail", "FAILED", "Error", "errors", "wrong", "Timed out", "失败", "échoué", "ÉCHEC", "Fehler", "falló", "ıncorrect",
+         "paſſed", "ok", "not", "no", "pass", "straße", "İ", "correct", "bestanden", "通过", "0", "3/5", " ", "\n", ".", "-"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(WORDS) | st.text(max_size=4), max_size=12))
+def test_the_literal_shortcut_never_skips_a_match(parts: list[str]) -> None:
+    """Sound: whenever a default pattern matches, the folded text holds one of its literals."""
+    text = " ".join(parts)
+    for pattern in READER.failure_patterns + READER.success_patterns:
+        literals = required_literals(pattern.pattern)
+        if literals is not None and pattern.search(text):
+            assert any(word in fold(text) for word in literals), (pattern.pattern, text)
