@@ -69,23 +69,25 @@ def negated(text: str, start: int, repair: bool = False) -> bool:
         return True
     if not window or window[-1] not in " \t'’":
         return False
-    words = _TOKEN.findall(_CLAUSE_BREAK.split(window)[-1])
+    clause = _CLAUSE_BREAK.split(window)[-1]
+    words = _TOKEN.findall(clause)
     if words and words[-1][-1] in "'’" and len(words[-1]) == 2:  # an elided article: "d'", "l'"
         words.pop()
-    if start > _LOOKBEHIND and len(words) > 3 and text[start - _LOOKBEHIND - 1].isalnum():
-        words.pop(0)  # a word the window cut in two
+    if words and clause == window and window[0].isalnum() and start > _LOOKBEHIND and text[start - _LOOKBEHIND - 1].isalnum():
+        words.pop(0)  # the end of a word the window cut ("casi|no")
     vocabulary = _NEGATION_WORDS | _REPAIR_WORDS if repair else _NEGATION_WORDS
     return any(word.lower().replace("’", "'") in vocabulary for word in words[-3:])
 
 
 @dataclass
 class FeedbackText:
-    """The text the text rules read, with each pattern's matches sorted into negated or not once."""
+    """The text the text rules read, with what is worked out about it once (its lower-cased and folded forms,
+    which patterns match it negated or not)."""
 
     text: str
     failure_patterns: Sequence[re.Pattern[str]]
     success_patterns: Sequence[re.Pattern[str]]
-    _hits: dict[re.Pattern[str], tuple[bool, bool]] = field(default_factory=dict)
+    _scans: dict[tuple[re.Pattern[str], bool], tuple[bool, bool]] = field(default_factory=dict)
     _lowered: str | None = None
     _folded: str | None = None
 
@@ -100,27 +102,28 @@ class FeedbackText:
         """Whether the text has a digit and one of `hints` (lower-case substrings)."""
         return any(hint in self.lowered for hint in hints)
 
-    def hits(self, pattern: re.Pattern[str], repair: bool) -> tuple[bool, bool]:
-        """(some match is not negated, some match is negated)."""
-        if pattern not in self._hits:
-            plain = negative = False
-            literals = required_literals(pattern.pattern)
-            if literals is not None and self._folded is None:
-                self._folded = fold(self.text)
-            matches = pattern.finditer(self.text) if literals is None or any(word in self._folded for word in literals) else ()
-            for match in matches:
-                if negated(self.text, match.start(), repair):
-                    negative = True
-                else:
-                    plain = True
-                if plain and negative:
-                    break
-            self._hits[pattern] = (plain, negative)
-        return self._hits[pattern]
+    def has(self, pattern: re.Pattern[str], want_negated: bool, repair: bool) -> bool:
+        """Whether `pattern` matches somewhere preceded (`want_negated`) or not preceded by a negation. A scan
+        that ends early has found what a rule decides on; a full one is kept for the rule reading the other kind."""
+        known = self._scans.get((pattern, repair))
+        if known is not None:
+            return known[want_negated]
+        literals = required_literals(pattern.pattern)
+        if literals is not None and self._folded is None:
+            self._folded = fold(self.text)
+        found = [False, False]  # [plain, negated]
+        if literals is None or any(word in self._folded for word in literals):  # type: ignore[operator]
+            for match in pattern.finditer(self.text):
+                kind = negated(self.text, match.start(), repair)
+                if kind == want_negated:
+                    return True
+                found[kind] = True
+        self._scans[(pattern, repair)] = (found[0], found[1])
+        return found[want_negated]
 
     def first(self, patterns: Sequence[re.Pattern[str]], want_negated: bool, repair: bool) -> re.Pattern[str] | None:
         """The first pattern with a match that is (`want_negated`) or is not preceded by a negation."""
-        return next((p for p in patterns if self.hits(p, repair)[1 if want_negated else 0]), None)
+        return next((p for p in patterns if self.has(p, want_negated, repair)), None)
 
 
 def text_fraction(view: FeedbackText) -> Verdict | None:
@@ -148,7 +151,7 @@ def text_counts(view: FeedbackText) -> Verdict | None:
     for match in _WORD_FIRST.finditer(text):
         if not negated(text, match.start(), repair=True):
             counts.append((int(match[2]), match[1]))
-    for match in _ZH_COUNT.finditer(text):
+    for match in _ZH_COUNT.finditer(text) if view.mentions(("失败", "错误", "通过")) else ():
         counts.append((int(match[1]), match[2]) if match[1] else (int(match[4]), match[3]))
     failures = [count for count, word in counts if _FAIL_WORD.match(word)]
     passes = [count for count, word in counts if not _FAIL_WORD.match(word)]
