@@ -57,6 +57,31 @@ def _inspect_main(args: argparse.Namespace) -> int:
     return 0
 
 
+# The snapshots parameters that decide how feedback is read (and where the snapshot is); the same fields and flags.
+FEEDBACK_FIELDS = ("checkpoint_dir", "snapshot", "failure_patterns", "success_patterns", "feedback_keys", "redact_patterns")
+
+
+def _feedback_arguments(parser: argparse.ArgumentParser) -> None:
+    from memdistill.params import add_argument
+    from stages.snapshots import SnapshotsConfig
+
+    parser.add_argument("--params", type=local_path, help="params.yaml to read the 'snapshots' section from")
+    for name in FEEDBACK_FIELDS:
+        add_argument(parser, SnapshotsConfig, name)
+    parser.add_argument("--max-chars", type=int, default=80, help="longest feedback text shown per form (default 80)")
+
+
+def _feedback_main(args: argparse.Namespace) -> int:
+    from memdistill.feedback.audit import audit_feedback
+    from memdistill.params import build, flag_values
+    from stages.snapshots import SnapshotsConfig
+
+    config = build(SnapshotsConfig, args.params, flag_values(args, SnapshotsConfig))
+    width = max(100, shutil.get_terminal_size().columns)
+    print(audit_feedback(config.checkpoint_dir, config.snapshot, config.feedback_reader(), config.redact_patterns, args.max_chars, width))
+    return 0
+
+
 def _export_teacher_main(args: argparse.Namespace) -> int:
     from memdistill.models import export_teacher
 
@@ -108,6 +133,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="show one record token by token", description="Show one record of a JSONL or parquet dataset.")
     _inspect_arguments(inspect)
     inspect.set_defaults(handler=_inspect_main)
+    feedback = commands.add_parser(
+        "feedback", help="show how each distinct feedback of a snapshot is read (failed/passed, and the rule)",
+        description="Print a table of the snapshot's distinct feedback forms: how many samples have each, the verdict "
+        "(failed, passed, unknown) and the rule that decided it, read with the snapshots parameters.",
+    )
+    if command == "feedback":  # its flags come from the snapshots model: imported only when it runs
+        _feedback_arguments(feedback)
+    feedback.set_defaults(handler=_feedback_main)
     check = commands.add_parser(
         "params", help="validate a params file without running anything", description="Validate every stage section of a params file."
     )
