@@ -132,17 +132,18 @@ def check_fresh(files: list[PushFile]) -> str | None:
     from its state database, so the check costs little once `dvc repro` ran. Files outside a DVC project,
     or not outputs of any stage, cannot be checked: the push goes ahead and says so.
     """
-    from dvc.exceptions import DvcException, NotDvcRepoError
+    folder = files[0].local.resolve().parent
+    # A DVC project is a folder holding .dvc/ (what `Repo.find_root` looks for); found without importing DVC.
+    root = next((str(parent) for parent in (folder, *folder.parents) if (parent / ".dvc").is_dir()), None)
+    if root is None:
+        log.warning("%s is not inside a DVC project: not checked for stale outputs", folder)
+        return None
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    first = files[0].local.resolve()
     try:
-        root = Repo.find_root(str(first.parent))
-    except NotDvcRepoError:
-        log.warning("%s is not inside a DVC project: not checked for stale outputs", first.parent)
-        return None
-    try:
-        with Repo(root) as repo:
+        # DVC names stages relative to the working directory: from the root, `convert` rather than ../dvc.yaml:convert.
+        with contextlib.chdir(root), Repo(root) as repo:
             stages = _stages_making(repo, [f.local.resolve() for f in files])
             if not stages:
                 log.warning("no DVC stage makes the pushed files: not checked for stale outputs")
@@ -212,6 +213,8 @@ def push(config: PushConfig, files: list[PushFile], token: str, git_revision: st
     from huggingface_hub import HfApi
 
     assert config.repo_id is not None
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per request otherwise
     api = HfApi(token=token)
     message = f"memdistill {__version__} push" + (f" from git {git_revision}" if git_revision else "")
     try:
