@@ -116,7 +116,7 @@ def render_plan(files: list[PushFile], repo_id: str, revision: str | None) -> st
     width = max(len(f.path_in_repo) for f in files)
     lines = [f"would push {len(files)} files ({human_size(total)}) to datasets/{repo_id} ({revision or 'main'}):"]
     lines += [f"  {f.size:>12,}  {f.path_in_repo:<{width}}  <- {f.local}" for f in files]
-    lines.append(f"files in the repo under {', '.join(OWNED_PATTERNS)} that are not listed here would be deleted")
+    lines.append(f"and files already in the repo under {', '.join(OWNED_PATTERNS)} but not listed here would be deleted")
     return "\n".join(lines)
 
 
@@ -219,7 +219,8 @@ def push(config: PushConfig, files: list[PushFile], token: str, git_revision: st
     message = f"memdistill {__version__} push" + (f" from git {git_revision}" if git_revision else "")
     try:
         with _hub_errors(config, token, api.endpoint):
-            api.create_repo(config.repo_id, repo_type="dataset", private=config.private, exist_ok=True)
+            # private=None: a new repo gets its namespace's default visibility (an org may default to private).
+            api.create_repo(config.repo_id, repo_type="dataset", private=True if config.private else None, exist_ok=True)
             if config.private and not api.dataset_info(config.repo_id).private:
                 raise UserError(
                     f"{config.repo_id} exists and is public; --private does not change an existing repo "
