@@ -218,7 +218,7 @@ def push(config: PushConfig, files: list[PushFile], token: str, git_revision: st
     api = HfApi(token=token)
     message = f"memdistill {__version__} push" + (f" from git {git_revision}" if git_revision else "")
     try:
-        with _hub_errors(config, token, api.endpoint):
+        with _hub_errors(config, token, api.endpoint, card=files[0].local):
             # private=None: a new repo gets its namespace's default visibility (an org may default to private).
             api.create_repo(config.repo_id, repo_type="dataset", private=True if config.private else None, exist_ok=True)
             if config.private and not api.dataset_info(config.repo_id).private:
@@ -240,7 +240,7 @@ def push(config: PushConfig, files: list[PushFile], token: str, git_revision: st
 
 
 @contextlib.contextmanager
-def _hub_errors(config: PushConfig, token: str, endpoint: str) -> Iterator[None]:
+def _hub_errors(config: PushConfig, token: str, endpoint: str, card: Path) -> Iterator[None]:
     """The Hub's refusals as one line each (token masked); anything unknown keeps its traceback for --verbose."""
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -249,12 +249,12 @@ def _hub_errors(config: PushConfig, token: str, endpoint: str) -> Iterator[None]
     except UserError:
         raise
     except Exception as exc:
+        if isinstance(exc, ValueError) and "README.md" in str(exc):  # the Hub's check of the card's YAML (a 400)
+            reason = " ".join(str(exc).split())
+            raise UserError(_masked(f"{card}: the Hub refuses the card's metadata: {reason}", token)) from None
         http = next((e for e in _causes(exc) if isinstance(e, HfHubHTTPError)), None)
         if http is not None:
             raise UserError(_masked(_http_line(http, config, endpoint), token)) from None
-        if isinstance(exc, ValueError) and "README.md" in str(exc):  # the Hub's check of the card's YAML
-            reason = " ".join(str(exc).split())
-            raise UserError(_masked(f"{CARD}: the Hub refuses the card's metadata: {reason}", token)) from None
         transport = next((e for e in _causes(exc) if _is_transport_error(e)), None)
         if transport is not None:
             raise UserError(_masked(f"cannot reach the Hub at {endpoint}: {transport}", token)) from None

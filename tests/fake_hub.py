@@ -58,6 +58,7 @@ class FakeHub:
         self.lfs: dict[str, bytes] = {}
         self.requests: list[Request] = []
         self.fault: int | None = None
+        self.card_errors: list[str] = []  # what /api/validate-yaml finds wrong with a README.md
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -97,7 +98,7 @@ class FakeHub:
             ("GET", f"/api/datasets/{REPO}(?:/revision/(?P<revision>[^/]+))?", self._info),
             ("POST", f"/api/datasets/{REPO}/branch/(?P<branch>[^/]+)", self._branch),
             ("GET", f"/api/datasets/{REPO}/tree/(?P<revision>[^/]+)", self._tree),
-            ("POST", "/api/validate-yaml", lambda request: (200, {"errors": [], "warnings": []}, {})),
+            ("POST", "/api/validate-yaml", self._validate_yaml),
             ("POST", f"/api/datasets/{REPO}/preupload/(?P<revision>[^/]+)", self._preupload),
             ("POST", f"/datasets/{REPO}\\.git/info/lfs/objects/batch", self._lfs_batch),
             ("PUT", "/lfs/(?P<oid>[0-9a-f]{64})", self._lfs_put),
@@ -142,6 +143,10 @@ class FakeHub:
             return error
         files = found.branches[unquote(revision)]
         return 200, [{"type": "file", "path": path, "size": len(data), "oid": _git_oid(data)} for path, data in sorted(files.items())], {}
+
+    def _validate_yaml(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        errors = [{"message": message} for message in self.card_errors]
+        return (400 if errors else 200), {"errors": errors, "warnings": []}, {}
 
     def _preupload(self, request: Request, repo: str, revision: str) -> tuple[int, Any, dict[str, str]]:
         found, error = self._repo(repo, revision)

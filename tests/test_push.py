@@ -203,6 +203,15 @@ def test_a_refused_push_is_one_line_without_the_token(
     assert_token_nowhere(token, tmp_path, captured.out, captured.err, caplog.text)
 
 
+def test_a_card_the_hub_refuses_is_one_line(tmp_path: Path, hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+    hub.card_errors = ["\"configs[0].data_files\" must be an array"]
+    assert push_in_process(make_project(tmp_path), "--repo-id", "memlab/cardless") == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f'memdistill push: error: {tmp_path / "data" / "README.md"}: the Hub refuses the card\'s metadata: Invalid metadata in README.md. - "configs[0].data_files" must be an array'
+    ]
+    assert not any("/commit/" in r.path for r in hub.requests)
+
+
 def test_an_existing_public_repo_is_not_pushed_to_with_private(tmp_path: Path, hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
     hub.repos["memlab/open"] = HubRepo(private=False)
     assert push_in_process(make_project(tmp_path), "--repo-id", "memlab/open", "--private") == 2
