@@ -43,8 +43,8 @@ TOKEN_ENV = "HF_TOKEN"
 CARD = "README.md"
 SPLITS = ("dataset.parquet", "validation.parquet")
 PLOTS_IN_REPO = "plots"
-# What a push owns in the repo: a remote file matching these and absent from the push is deleted.
-OWNED_PATTERNS = [CARD, *(f"{name}{tail}" for name in SPLITS for tail in ("", "/*")), f"{PLOTS_IN_REPO}/*.svg"]
+# What a push owns in the repo besides the card: a remote file matching these and absent from the push is deleted.
+OWNED_PATTERNS = [*(f"{name}{tail}" for name in SPLITS for tail in ("", "/*")), f"{PLOTS_IN_REPO}/*.svg"]
 
 
 class PushConfig(params.StageParams):
@@ -161,7 +161,7 @@ def _stages_making(repo: Any, paths: list[Path]) -> set[str]:
     """Names of the stages with an output that is, or holds, one of `paths`."""
     names = set()
     for out in repo.index.outs:
-        target = Path(out.fs_path)
+        target = Path(out.fs_path).resolve()
         if any(path == target or target in path.parents for path in paths):
             names.add(out.stage.addressing)
     return names
