@@ -84,12 +84,12 @@ def _push_main(args: argparse.Namespace) -> int:
     if config.repo_id is None:
         raise UserError("--repo-id: expected ORG/NAME, the Hub dataset repo to push to (or push.repo_id in params.yaml)")
     files = push.plan_files(args.data_dir, args.plots_dir)
-    token = None if args.dry_run else push.read_token()
+    token = None if args.dry_run else push.read_token()  # before the DVC check, which takes seconds
     git_revision = push.check_fresh(files)
     if token is None:
         print(push.render_plan(files, config.repo_id, config.revision))
-        return 0
-    print(push.push(config, files, token, git_revision))
+    else:
+        print(push.push(config, files, token, git_revision))
     return 0
 
 

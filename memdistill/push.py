@@ -103,11 +103,15 @@ def plan_files(data_dir: Path, plots_dir: Path | None) -> list[PushFile]:
 
 
 def human_size(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000  # type: ignore[assignment]
-    raise AssertionError("unreachable")
+    """412.3 kB, 1.2 GB (decimal units, as the Hub shows sizes)."""
+    if size < 1000:
+        return f"{size} B"
+    scaled, unit = float(size), "B"
+    for unit in ("kB", "MB", "GB", "TB"):
+        scaled /= 1000
+        if scaled < 1000:
+            break
+    return f"{scaled:.1f} {unit}"
 
 
 def render_plan(files: list[PushFile], repo_id: str, revision: str | None) -> str:
