@@ -64,7 +64,9 @@ def expected_files(root: Path) -> dict[str, bytes]:
     return files
 
 
-def run_push(root: Path, hub: FakeHub, token: str | None, *flags: str, xet: bool = False) -> subprocess.CompletedProcess[str]:
+def run_push(
+    root: Path, hub: FakeHub, token: str | None, *flags: str, xet: bool = False, verbose: bool = False
+) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGINGFACE_"))}
     env.update(
         HF_ENDPOINT=hub.endpoint, HF_HOME=str(root / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1",
@@ -75,7 +77,7 @@ def run_push(root: Path, hub: FakeHub, token: str | None, *flags: str, xet: bool
     if token is not None:
         env["HF_TOKEN"] = token
     return subprocess.run(
-        [sys.executable, "-m", "memdistill.cli", "push", *flags], cwd=root, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "memdistill.cli", *(["--verbose"] if verbose else []), "push", *flags], cwd=root, env=env, capture_output=True, text=True, timeout=120
     )
 
 
@@ -144,6 +146,16 @@ def test_shard_directories_go_through_the_streamed_upload_and_stale_files_are_de
         assert hub.files("memlab/big") == {".gitattributes": b"*.parquet filter=lfs\n", "notes.txt": b"mine", **expected_files(root)}
         commits = hub.repos["memlab/big"].commits
         assert len(commits) == 2 and commits[1]["summary"] == commits[0]["summary"] + " (part 2)"
+    assert_token_nowhere(token, tmp_path, done.stdout, done.stderr)
+
+
+def test_a_refused_push_shows_no_token_even_with_debug_logging(tmp_path: Path, token: str) -> None:
+    """--verbose: every library's debug log and the traceback, while the server echoes the token in its error."""
+    root = make_project(tmp_path / "project")
+    with FakeHub() as hub:
+        hub.fault = 400
+        done = run_push(root, hub, token, "--repo-id", "memlab/denied", verbose=True)
+    assert done.returncode != 0 and "refused the request made with 'Bearer ***'" in done.stderr
     assert_token_nowhere(token, tmp_path, done.stdout, done.stderr)
 
 
