@@ -6,6 +6,7 @@ import argparse
 import logging
 import shutil
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 from memdistill import __version__
@@ -90,6 +91,33 @@ def _export_teacher_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push_arguments(parser: argparse.ArgumentParser) -> None:
+    from memdistill import params
+    from memdistill.push import PushConfig
+
+    parser.add_argument("--data-dir", type=local_path, default=Path("data"), help="folder holding README.md (the card), dataset.parquet and validation.parquet (default data)")
+    parser.add_argument("--plots-dir", type=local_path, default=Path("plots"), help="folder whose *.svg go to plots/ in the repo (default plots)")
+    parser.add_argument("--dry-run", action="store_true", help="list what would go (paths in the repo, sizes) and upload nothing; needs no token")
+    parser.add_argument("--params", type=local_path, help="params.yaml to read the 'push' section from")
+    params.add_arguments(parser, PushConfig)
+
+
+def _push_main(args: argparse.Namespace) -> int:
+    from memdistill import params, push
+
+    config = params.build(push.PushConfig, args.params, params.flag_values(args, push.PushConfig))
+    if config.repo_id is None:
+        raise UserError("--repo-id: expected ORG/NAME, the Hub dataset repo to push to (or push.repo_id in params.yaml)")
+    files = push.plan_files(args.data_dir, args.plots_dir)
+    token = None if args.dry_run else push.read_token()  # before the DVC check, which takes seconds
+    git_revision = push.check_fresh(files)
+    if token is None:
+        print(push.render_plan(files, config.repo_id, config.revision))
+    else:
+        print(push.push(config, files, token, git_revision))
+    return 0
+
+
 def _params_main(args: argparse.Namespace) -> int:
     from memdistill.params import check_file
     from stages import stage_configs
@@ -153,6 +181,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     export.add_argument("dir", type=local_path, help="folder to write (created if missing)")
     export.set_defaults(handler=_export_teacher_main)
+    push = commands.add_parser(
+        "push", help="upload the dataset card, parquet files and plots to a Hugging Face dataset repo",
+        description="Upload data/README.md, data/dataset.parquet, data/validation.parquet (files or shard directories) and "
+        "plots/*.svg to a Hugging Face dataset repo, refusing outputs DVC reports stale. The token is read from HF_TOKEN.",
+    )
+    if command == "push":  # its flags come from PushConfig (pydantic); other commands need not load it
+        _push_arguments(push)
+        push.set_defaults(handler=_push_main)
     return parser
 
 
