@@ -6,6 +6,7 @@ import argparse
 import logging
 import shutil
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 from memdistill import __version__
@@ -57,11 +58,63 @@ def _inspect_main(args: argparse.Namespace) -> int:
     return 0
 
 
+# The snapshots parameters that decide how feedback is read (and where the snapshot is); the same fields and flags.
+FEEDBACK_FIELDS = ("checkpoint_dir", "snapshot", "failure_patterns", "success_patterns", "feedback_keys", "redact_patterns")
+
+
+def _feedback_arguments(parser: argparse.ArgumentParser) -> None:
+    from memdistill.params import add_argument
+    from stages.snapshots import SnapshotsConfig
+
+    parser.add_argument("--params", type=local_path, help="params.yaml to read the 'snapshots' section from")
+    for name in FEEDBACK_FIELDS:
+        add_argument(parser, SnapshotsConfig, name)
+    parser.add_argument("--max-chars", type=int, default=80, help="longest feedback text shown per form (default 80)")
+
+
+def _feedback_main(args: argparse.Namespace) -> int:
+    from memdistill.feedback.audit import audit_feedback
+    from memdistill.params import build, flag_values
+    from stages.snapshots import SnapshotsConfig
+
+    config = build(SnapshotsConfig, args.params, flag_values(args, SnapshotsConfig))
+    width = max(100, shutil.get_terminal_size().columns)
+    print(audit_feedback(config.checkpoint_dir, config.snapshot, config.feedback_reader(), config.redact_patterns, args.max_chars, width))
+    return 0
+
+
 def _export_teacher_main(args: argparse.Namespace) -> int:
     from memdistill.models import export_teacher
 
     folder = export_teacher(args.dir)
     print(folder)
+    return 0
+
+
+def _push_arguments(parser: argparse.ArgumentParser) -> None:
+    from memdistill import params
+    from memdistill.push import PushConfig
+
+    parser.add_argument("--data-dir", type=local_path, default=Path("data"), help="folder holding README.md (the card), dataset.parquet and validation.parquet (default data)")
+    parser.add_argument("--plots-dir", type=local_path, default=Path("plots"), help="folder whose *.svg go to plots/ in the repo (default plots)")
+    parser.add_argument("--dry-run", action="store_true", help="list what would go (paths in the repo, sizes) and upload nothing; needs no token")
+    parser.add_argument("--params", type=local_path, help="params.yaml to read the 'push' section from")
+    params.add_arguments(parser, PushConfig)
+
+
+def _push_main(args: argparse.Namespace) -> int:
+    from memdistill import params, push
+
+    config = params.build(push.PushConfig, args.params, params.flag_values(args, push.PushConfig))
+    if config.repo_id is None:
+        raise UserError("--repo-id: expected ORG/NAME, the Hub dataset repo to push to (or push.repo_id in params.yaml)")
+    files = push.plan_files(args.data_dir, args.plots_dir)
+    token = None if args.dry_run else push.read_token()  # before the DVC check, which takes seconds
+    git_revision = push.check_fresh(files)
+    if token is None:
+        print(push.render_plan(files, config.repo_id, config.revision))
+    else:
+        print(push.push(config, files, token, git_revision))
     return 0
 
 
@@ -108,6 +161,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="show one record token by token", description="Show one record of a JSONL or parquet dataset.")
     _inspect_arguments(inspect)
     inspect.set_defaults(handler=_inspect_main)
+    feedback = commands.add_parser(
+        "feedback", help="show how each distinct feedback of a snapshot is read (failed/passed, and the rule)",
+        description="Print a table of the snapshot's distinct feedback forms: how many samples have each, the verdict "
+        "(failed, passed, unknown) and the rule that decided it, read with the snapshots parameters.",
+    )
+    if command == "feedback":  # its flags come from the snapshots model: imported only when it runs
+        _feedback_arguments(feedback)
+    feedback.set_defaults(handler=_feedback_main)
     check = commands.add_parser(
         "params", help="validate a params file without running anything", description="Validate every stage section of a params file."
     )
@@ -120,6 +181,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     export.add_argument("dir", type=local_path, help="folder to write (created if missing)")
     export.set_defaults(handler=_export_teacher_main)
+    push = commands.add_parser(
+        "push", help="upload the dataset card, parquet files and plots to a Hugging Face dataset repo",
+        description="Upload data/README.md, data/dataset.parquet, data/validation.parquet (files or shard directories) and "
+        "plots/*.svg to a Hugging Face dataset repo, refusing outputs DVC reports stale. The token is read from HF_TOKEN.",
+    )
+    if command == "push":  # its flags come from PushConfig (pydantic); other commands need not load it
+        _push_arguments(push)
+        push.set_defaults(handler=_push_main)
     return parser
 
 

@@ -42,9 +42,12 @@ def is_embedded(name: str | None) -> bool:
 
 
 def cache_root() -> Path:
-    """Where memdistill keeps model copies and the request cache ($MEMDISTILL_CACHE, else ~/.cache/memdistill)."""
+    """Where memdistill keeps model copies and locks: $MEMDISTILL_CACHE, else the user's cache home
+    ($XDG_CACHE_HOME, else ~/.cache) / memdistill."""
     configured = os.environ.get("MEMDISTILL_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "memdistill"
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "memdistill"
 
 
 def embedded_gguf() -> Path:

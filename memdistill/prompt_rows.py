@@ -18,7 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from memdistill.budget import AUTO, as_ranges, cut_from_middle, fit_to_budget, resolve_max_prompt_tokens
-from memdistill.feedback import compile_failure_patterns, is_failure
+from memdistill.feedback import FeedbackReader
 from memdistill.prompts import (
     EMPTY_MEMORY,
     FunctionCounter,
@@ -48,8 +48,8 @@ RESERVED_METADATA = frozenset({
     "observation_idx", "view", "views", "sample_entries", "memory_entries", "memory_size_entries", "memory_size_chars",
     "memory_samples_wanted", "memory_samples_kept", "memory_tokens_wanted", "memory_tokens_kept", "memory_coverage",
     "max_prompt_tokens", "token_counter", "prompt_tokens", "dropped_for_budget", "observation_tokens", "observation_tokens_kept",
-    "reference_action",
-    "reference_feedback", "failed", "missing", "redactions", "sample_idx", "metrics", "teacher", "finish_reason",
+    "reference_action", "reference_feedback", "failed", "feedback", "missing", "redactions", "sample_idx", "metrics", "teacher",
+    "finish_reason",
 })
 
 
@@ -60,7 +60,8 @@ class RowOptions:
     strategy: str
     strategy_params: StrategyParams
     redact_patterns: list[str] | None = None
-    failure_patterns: list[str] | None = None
+    feedback: FeedbackReader = field(default_factory=FeedbackReader.from_params)
+    """How each sample's feedback is read (failure_focus ranks by it; every row records its verdict and rule)."""
     observations: str | None = None
     """A JSONL of observations from outside the memory (None: the memory's own)."""
     student_view: str = "observation_only"
@@ -194,8 +195,8 @@ def iter_prompt_rows(
     snapshot, redaction_counts = redact_snapshot(snapshot, redactor)
     redactions_before = _running_sum(redaction_counts)
     targets = _targets(snapshot, options.observations, redactor)
-    patterns = compile_failure_patterns(options.failure_patterns)
-    failed = [is_failure(s.feedback.content if s.feedback else None, patterns) for s in snapshot.samples]
+    verdicts = [options.feedback.read(s.feedback.content if s.feedback else None) for s in snapshot.samples]
+    failed = [verdict.failed is True for verdict in verdicts]
     strategy = get_strategy(options.strategy)
     strategy.check(options.strategy_params)
     plans_of = strategy.prepare(snapshot, options.strategy_params, failed)
@@ -281,6 +282,8 @@ def iter_prompt_rows(
                 "reference_action": render_content(sample.action.content) if sample.action else None,
                 "reference_feedback": render_content(sample.feedback.content) if sample.feedback else None,
                 "failed": failed[sample_idx] if from_memory else None,
+                # The reader's verdict (null = the feedback says neither, or there is none) and the rule that decided.
+                "feedback": verdicts[sample_idx].to_dict() if from_memory else None,
                 "missing": sample.missing,
                 "redactions": redactions,
             }

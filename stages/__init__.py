@@ -5,10 +5,11 @@ from memdistill.params import StageParams
 
 
 def stage_configs() -> list[type[StageParams]]:
-    """Every stage's parameter model, in pipeline order (imported on use: generate pulls in the teachers)."""
+    """Every stage's parameter model, in pipeline order, then push's (imported on use: generate pulls in the teachers)."""
+    from memdistill.push import PushConfig
     from stages.convert import ConvertConfig
     from stages.generate import GenerateConfig
     from stages.snapshots import SnapshotsConfig
     from stages.stats import StatsConfig
 
-    return [SnapshotsConfig, GenerateConfig, ConvertConfig, StatsConfig]
+    return [SnapshotsConfig, GenerateConfig, ConvertConfig, StatsConfig, PushConfig]

@@ -13,12 +13,14 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from memdistill import fileio, params
 from memdistill.budget import AUTO
 from memdistill.errors import UserError
-from memdistill.feedback import DEFAULT_FAILURE_PATTERNS, compile_failure_patterns
+from memdistill.feedback import (
+    DEFAULT_FAILURE_PATTERNS, DEFAULT_FEEDBACK_KEYS, DEFAULT_SUCCESS_PATTERNS, FeedbackReader, compile_feedback_keys, compile_patterns,
+)
 from memdistill.prompt_rows import (
     RESERVED_METADATA, SELECTIONS, STUDENT_VIEWS, RowOptions, SnapshotsSummary, coverage_warning, iter_prompt_rows, make_counter,
     over_budget_message, prompt_budget,
@@ -45,7 +47,17 @@ class SnapshotsConfig(params.StageParams):
     window_k: int = Field(12, ge=1, description="rolling_window: entries before the current observation the teacher sees (whole samples only)")
     max_memory_samples: int = Field(8, ge=0, description="failure_focus: past samples the teacher sees (failed first)")
     failure_patterns: list[str] | None = Field(
-        default_factory=lambda: list(DEFAULT_FAILURE_PATTERNS), description="regexes (case-insensitive) marking text feedback as a failure"
+        default_factory=lambda: list(DEFAULT_FAILURE_PATTERNS),
+        description="regexes (case-insensitive) marking text feedback as failed unless negated ('no errors'); null = none",
+    )
+    success_patterns: list[str] | None = Field(
+        default_factory=lambda: list(DEFAULT_SUCCESS_PATTERNS),
+        description="regexes (case-insensitive) marking text feedback as passed, or failed when negated ('did not pass'); null = none",
+    )
+    feedback_keys: dict[str, list[str]] = Field(
+        default_factory=lambda: {role: list(keys) for role, keys in DEFAULT_FEEDBACK_KEYS.items()},
+        description="dict feedback keys per role (verdict, status, failed, passed, total, exit_code, score); a role given "
+        "replaces its default keys, [] turns it off",
     )
     max_prompt_tokens: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
         AUTO,
@@ -88,10 +100,16 @@ class SnapshotsConfig(params.StageParams):
         params.check_with(get_strategy, value)
         return value
 
-    @field_validator("failure_patterns")
+    @field_validator("failure_patterns", "success_patterns")
     @classmethod
-    def _failure_regexes(cls, value: list[str] | None) -> list[str] | None:
-        params.check_with(compile_failure_patterns, value)
+    def _feedback_regexes(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        params.check_with(lambda patterns: compile_patterns(str(info.field_name), patterns), value)
+        return value
+
+    @field_validator("feedback_keys")
+    @classmethod
+    def _feedback_roles(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        params.check_with(compile_feedback_keys, value)
         return value
 
     @field_validator("redact_patterns")
@@ -120,9 +138,12 @@ class SnapshotsConfig(params.StageParams):
             self.subset_size, self.num_subsets, self.shuffle, self.seed,
         )
 
+    def feedback_reader(self) -> FeedbackReader:
+        return FeedbackReader.from_params(self.failure_patterns, self.success_patterns, self.feedback_keys)
+
     def row_options(self) -> RowOptions:
         return RowOptions(
-            self.strategy, self.strategy_params(), self.redact_patterns, self.failure_patterns, self.observations,
+            self.strategy, self.strategy_params(), self.redact_patterns, self.feedback_reader(), self.observations,
             self.student_view, self.max_samples, self.sample_selection, self.seed, self.metadata, self.max_observation_tokens,
         )
 

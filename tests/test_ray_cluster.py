@@ -5,6 +5,7 @@ actors ran on both of its nodes; the rows equal a single-process run's."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -32,8 +33,15 @@ COUNT = 4
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    """A head and a worker node, one CPU each; stopped (its own processes only) even when a test fails."""
+    """A head and a worker node, one CPU each; stopped (its own processes only) even when a test fails.
+
+    Everything Ray writes lives in one fresh folder, removed afterwards: the nodes' session files and the
+    address file that `Cluster` writes into Ray's *default* temp folder (`$RAY_TMPDIR/ray`), which exists
+    only where an earlier Ray run happened to create it."""
     temp_dir = tempfile.mkdtemp(prefix="mdray-")  # short: Ray's socket paths live under it
+    (Path(temp_dir) / "ray").mkdir()
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp_dir
     started = Cluster()
     try:
         started.add_node(num_cpus=1, include_dashboard=False, temp_dir=temp_dir)
@@ -42,6 +50,10 @@ def cluster() -> Iterator[Cluster]:
         yield started
     finally:
         started.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -114,6 +114,7 @@ def test_exclude_current_rows(checkpoint: Path, tmp_path: Path) -> None:
         "reference_action": "6, key sk-abcdefghijklmnopqrst",
         "reference_feedback": "Wrong, expected 9; ask bob@example.org",
         "failed": True,
+        "feedback": {"failed": True, "rule": r"text:pattern:\b(?:incorrect|wrong|not (?:correct|right))\b"},
         "missing": [],
         "redactions": {"memory": 0, "observation": 0, "reference": 0},
     }
