@@ -87,6 +87,7 @@ def test_exclude_current_rows(checkpoint: Path, tmp_path: Path) -> None:
     assert meta == {
         "strategy": "exclude_current",
         "strategy_params": {},
+        "checkpoint": str(checkpoint),
         "snapshot": "memory_10.jsonl",
         "snapshot_sha256": load_snapshot(checkpoint / "memory_10.jsonl").sha256,
         "system_prompt": "You are a calculator.",
