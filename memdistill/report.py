@@ -99,6 +99,27 @@ def context_rows(context: RunContext) -> list[tuple[str, str]]:
     ]
 
 
+# metrics/generate.json's figures as the summary words them; any other figure is shown under its own key.
+GENERATION_LABELS = {
+    "samples": "samples answered",
+    "requests_sent": "requests sent (this run)",
+    "answers_from_cache": "answers from the cache (this run)",
+    "retries": "retries (this run)",
+    "failures": "failed samples (this run)",
+    "input_tokens": "prompt tokens of the answers",
+    "output_tokens": "tokens generated for the answers",
+    "generation_seconds_total": "teacher seconds the answers took when first produced",
+    "wall_seconds": "wall seconds (this run)",
+    "tokens_per_second": "new tokens per second (this run)",
+}
+
+
+def generation_rows(generation: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """metrics/generate.json as (label, value) rows of the summary."""
+    return [(f"generation: {GENERATION_LABELS.get(key, key)}", value)
+            for key, value in generation.items() if isinstance(value, (int, float, str))]
+
+
 @dataclass(frozen=True, slots=True)
 class ReportWarning:
     code: str  # stable, for the report's `warnings` list

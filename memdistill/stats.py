@@ -26,7 +26,7 @@ from memdistill import fileio, shards
 from memdistill.convert_figures import DEFAULT_MASS_THRESHOLDS, read_figures
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID
-from memdistill.report import RunContext, context_rows, headline_metrics, report_warnings
+from memdistill.report import RunContext, context_rows, generation_rows, headline_metrics, report_warnings
 
 log = logging.getLogger(__name__)
 
@@ -726,26 +726,6 @@ def extreme_samples(samples: pl.DataFrame, count: int = 5) -> tuple[pl.DataFrame
     longest = samples.sort(["tokens", "sample"], descending=[True, False]).head(count)
     shortest = samples.sort(["tokens", "sample"]).head(count)
     return longest, shortest
-
-
-# metrics/generate.json's figures as the summary words them; any other figure is shown under its own key.
-GENERATION_LABELS = {
-    "samples": "samples answered",
-    "requests_sent": "requests sent (this run)",
-    "answers_from_cache": "answers from the cache (this run)",
-    "retries": "retries (this run)",
-    "failures": "failed samples (this run)",
-    "input_tokens": "prompt tokens of the answers",
-    "output_tokens": "tokens generated for the answers",
-    "generation_seconds_total": "teacher seconds the answers took when first produced",
-    "wall_seconds": "wall seconds (this run)",
-    "tokens_per_second": "new tokens per second (this run)",
-}
-
-
-def generation_rows(generation: dict[str, Any]) -> list[tuple[str, Any]]:
-    return [(f"generation: {GENERATION_LABELS.get(key, key)}", value)
-            for key, value in generation.items() if isinstance(value, (int, float, str))]
 
 
 def _coverage_cell(memory: dict[str, Any]) -> str:
