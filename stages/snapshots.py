@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_ANSWER_TOKENS = 48
 # "No file" for the parameters that name one (observations, system_prompt_file), as params.yaml spells it: dvc.yaml
 # makes the file they name a dependency of this stage, and a DVC dependency must be a path that exists (null
-# breaks dvc.yaml), so an empty file kept in git stands for none. null means the same outside DVC.
+# breaks dvc.yaml), so a file kept in git for this (its text says so) stands for none. null means the same outside DVC.
 NO_FILE = "data/none"
 
 
