@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from memdistill.advice import budget_advice, smaller_memory_advice
 from memdistill.budget import AUTO, as_ranges, fit_to_budget, resolve_max_prompt_tokens
 from memdistill.feedback import compile_failure_patterns, is_failure
 from memdistill.prompts import (
@@ -33,7 +34,6 @@ from memdistill.prompts import (
     view_cost,
 )
 from memdistill.redact import Redactor
-from memdistill.advice import budget_advice, smaller_memory_advice
 from memdistill.snapshot import MemoryEntry, Sample, Snapshot, load_observations, split_samples
 from memdistill.strategies import MemoryView, StrategyParams, get_strategy
 
