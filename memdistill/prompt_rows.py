@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from memdistill.advice import budget_advice, smaller_memory_advice
 from memdistill.budget import AUTO, as_ranges, fit_to_budget, resolve_max_prompt_tokens
 from memdistill.feedback import FeedbackReader
 from memdistill.prompts import (
@@ -43,7 +44,7 @@ SELECTIONS = ("first", "last", "random")
 LOW_COVERAGE = 0.5
 # Keys every row's metadata gets from here; the user's `metadata` may not overwrite them.
 RESERVED_METADATA = frozenset({
-    "strategy", "strategy_params", "snapshot", "snapshot_sha256", "system_prompt", "system_prompt_source", "observation_source",
+    "strategy", "strategy_params", "checkpoint", "snapshot", "snapshot_sha256", "system_prompt", "system_prompt_source", "observation_source",
     "observation_idx", "view", "views", "sample_entries", "memory_entries", "memory_size_entries", "memory_size_chars",
     "memory_samples_wanted", "memory_samples_kept", "memory_tokens_wanted", "memory_tokens_kept", "memory_coverage",
     "max_prompt_tokens", "token_counter", "prompt_tokens", "dropped_for_budget", "reference_action",
@@ -224,6 +225,7 @@ def iter_prompt_rows(
                 **options.metadata,
                 "strategy": options.strategy,
                 "strategy_params": strategy.describe(options.strategy_params),
+                "checkpoint": str(snapshot.path.parent),  # the folder as the user named it, for the summary
                 "snapshot": snapshot.path.name,
                 "snapshot_sha256": snapshot.sha256,
                 "system_prompt": agent_prompt,
@@ -271,13 +273,14 @@ def iter_prompt_rows(
             }
 
 
-def coverage_warning(summary: SnapshotsSummary, strategy: str) -> str | None:
-    """The one WARNING line for samples that lost more than half of their memory, or None."""
+def coverage_warning(summary: SnapshotsSummary, options: RowOptions, max_prompt_tokens: int | str | None) -> str | None:
+    """The one WARNING line for samples that lost more than half of their memory, or None; its advice fits the
+    strategy and the max_prompt_tokens setting (`auto`, a number or null) the run used."""
     if not summary.low_coverage:
         return None
+    described = get_strategy(options.strategy).describe(options.strategy_params)
     return (
-        f"{summary.low_coverage} of {summary.rows} samples kept less than half of the memory {strategy} wanted "
+        f"{summary.low_coverage} of {summary.rows} samples kept less than half of the memory {options.strategy} wanted "
         f"(mean coverage {summary.mean_coverage:.2f}) under max_prompt_tokens {summary.max_prompt_tokens}: "
-        f"raise max_prompt_tokens or set it to auto (the teacher's context minus generate.max_tokens), use a teacher "
-        f"with a longer context, or choose a smaller memory (rolling_window, failure_focus with fewer max_memory_samples)"
+        f"{budget_advice(max_prompt_tokens)}, or {smaller_memory_advice(options.strategy, described)}"
     )

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 # generate.max_tokens when no params file says otherwise (kept free for the answer by max_prompt_tokens: auto).
 DEFAULT_ANSWER_TOKENS = 48
+# "No file" for the parameters that name one (observations, system_prompt_file), as params.yaml spells it: dvc.yaml
+# makes the file they name a dependency of this stage, and a DVC dependency must be a path that exists (null
+# breaks dvc.yaml), so a file kept in git for this (its text says so) stands for none. null means the same outside DVC.
+NO_FILE = "data/none"
 
 
 class SnapshotsConfig(params.StageParams):
@@ -90,6 +94,11 @@ class SnapshotsConfig(params.StageParams):
     metadata: dict[str, Any] = Field(default_factory=dict, description="copied into every row's metadata (run, split, agent version), e.g. '{run: exp-12, split: train}'")
 
     _local_paths = field_validator("checkpoint_dir", "system_prompt_file", "observations")(params.local_path_field)
+
+    @field_validator("system_prompt_file", "observations", mode="before")
+    @classmethod
+    def _no_file(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and Path(value) == Path(NO_FILE) else value
 
     @field_validator("strategy")
     @classmethod
@@ -186,7 +195,7 @@ def run(
             "%d samples left out: over max_prompt_tokens %s even with an empty memory (sample_idx %s); "
             "raise max_prompt_tokens or shorten system_prompt", len(summary.over_budget), limit, shown,
         )
-    warning = coverage_warning(summary, config.strategy)
+    warning = coverage_warning(summary, config.row_options(), config.max_prompt_tokens)
     if warning:
         log.warning(warning)
     return summary

@@ -87,6 +87,7 @@ def test_exclude_current_rows(checkpoint: Path, tmp_path: Path) -> None:
     assert meta == {
         "strategy": "exclude_current",
         "strategy_params": {},
+        "checkpoint": str(checkpoint),
         "snapshot": "memory_10.jsonl",
         "snapshot_sha256": load_snapshot(checkpoint / "memory_10.jsonl").sha256,
         "system_prompt": "You are a calculator.",
@@ -533,3 +534,12 @@ def test_default_params_on_the_bundled_example(example_checkpoint: Path, repo_ro
     assert len(samples) == 16 and all(prompts[name].keys() == samples for name in prompts)
     distinct = sum(len({prompts[name][i] for name in prompts}) == 4 for i in samples)
     assert distinct >= 0.9 * len(samples)
+
+
+def test_data_none_names_no_file(checkpoint: Path, tmp_path: Path) -> None:
+    """params.yaml spells "no file" as data/none (dvc.yaml makes the named files dependencies): read as null."""
+    parsed = config(checkpoint, system_prompt=None, observations="data/none", system_prompt_file="./data/none")
+    assert parsed.observations is None and parsed.system_prompt_file is None
+    assert config(checkpoint, system_prompt="x", system_prompt_file="data/none").system_prompt == "x"  # not "both set"
+    run(parsed, tmp_path / "prompts.jsonl")
+    assert rows_of(tmp_path / "prompts.jsonl")[0]["metadata"]["observation_source"] == "memory"
