@@ -85,7 +85,7 @@ def memdistill_run(url: str, prompts: Path, workdir: Path, concurrency: int, sam
     started = time.perf_counter()  # the whole stage: reading prompts, requests, journal, dataset.jsonl
     metrics = run(config, prompts, cache / "dataset.jsonl")
     elapsed = time.perf_counter() - started
-    assert metrics["requests"] == metrics["samples"] and metrics["failures"] == 0
+    assert metrics["requests_sent"] == metrics["samples"] and metrics["failures"] == 0
     return metrics["samples"] / elapsed
 
 

@@ -78,6 +78,12 @@ def _umask() -> int:
     return current
 
 
+def output_mode(directory: bool = False) -> int:
+    """The mode an ordinary new file (0666) or folder (0777) gets under the user's umask: what every output
+    is given, including those made through mkstemp/mkdtemp, which create them private (0600/0700)."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 def _temporary_beside(target: Path) -> str:
     """A new temporary file next to `target`, after removing ones a killed earlier run left behind.
 
@@ -87,8 +93,7 @@ def _temporary_beside(target: Path) -> str:
         with contextlib.suppress(OSError):
             stale.unlink()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    # mkstemp creates 0600; an output is an ordinary file, readable as the user's umask says.
-    os.fchmod(fd, 0o666 & ~_umask())
+    os.fchmod(fd, output_mode())
     os.close(fd)
     return tmp_name
 

@@ -23,6 +23,11 @@ DATASET_TYPE = "memory_distillation"
 
 @dataclass
 class GenerateSummary:
+    """What a generate run did (`requests`, `cache_hits`, `retries`, `wall_seconds`: this run) and what the
+    dataset it wrote cost (`input_tokens`, `output_tokens`, `generation_seconds`: every answer in it, summed
+    from the cost each recorded when the teacher first produced it, so a run served from the cache still
+    reports what its answers took)."""
+
     samples: int = 0
     requests: int = 0
     cache_hits: int = 0
@@ -30,18 +35,26 @@ class GenerateSummary:
     failures: int = 0
     output_tokens: int = 0
     input_tokens: int = 0
+    generation_seconds: float = 0.0
     wall_seconds: float = 0.0
+    new_output_tokens: int = 0
+
+    def add_answer(self, completion: Completion) -> None:
+        self.input_tokens += completion.input_tokens
+        self.output_tokens += completion.output_tokens
+        self.generation_seconds += completion.duration
 
     def to_metrics(self) -> dict[str, Any]:
-        new_tokens_per_s = self.output_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        new_tokens_per_s = self.new_output_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
         return {
             "samples": self.samples,
-            "requests": self.requests,
-            "cache_hits": self.cache_hits,
+            "requests_sent": self.requests,
+            "answers_from_cache": self.cache_hits,
             "retries": self.retries,
             "failures": self.failures,
-            "output_tokens": self.output_tokens,
             "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "generation_seconds_total": round(self.generation_seconds, 3),
             "wall_seconds": round(self.wall_seconds, 3),
             "tokens_per_second": round(new_tokens_per_s, 2),
         }
@@ -108,8 +121,7 @@ async def _collect(
                     store.put(keys[result.sample_idx], result, run)
                     retries = max(0, int(result.extra.get("attempts", 1)) - 1)
                     summary.retries += retries
-                    summary.output_tokens += result.output_tokens
-                    summary.input_tokens += result.input_tokens
+                    summary.new_output_tokens += result.output_tokens
                     progress.finished(result.output_tokens, retries=retries)
     finally:
         if hasattr(teacher, "on_tokens"):
@@ -178,6 +190,8 @@ def generate_dataset(
         # Failed within the allowed rate: left out, listed in the failures file.
         answered = [(row, completion) for row in prompts
                     if row.sample_idx not in failed and (completion := store.get(keys[row.sample_idx])) is not None]
+        for _, completion in answered:
+            summary.add_answer(completion)
         records = (dataset_row(row, completion, described) for row, completion in answered)
         shards.write_records(output, records, len(answered), parts, output_format)
         store.finish_run(run)

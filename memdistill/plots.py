@@ -44,6 +44,9 @@ PLOTS: tuple[PlotSpec, ...] = (
              "bar_horizontal", "coverage", "sample", "share of the wanted memory the teacher saw", "sample index"),
 )  # fmt: skip
 
+# Plot columns that are shares (of the wanted memory, of probability mass): their axis always runs from 0 to 1,
+# so 6% coverage looks like 6% and not like a full bar on an axis that ends at 0.065.
+SHARE_COLUMNS = frozenset({"coverage", "threshold"})
 COLOR = "#4c78a8"  # Vega-Lite's first colour, as `dvc plots show` draws
 # Points drawn per plot: a per-sample table can have a million rows, and every point drawn is ~0.07 ms and
 # ~120 bytes of SVG. Longer tables are thinned to every n-th row for the drawing only (the CSV keeps all).
@@ -71,6 +74,13 @@ def render_svg(spec: PlotSpec, frame: pl.DataFrame) -> str:
         order_min=0 if all(data.schema[c].is_integer() for c in drawn) else None,  # counts: no tick at 2.5
         js=[],  # no script to load
     )  # fmt: skip
+    if spec.x in SHARE_COLUMNS:
+        if bars:
+            config.range = (0, 1)  # a bar chart's values are its x
+        else:
+            config.xrange = (0, 1)
+    if not bars and spec.y in SHARE_COLUMNS:
+        config.range = (0, 1)
     if bars:
         # pygal calls the categories x labels and draws them on the y axis: at most 20 of them are written.
         chart = pygal.HorizontalBar(config, x_labels=[str(v) for v in data[spec.y]], x_labels_major_count=20, show_minor_y_labels=False)

@@ -17,6 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from memdistill.advice import budget_advice, smaller_memory_advice
 from memdistill.budget import AUTO, as_ranges, cut_from_middle, fit_to_budget, resolve_max_prompt_tokens
 from memdistill.feedback import FeedbackReader
 from memdistill.prompts import (
@@ -44,7 +45,7 @@ SELECTIONS = ("first", "last", "random")
 LOW_COVERAGE = 0.5
 # Keys every row's metadata gets from here; the user's `metadata` may not overwrite them.
 RESERVED_METADATA = frozenset({
-    "strategy", "strategy_params", "snapshot", "snapshot_sha256", "system_prompt", "system_prompt_source", "observation_source",
+    "strategy", "strategy_params", "checkpoint", "snapshot", "snapshot_sha256", "system_prompt", "system_prompt_source", "observation_source",
     "observation_idx", "view", "views", "sample_entries", "memory_entries", "memory_size_entries", "memory_size_chars",
     "memory_samples_wanted", "memory_samples_kept", "memory_tokens_wanted", "memory_tokens_kept", "memory_coverage",
     "max_prompt_tokens", "token_counter", "prompt_tokens", "dropped_for_budget", "observation_tokens", "observation_tokens_kept",
@@ -249,6 +250,7 @@ def iter_prompt_rows(
                 **options.metadata,
                 "strategy": options.strategy,
                 "strategy_params": strategy.describe(options.strategy_params),
+                "checkpoint": str(snapshot.path.parent),  # the folder as the user named it, for the summary
                 "snapshot": snapshot.path.name,
                 "snapshot_sha256": snapshot.sha256,
                 "system_prompt": agent_prompt,
@@ -299,20 +301,22 @@ def iter_prompt_rows(
             }
 
 
-def coverage_warning(summary: SnapshotsSummary, strategy: str) -> str | None:
-    """The one WARNING line for samples that lost more than half of their memory, or None."""
+def coverage_warning(summary: SnapshotsSummary, options: RowOptions, max_prompt_tokens: int | str | None) -> str | None:
+    """The one WARNING line for samples that lost more than half of their memory, or None; its advice fits the
+    strategy and the max_prompt_tokens setting (`auto`, a number or null) the run used."""
     if not summary.low_coverage:
         return None
+    described = get_strategy(options.strategy).describe(options.strategy_params)
     return (
-        f"{summary.low_coverage} of {summary.rows} samples kept less than half of the memory {strategy} wanted "
+        f"{summary.low_coverage} of {summary.rows} samples kept less than half of the memory {options.strategy} wanted "
         f"(mean coverage {summary.mean_coverage:.2f}) under max_prompt_tokens {summary.max_prompt_tokens}: "
-        f"raise max_prompt_tokens or set it to auto (the teacher's context minus generate.max_tokens), use a teacher "
-        f"with a longer context, or choose a smaller memory (rolling_window, failure_focus with fewer max_memory_samples)"
+        f"{budget_advice(max_prompt_tokens)}, or {smaller_memory_advice(options.strategy, described)}"
     )
 
 
-def over_budget_message(summary: SnapshotsSummary, max_observation_tokens: int | None) -> str | None:
-    """What left samples out because even an empty memory is over the budget, and what to change; or None.
+def over_budget_message(summary: SnapshotsSummary, max_observation_tokens: int | None, max_prompt_tokens: int | str | None) -> str | None:
+    """What left samples out because even an empty memory is over the budget, and what to change for the
+    settings the run used (`max_prompt_tokens` as set: auto, a number or null); or None.
 
     With an empty memory a prompt is the system prompt and template (`base_tokens`) plus the observation, so
     when the first fits the budget it is the observation that is too long.
@@ -325,7 +329,7 @@ def over_budget_message(summary: SnapshotsSummary, max_observation_tokens: int |
     if limit is None or base > limit:
         return (
             f"{which} (sample_idx {shown}): the system prompt, the prompt's headers and the chat template alone are {base} tokens, "
-            f"over max_prompt_tokens {limit} even with an empty memory; raise max_prompt_tokens or shorten system_prompt"
+            f"over max_prompt_tokens {limit} even with an empty memory; shorten system_prompt, or {budget_advice(max_prompt_tokens)}"
         )
     sizes = sorted(summary.over_budget_observation_tokens)
     size = f"{sizes[0]}" if sizes[0] == sizes[-1] else f"{sizes[0]}-{sizes[-1]}"
@@ -334,5 +338,5 @@ def over_budget_message(summary: SnapshotsSummary, max_observation_tokens: int |
         f"{which} (sample_idx {shown}): their observation alone is too long ({size} tokens) for max_prompt_tokens {limit}, "
         f"which leaves an observation {limit - base} tokens once the system prompt, the prompt's headers and the chat "
         f"template are counted, even with an empty memory; {cut} below {limit - base} to cut long observations from the "
-        f"middle, or raise max_prompt_tokens"
+        f"middle, or {budget_advice(max_prompt_tokens)}"
     )

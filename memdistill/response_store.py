@@ -90,7 +90,7 @@ class ResponseStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             self._load()
-        self._handle = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._handle = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the umask decides, as for any file
         self._syncer = _Syncer(self._handle)
         return self
 

@@ -124,6 +124,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     for stale in path.parent.glob(f".{path.name}.*.tmpdir"):
         _remove(stale)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmpdir", dir=path.parent))
+    os.chmod(tmp, fileio.output_mode(directory=True))  # it becomes the output: a folder like any other
     try:
         yield tmp
     except BaseException:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import difflib
 import hashlib
 import json
 import logging
@@ -18,6 +20,9 @@ from memdistill.errors import UserError
 log = logging.getLogger(__name__)
 
 SNAPSHOT_PATTERN = re.compile(r"^memory_(\d+)\.jsonl$")
+# The entry types that make samples; any other type stays in the memory as written but is part of no sample's
+# observation, action or feedback.
+KNOWN_KINDS = ("observation", "action", "feedback")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,14 +174,34 @@ def json_lines(data: bytes, path: Path) -> Iterator[tuple[int, Any]]:
             raise UserError(f"{path}:{lineno}: JSON nested too deeply to read (more than about {sys.getrecursionlimit()} levels)") from None
 
 
+def warn_unknown_types(path: Path, unknown: dict[str, list[int]], effect: str) -> None:
+    """One WARNING naming every entry type that is not Observation/Action/Feedback, how often it occurs
+    and its first line, with the known type it was probably meant to be (a typo such as "Obsrevation")."""
+    if not unknown:
+        return
+    described = []
+    for name, lines in sorted(unknown.items(), key=lambda item: item[1][0]):
+        guess = difflib.get_close_matches(name.strip().lower(), KNOWN_KINDS, n=1, cutoff=0.75)
+        hint = f", did you mean {guess[0].capitalize()}?" if guess else ""
+        described.append(f"{name!r} x{len(lines)} (first at line {lines[0]}{hint})")
+    log.warning(
+        "%s: %d entries of a type other than Observation, Action or Feedback (%s); %s",
+        path, sum(map(len, unknown.values())), ", ".join(described), effect,
+    )
+
+
 def parse_entries(data: bytes, path: Path) -> tuple[MemoryEntry, ...]:
     """Parse every non-blank line of a snapshot's bytes; errors name `path` and the 1-based line."""
     entries: list[MemoryEntry] = []
+    unknown: dict[str, list[int]] = collections.defaultdict(list)
     for lineno, raw in json_lines(data, path):
         entry = parse_entry(raw, len(entries), f"{path}:{lineno}")
         if entry.kind == "observation" and not (entry.content.strip() if isinstance(entry.content, str) else entry.content):
             log.warning("%s:%d: Observation with empty content; the teacher will answer an empty question", path, lineno)
+        if entry.kind not in KNOWN_KINDS:
+            unknown[entry.type].append(lineno)
         entries.append(entry)
+    warn_unknown_types(path, unknown, "they stay in the memory as written but start no sample and are no sample's action or feedback")
     return tuple(entries)
 
 
@@ -225,14 +250,18 @@ def load_observations(path: str | Path, memory_size: int) -> tuple[ExternalObser
     if not path.is_file():
         raise UserError(f"{path}: observations file not found (observations)")
     found: list[ExternalObservation] = []
+    unknown: dict[str, list[int]] = collections.defaultdict(list)
     for lineno, raw in json_lines(path.read_bytes(), path):
         if isinstance(raw, dict) and "type" not in raw:
             raw = {"type": "Observation", **raw}
         entry = parse_entry(raw, memory_size, f"{path}:{lineno}")
+        if entry.kind not in KNOWN_KINDS:
+            unknown[entry.type].append(lineno)
         if entry.kind != "observation":
             continue
         sample = Sample(len(found), entry, None, None, memory_size, memory_size)
         found.append(ExternalObservation(sample, lineno))
+    warn_unknown_types(path, unknown, "only Observation entries are read from an observations file, so they were skipped")
     if not found:
         raise UserError(f"{path}: no observations; expected one {{\"content\": ...}} object per line")
     return tuple(found)

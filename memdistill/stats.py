@@ -26,6 +26,7 @@ from memdistill import fileio, shards
 from memdistill.convert_figures import DEFAULT_MASS_THRESHOLDS, read_figures
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID
+from memdistill.report import RunContext, context_rows, generation_rows, headline_metrics, report_warnings
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,27 @@ METADATA_TYPE = pl.Struct(
         "memory_size_entries": pl.Int64,
         "memory_coverage": pl.Float64,
         "teacher": pl.Struct({"model": pl.String, "top_logprobs": pl.Int64, "logprobs": pl.String}),
+        # Which observation a row answers (random_sampling gives one several rows), and whether it was cut.
+        "observation_idx": pl.Int64,
+        "observation_tokens": pl.Int64,
+        "observation_tokens_kept": pl.Int64,
+    }
+)
+# The run a dataset comes from (memdistill.report.RunContext), read from the parquet's row metadata.
+CONTEXT_TYPE = pl.Struct(
+    {
+        "strategy": pl.String,
+        "strategy_params": pl.Struct(
+            {"window_k": pl.Int64, "max_memory_samples": pl.Int64, "subset_size": pl.Int64, "num_subsets": pl.Int64}
+        ),
+        "checkpoint": pl.String,
+        "snapshot": pl.String,
+        "snapshot_sha256": pl.String,
+        "max_prompt_tokens": pl.Int64,
+        "teacher": pl.Struct(
+            {"backend": pl.String, "flavor": pl.String, "model": pl.String, "max_tokens": pl.Int64,
+             "top_logprobs": pl.Int64, "logprobs": pl.String}
+        ),
     }
 )
 _TOP_TYPE = pl.Struct({"logprob": pl.Float64})
@@ -61,7 +83,10 @@ JSONL_SCHEMA = pl.Schema(
         "metadata": METADATA_TYPE,
     }
 )
-SAMPLE_COLUMNS = ("row", "sample", "tokens", "finish_reason", "failed", "memory_size_chars", "memory_size_entries", "memory_coverage")
+SAMPLE_COLUMNS = (
+    "row", "sample", "tokens", "finish_reason", "failed", "memory_size_chars", "memory_size_entries", "memory_coverage",
+    "observation", "observation_cut",
+)
 # A sample that kept less than this share of the memory its strategy wanted counts as poorly covered.
 LOW_COVERAGE = 0.5
 
@@ -104,6 +129,12 @@ class StatsResult:
     samples: pl.DataFrame  # per record: sample, tokens, finish_reason, memory sizes
     # metrics/generate.json, shown in the summary; not repeated in metrics/stats.json (`dvc metrics show` lists both)
     generation: dict[str, Any] = field(default_factory=dict)
+    context: RunContext = field(default_factory=RunContext)
+
+    @property
+    def headline(self) -> dict[str, Any]:
+        """metrics/stats.json: the figures compared across experiments (`metrics` is the whole report)."""
+        return headline_metrics(self.metrics)
 
 
 # ---------------------------------------------------------------------------------------------- queries
@@ -189,8 +220,8 @@ def scan_jsonl(path: Path) -> pl.LazyFrame:
     return pl.scan_ndjson(_require(path), schema=JSONL_SCHEMA, ignore_errors=False).with_row_index("row")
 
 
-def scan_parquet(path: Path) -> pl.LazyFrame:
-    """The cartridges parquet with row numbers and `metadata` as a struct (it is stored as JSON text)."""
+def scan_parquet(path: Path, metadata_type: pl.Struct = METADATA_TYPE) -> pl.LazyFrame:
+    """The cartridges parquet with row numbers and `metadata` as a struct of `metadata_type`'s fields."""
     files = _require(path)
     try:
         frame = pl.scan_parquet(files)
@@ -201,19 +232,19 @@ def scan_parquet(path: Path) -> pl.LazyFrame:
         raise UserError(f"{path}: no 'messages' column; expected a cartridges parquet")
     stored = schema.get("metadata")
     if stored == pl.String:
-        metadata = pl.col("metadata").str.json_decode(METADATA_TYPE)
+        metadata = pl.col("metadata").str.json_decode(metadata_type)
     elif isinstance(stored, pl.Struct) and {"json", "finish_reason"} <= {f.name for f in stored.fields}:
         # convert's struct: the whole record metadata is its `json` field; `finish_reason` is the effective one.
-        decoded = pl.col("metadata").struct.field("json").str.json_decode(METADATA_TYPE)
+        decoded = pl.col("metadata").struct.field("json").str.json_decode(metadata_type)
         metadata = pl.struct(
             [pl.col("metadata").struct.field("finish_reason") if name == "finish_reason" else decoded.struct.field(name)
-             for name in METADATA_TYPE.to_schema()]
+             for name in metadata_type.to_schema()]
         )
     elif "metadata" in schema:
         # A struct written by another tool may have other fields; going through JSON picks ours.
-        metadata = pl.col("metadata").struct.json_encode().str.json_decode(METADATA_TYPE)
+        metadata = pl.col("metadata").struct.json_encode().str.json_decode(metadata_type)
     else:
-        metadata = pl.lit(None, dtype=METADATA_TYPE)
+        metadata = pl.lit(None, dtype=metadata_type)
     return frame.select("messages", metadata.alias("metadata")).with_row_index("row")
 
 
@@ -303,6 +334,8 @@ def _sample_columns(frame: pl.DataFrame | pl.LazyFrame) -> Any:
         meta.field("memory_size_chars"),
         meta.field("memory_size_entries"),
         meta.field("memory_coverage"),
+        meta.field("observation_idx").fill_null(meta.field("sample_idx")).fill_null(pl.col("row").cast(pl.Int64)).alias("observation"),
+        (meta.field("observation_tokens_kept") < meta.field("observation_tokens")).fill_null(False).alias("observation_cut"),
     )
 
 
@@ -455,6 +488,30 @@ def figures_from_convert(
     return from_jsonl, from_parquet
 
 
+def run_context(parquet: Path) -> RunContext:
+    """The strategy, checkpoint, snapshot and teacher the parquet's rows record (distinct values of each)."""
+    rows = _collect(
+        scan_parquet(parquet, CONTEXT_TYPE).select(pl.col("metadata").struct.unnest()).unique(), parquet, "a cartridges parquet"
+    )
+
+    def distinct(column: str) -> list[Any]:
+        values = rows[column].drop_nulls().unique(maintain_order=False).to_list()
+        return sorted(values, key=lambda value: json.dumps(value, sort_keys=True))
+
+    def without_nulls(value: dict[str, Any]) -> dict[str, Any]:
+        return {key: item for key, item in value.items() if item is not None}
+
+    snapshots = rows.select("snapshot", "snapshot_sha256").drop_nulls("snapshot").unique().sort("snapshot", "snapshot_sha256")
+    return RunContext(
+        strategy=tuple(distinct("strategy")),
+        strategy_params=tuple(without_nulls(p) for p in distinct("strategy_params")),
+        checkpoint=tuple(distinct("checkpoint")),
+        snapshot=tuple(f"{name} (sha256 {sha[:12]})" if sha else name for name, sha in snapshots.iter_rows()),
+        teacher=tuple(without_nulls(t) for t in distinct("teacher") if any(v is not None for v in t.values())),
+        max_prompt_tokens=tuple(distinct("max_prompt_tokens")),
+    )
+
+
 # ------------------------------------------------------------------------------------------------- math
 
 
@@ -604,9 +661,12 @@ def compute_stats(
     at_min_mass = curve.filter(pl.col("threshold") == min_prob_mass).row(0, named=True)
     finish = samples.group_by("finish_reason").agg(pl.len()).sort("finish_reason")
     unmapped = from_parquet.unmapped
+    hit_max_tokens = int((samples["finish_reason"] == "length").sum())
     metrics: dict[str, Any] = {
         "samples": samples.height,
-        "failed_reference_samples": int(samples["failed"].sum()),
+        # Per observation: random_sampling answers one observation in several rows, with the same feedback.
+        "failed_reference_samples": samples.filter("failed")["observation"].n_unique(),
+        "observations_cut": samples.filter("observation_cut")["observation"].n_unique(),
         "memory": memory_coverage_figures(samples["memory_coverage"]),
         "assistant_tokens": {
             "total": total_tokens,
@@ -626,6 +686,7 @@ def compute_stats(
         "unmapped_tokens": unmapped,
         "unmapped_rate": _ratio(unmapped, total_tokens + from_parquet.kept_entries, 6),
         "finish_reasons": {str(reason): int(count) for reason, count in finish.iter_rows()},
+        "share_hit_max_tokens": _ratio(hit_max_tokens, samples.height),
         "jsonl_bytes": from_jsonl.file_bytes,
         "parquet_bytes": from_parquet.file_bytes,
         "parquet_bytes_per_token": _ratio(from_parquet.file_bytes, total_tokens),
@@ -637,7 +698,10 @@ def compute_stats(
         "memory_vs_output": samples.select("sample", "memory_size_chars", "memory_size_entries", "tokens"),
         "memory_coverage": samples.select("sample", pl.col("memory_coverage").alias("coverage")),
     }
-    return StatsResult(metrics, plots, samples.select(*SAMPLE_COLUMNS[1:]), read_generate_metrics(generate_metrics))
+    context = run_context(parquet)
+    metrics["run"] = context.to_dict()
+    metrics["warnings"] = [{"code": w.code, "message": w.message} for w in report_warnings(metrics, context)]
+    return StatsResult(metrics, plots, samples.select(*SAMPLE_COLUMNS[1:]), read_generate_metrics(generate_metrics), context)
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -676,7 +740,8 @@ def render_summary(result: StatsResult, images: Sequence[tuple[str, str]] = ()) 
     tokens = m["assistant_tokens"]
     rows = [
         ("samples", m["samples"]),
-        ("failed reference samples", m["failed_reference_samples"]),
+        ("failed reference samples (observations whose feedback reads as failed)", m["failed_reference_samples"]),
+        ("answers that stopped at max_tokens", f"{m['finish_reasons'].get('length', 0)} ({m['share_hit_max_tokens']:.2%})"),
         ("memory coverage, kept / wanted tokens (mean / p10)", _coverage_cell(m["memory"])),
         ("samples below 50% memory coverage", "—" if m["memory"]["share_below_half"] is None else f"{m['memory']['share_below_half']:.2%}"),
         ("assistant tokens (total)", tokens["total"]),
@@ -693,10 +758,18 @@ def render_summary(result: StatsResult, images: Sequence[tuple[str, str]] = ()) 
         ("parquet size", _bytes(m["parquet_bytes"])),
         ("parquet bytes per assistant token", m["parquet_bytes_per_token"]),
     ]
-    for key, value in result.generation.items():
-        if isinstance(value, (int, float, str)):
-            rows.append((f"generation: {key}", value))
-    lines = ["# Dataset summary", "", "Written by the stats stage (`memdistill stats`); `metrics/stats.json` and `metrics/generate.json` hold the same figures.", ""]
+    if m.get("observations_cut"):
+        rows.insert(2, ("samples whose own observation was cut to fit the budget", m["observations_cut"]))
+    rows += generation_rows(result.generation)
+    lines = [
+        "# Dataset summary", "",
+        "Written by the stats stage (`memdistill stats`). `metrics/stats.json` keeps the figures compared across "
+        "experiments, `metrics/generate.json` the generation's; `reports/stats_detail.json` holds every figure below.", "",
+    ]  # fmt: skip
+    lines += _table(("run", ""), context_rows(result.context))
+    if m.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {warning['message']}" for warning in m["warnings"]]
+    lines += ["", "## Figures", ""]
     lines += _table(("figure", "value"), rows)
     if images:
         lines += ["", "## Plots", ""]
@@ -713,6 +786,11 @@ def render_summary(result: StatsResult, images: Sequence[tuple[str, str]] = ()) 
             for r in curve.iter_rows(named=True)
         ],
     )
+    lengths = result.samples["tokens"]
+    if lengths.n_unique() == 1:
+        # The two tables would list the same samples: say it once.
+        lines += ["", "## Longest and shortest samples", "", f"Every answer has {lengths[0]} assistant tokens."]
+        return "\n".join(lines) + "\n"
     longest, shortest = extreme_samples(result.samples)
     for title, frame in (("Longest samples", longest), ("Shortest samples", shortest)):
         lines += ["", f"## {title}", ""]

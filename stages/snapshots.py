@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 # generate.max_tokens when no params file says otherwise (kept free for the answer by max_prompt_tokens: auto).
 DEFAULT_ANSWER_TOKENS = 48
+# "No file" for the parameters that name one (observations, system_prompt_file), as params.yaml spells it: dvc.yaml
+# makes the file they name a dependency of this stage, and a DVC dependency must be a path that exists (null
+# breaks dvc.yaml), so a file kept in git for this (its text says so) stands for none. null means the same outside DVC.
+NO_FILE = "data/none"
 
 
 class SnapshotsConfig(params.StageParams):
@@ -93,6 +97,11 @@ class SnapshotsConfig(params.StageParams):
     metadata: dict[str, Any] = Field(default_factory=dict, description="copied into every row's metadata (run, split, agent version), e.g. '{run: exp-12, split: train}'")
 
     _local_paths = field_validator("checkpoint_dir", "system_prompt_file", "observations")(params.local_path_field)
+
+    @field_validator("system_prompt_file", "observations", mode="before")
+    @classmethod
+    def _no_file(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and Path(value) == Path(NO_FILE) else value
 
     @field_validator("strategy")
     @classmethod
@@ -173,7 +182,7 @@ def run(
         for row in iter_prompt_rows(snapshot, config.row_options(), counter, system_prompt, summary, limit):
             handle.write(fileio.dump_json_line(row))
         if summary.over_budget and not summary.rows:
-            raise UserError(f"{path}: {over_budget_message(summary, config.max_observation_tokens)}")
+            raise UserError(f"{path}: {over_budget_message(summary, config.max_observation_tokens, config.max_prompt_tokens)}")
     log.info(
         "wrote %d rows for %d of %d samples from %s (%s, system prompt from %s) to %s; max_prompt_tokens %s, mean memory "
         "coverage %.3f, %d memory samples dropped for the token budget, %d observations cut to max_observation_tokens, "
@@ -181,10 +190,10 @@ def run(
         summary.rows, summary.samples_written, summary.samples_in_snapshot, path, config.strategy, system_prompt[1], output,
         limit, summary.mean_coverage, summary.dropped_for_budget, summary.observations_cut, summary.redactions,
     )
-    left_out = over_budget_message(summary, config.max_observation_tokens)
+    left_out = over_budget_message(summary, config.max_observation_tokens, config.max_prompt_tokens)
     if left_out:
         log.warning(left_out)
-    warning = coverage_warning(summary, config.strategy)
+    warning = coverage_warning(summary, config.row_options(), config.max_prompt_tokens)
     if warning:
         log.warning(warning)
     return summary

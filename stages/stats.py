@@ -1,4 +1,5 @@
-"""stats stage: dataset.jsonl + dataset.parquet -> metrics/stats.json, plot data for DVC, reports/summary.md.
+"""stats stage: dataset.jsonl + dataset.parquet -> metrics/stats.json (the headline figures), plot data for DVC,
+reports/summary.md and reports/stats_detail.json (every figure).
 
 The mass curve (entries kept and projected parquet size for min_prob_mass from 0.5 to 0.999) tells at
 one look what any other `convert.min_prob_mass` would cost. Convert counts it while it parses the JSONL
@@ -52,13 +53,15 @@ def run(
     config: StatsConfig | None = None,
     generate_metrics: Path | None = None,
     figures: Path | None = None,
+    detail_path: Path | None = None,
 ) -> StatsResult:
+    """Writes the headline figures to `metrics_path`, every figure (the report) to `detail_path`."""
     config = config or StatsConfig()
     figures = figures or figures_path(parquet)
     result = compute_stats(jsonl, parquet, config.min_prob_mass, generate_metrics, tuple(config.mass_thresholds), figures)
     plots = [plots_dir / f"{name}.csv" for name in result.plots] if plots_dir is not None else []
     plots += [plots_dir / f"{spec.name}.svg" for spec in PLOTS] if plots_dir is not None else []
-    for output in (metrics_path, summary_path, *plots):
+    for output in (metrics_path, summary_path, detail_path, *plots):
         if output is not None:
             fileio.refuse_input_as_output(output, jsonl, parquet, generate_metrics, figures)
     # Every output is computed before the first is written: a failure leaves the old set intact.
@@ -66,8 +69,13 @@ def run(
     svgs = render_plots(result.plots) if plots_dir is not None else {}
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     with fileio.atomic_output(metrics_path) as handle:
-        json.dump(result.metrics, handle, indent=2, ensure_ascii=False)
+        json.dump(result.headline, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
+    if detail_path is not None:
+        detail_path.parent.mkdir(parents=True, exist_ok=True)
+        with fileio.atomic_output(detail_path) as handle:
+            json.dump(result.metrics, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
     if plots_dir is not None:
         plots_dir.mkdir(parents=True, exist_ok=True)
         for name, frame in result.plots.items():
@@ -86,6 +94,8 @@ def run(
         result.metrics["assistant_tokens"]["total"],
         result.metrics["mean_kept_per_token"],
     )
+    for warning in result.metrics["warnings"]:
+        log.warning("stats: %s", warning["message"])
     return result
 
 
@@ -95,6 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", required=True, type=fileio.local_path, help="where to write stats.json (a DVC metric)")
     parser.add_argument("--plots-dir", type=fileio.local_path, help="folder for plot data (CSV files DVC renders) and the plots drawn offline (SVG)")
     parser.add_argument("--summary", type=fileio.local_path, help="where to write a readable markdown summary (reports/summary.md)")
+    parser.add_argument("--detail", type=fileio.local_path, help="where to write every figure as JSON (reports/stats_detail.json); --metrics keeps the headline ones")
     parser.add_argument("--generate-metrics", type=fileio.local_path, help="metrics/generate.json to show in the summary (skipped if absent)")
     parser.add_argument("--figures", type=fileio.local_path, help="convert's figures (default: the parquet's stem + .figures.json; the JSONL is read when absent)")
     parser.add_argument("--params", type=fileio.local_path, help="params.yaml: reads convert.min_prob_mass and stats.mass_thresholds")
@@ -104,5 +115,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.params, params.flag_values(args, StatsConfig))
     fileio.arrow_without_pandas()
-    run(args.jsonl, args.parquet, args.metrics, args.plots_dir, args.summary, config, args.generate_metrics, args.figures)
+    run(args.jsonl, args.parquet, args.metrics, args.plots_dir, args.summary, config, args.generate_metrics, args.figures, args.detail)
     return 0

@@ -166,6 +166,30 @@ def test_no_cache_run_resumes_its_own_work_but_not_older_runs(tmp_path: Path) ->
     assert sorted(third.asked) == list(range(6))
 
 
+class CostlyTeacher(CrashingTeacher):
+    """Every answer took 2.5 s, 10 prompt tokens and 3 new tokens when it was produced."""
+
+    async def stream(self, requests: Sequence[TeacherRequest]) -> AsyncIterator[Completion | Failure]:
+        for request in requests:
+            self.asked.append(request.sample_idx)
+            yield Completion(request.sample_idx, "abc", [1, 2, 3], None, "length", 10, 3, 2.5)
+
+
+def test_metrics_keep_what_cached_answers_cost_when_first_produced(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = generate_dataset(prompts(2), CostlyTeacher(), tmp_path / "a.jsonl", cache).to_metrics()
+    assert first["requests_sent"] == 2 and first["answers_from_cache"] == 0 and first["generation_seconds_total"] == 5.0
+    # Two answers from the store, two new: the dataset's cost counts all four, this run's figures only its own.
+    mixed = generate_dataset(prompts(4), CostlyTeacher(), tmp_path / "b.jsonl", cache).to_metrics()
+    assert mixed["requests_sent"] == 2 and mixed["answers_from_cache"] == 2
+    assert mixed["generation_seconds_total"] == 10.0 and mixed["input_tokens"] == 40 and mixed["output_tokens"] == 12
+    replay_teacher = CostlyTeacher()
+    replay = generate_dataset(prompts(4), replay_teacher, tmp_path / "c.jsonl", cache).to_metrics()
+    assert replay_teacher.asked == [] and replay["requests_sent"] == 0 and replay["answers_from_cache"] == 4
+    assert replay["generation_seconds_total"] == 10.0 and replay["output_tokens"] == 12 and replay["tokens_per_second"] == 0.0
+    assert replay["wall_seconds"] < replay["generation_seconds_total"]
+
+
 def test_api_key_never_reaches_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEMDISTILL_KEY", SECRET)
     input_path = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(4))
@@ -184,8 +208,8 @@ def test_api_key_never_reaches_any_file(tmp_path: Path, monkeypatch: pytest.Monk
             assert SECRET not in path.read_text(errors="replace"), path
     assert read_lines(tmp_path / "dataset1.jsonl")[0]["metadata"]["teacher"]["base_url"] == server.url
     metrics = json.loads((tmp_path / "generate.json").read_text())
-    assert metrics["requests"] == 4 and metrics["failures"] == 0 and metrics["output_tokens"] > 0
-    assert set(metrics) >= {"requests", "cache_hits", "retries", "failures", "output_tokens", "tokens_per_second"}
+    assert metrics["requests_sent"] == 4 and metrics["failures"] == 0 and metrics["output_tokens"] > 0
+    assert set(metrics) >= {"requests_sent", "answers_from_cache", "retries", "failures", "output_tokens", "tokens_per_second"}
 
 
 def test_bad_flags_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

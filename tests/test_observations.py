@@ -119,4 +119,4 @@ def test_pipeline_with_observations_and_three_views(example_checkpoint: Path, ob
     flat = json.dumps(meta, default=str)
     assert "held-out" in flat and f"observations:{observations}:3" in flat
     stats = json.loads((tmp_path / "stats.json").read_text())
-    assert stats["samples"] == 6 and stats["memory"]["coverage"]["mean"] == 1.0
+    assert stats["samples"] == 6 and stats["coverage_mean"] == 1.0

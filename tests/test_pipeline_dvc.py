@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,10 +43,8 @@ def project_files() -> list[str]:
     return [name for name in listed if (REPO_ROOT / name).is_file()]
 
 
-@pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh git + DVC repository holding the project, reproduced once with a small configuration."""
-    repo = tmp_path_factory.mktemp("repo")
+def project_repo(repo: Path, **snapshots: object) -> Path:
+    """A fresh git repository holding the project without outputs, with a small configuration."""
     for name in project_files():
         target = repo / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +52,7 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("dvc.lock", *OUTPUTS):
         (repo / name).unlink(missing_ok=True)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["snapshots"].update(max_samples=3, max_prompt_tokens=256)
+    params["snapshots"].update(max_samples=3, max_prompt_tokens=256, **snapshots)
     params["generate"].update(max_tokens=6, batch_size=3)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     run(["git", "init", "-q"], repo)
@@ -61,6 +60,13 @@ def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run(["git", "config", "user.name", "ci"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "project"], repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project reproduced once (the parameters naming no file, as params.yaml ships them)."""
+    repo = project_repo(tmp_path_factory.mktemp("repo"))
     dvc("repro", cwd=repo)
     return repo
 
@@ -97,7 +103,7 @@ def test_changing_min_prob_mass_reruns_only_convert_and_stats(pipeline_repo: Pat
     assert (pipeline_repo / "data/dataset.jsonl").read_bytes() == before
     after_stats = json.loads((pipeline_repo / "metrics/stats.json").read_text())
     # A lower mass threshold never keeps more entries per token.
-    assert after_stats["kept_entries"] < before_stats["kept_entries"]
+    assert after_stats["kept_per_token"] < before_stats["kept_per_token"]
 
 
 def test_push_and_pull_through_a_local_remote(pipeline_repo: Path, tmp_path: Path) -> None:
@@ -148,6 +154,22 @@ def test_committed_lock_matches_the_committed_code(tmp_path: Path) -> None:
                 else:
                     stale.append(f"{stage}: {kind} {entries}")
     assert not stale, "dvc.lock does not match the committed code (run `dvc repro` and commit dvc.lock): " + "; ".join(stale)
+
+
+def test_editing_a_file_a_parameter_names_makes_the_snapshots_stage_changed(tmp_path: Path) -> None:
+    """observations and system_prompt_file name files: dvc.yaml makes them dependencies of snapshots."""
+    repo = project_repo(tmp_path, observations="held_out.jsonl", system_prompt_file="agent_prompt.txt")
+    (repo / "held_out.jsonl").write_text('{"content": "What is 6*7?"}\n')
+    (repo / "agent_prompt.txt").write_text("You are a calculator.\n")
+    dvc("repro", "snapshots", cwd=repo)
+    assert "up to date" in dvc("status", "snapshots", cwd=repo).lower()
+    for name, appended in (("held_out.jsonl", '{"content": "What is 2+2?"}\n'), ("agent_prompt.txt", "Answer briefly.\n")):
+        with open(repo / name, "a", encoding="utf-8") as handle:
+            handle.write(appended)
+        status = dvc("status", "snapshots", cwd=repo)
+        assert "changed deps" in status and re.search(rf"modified:\s+{re.escape(name)}", status), status
+        dvc("repro", "snapshots", cwd=repo)
+    assert len((repo / "data/prompts.jsonl").read_text().splitlines()) == 2
 
 
 def test_failed_generate_keeps_the_last_dataset(pipeline_repo: Path) -> None:

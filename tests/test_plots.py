@@ -67,9 +67,11 @@ def test_svgs_are_the_same_in_another_process() -> None:
     assert other == repr(render_plots(TABLES))
 
 
-def _axis_labels(svg: str) -> list[str]:
+def _axis_labels(svg: str, axis: str | None = None) -> list[str]:
+    """The tick labels of every axis, or of pygal's `x` or `y` axis (x is the horizontal one, also for bars)."""
     root = ElementTree.fromstring(svg.encode())
-    axes = (g for g in root.iter("{http://www.w3.org/2000/svg}g") if "axis" in g.get("class", "").split())
+    axes = (g for g in root.iter("{http://www.w3.org/2000/svg}g")
+            if "axis" in g.get("class", "").split() and (axis is None or axis in g.get("class", "").split()))
     return [text.text for axis in axes for text in axis.iter("{http://www.w3.org/2000/svg}text") if text.text]
 
 
@@ -83,6 +85,15 @@ def test_counts_get_integer_ticks(name: str) -> None:
 def test_fractions_keep_fractional_ticks() -> None:
     spec = next(p for p in PLOTS if p.name == "mass_curve_entries")
     assert any("." in label for label in _axis_labels(render_svg(spec, TABLES[spec.data])))
+
+
+@pytest.mark.parametrize("name", ["memory_coverage", "mass_curve_entries"])
+def test_share_axes_run_from_0_to_1(name: str) -> None:
+    spec = next(p for p in PLOTS if p.name == name)
+    frame = TABLES[spec.data].with_columns(pl.col(spec.x) * 0.065)  # all far below 1
+    # Both draw the share horizontally: the coverage bars' length, the mass curve's min_prob_mass.
+    values = [float(label) for label in _axis_labels(render_svg(spec, frame), "x")]
+    assert min(values) == 0 and max(values) == 1, values
 
 
 @pytest.mark.parametrize("spec", PLOTS, ids=lambda p: p.name)

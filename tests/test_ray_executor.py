@@ -93,10 +93,15 @@ def test_generate_and_convert_on_ray_equal_the_single_process_run(cluster: Any, 
         cache_dir=str(tmp_path / "cache-ray"),
     )
     metrics = generate_stage.run(config, prompt_file, tmp_path / "ray.jsonl")
-    assert metrics["requests"] == count and metrics["failures"] == 0
+    assert metrics["requests_sent"] == count and metrics["failures"] == 0 and metrics["generation_seconds_total"] > 0
     assert len(part_files(tmp_path / "ray.jsonl")) == 2  # shards default to num_workers on ray
 
     assert_same_generations(local_out, tmp_path / "ray.jsonl", count)
+    # Every answer from the cache: nothing sent, but the dataset's cost is still what it took first.
+    replay = generate_stage.run(config, prompt_file, tmp_path / "ray.jsonl")
+    assert replay["requests_sent"] == 0 and replay["answers_from_cache"] == count
+    assert {key: replay[key] for key in ("generation_seconds_total", "input_tokens", "output_tokens")} == {
+        key: metrics[key] for key in ("generation_seconds_total", "input_tokens", "output_tokens")}
 
     convert_stage.run(convert_stage.ConvertConfig(), local_out, tmp_path / "local.parquet")
     convert_stage.run(convert_stage.ConvertConfig(executor="ray", shards=4), tmp_path / "ray.jsonl", tmp_path / "ray.parquet")

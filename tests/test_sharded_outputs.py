@@ -4,6 +4,8 @@ rows as single files, and convert, stats and inspect read a file or a shard dire
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pandas as pd
@@ -141,6 +143,21 @@ def test_generate_writes_contiguous_jsonl_parts_with_the_single_file_rows(tmp_pa
     parts = part_files(tmp_path / "sharded.jsonl")
     assert len(parts) == 3
     assert [row for p in parts for row in read_lines(p)] == read_lines(tmp_path / "single.jsonl")
+
+
+def test_shard_directories_and_every_file_follow_the_umask(tmp_path: Path, vocab: dict[str, int]) -> None:
+    previous = os.umask(0o027)
+    try:
+        generate_dataset(prompts(5), EchoTeacher(), tmp_path / "dataset.jsonl", tmp_path / "cache", parts=2)
+        generate_dataset(prompts(5), EchoTeacher(), tmp_path / "columnar", tmp_path / "cache", parts=2, output_format="parquet")
+        source = write_jsonl(tmp_path / "records.jsonl", dataset_records(vocab, 6))
+        convert(source, tmp_path / "dataset.parquet", shards=3)
+    finally:
+        os.umask(previous)
+    written = list(tmp_path.rglob("*"))
+    assert {p.name for p in written} >= {"dataset.jsonl", "columnar", "dataset.parquet", "part-00000.jsonl", "part-00001.parquet"}
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in written}
+    assert modes == {name: 0o750 if (tmp_path / name).is_dir() else 0o640 for name in modes}
 
 
 def test_convert_config_rejects_unknown_executor_and_bad_shards(tmp_path: Path) -> None:

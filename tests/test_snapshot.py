@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 from memdistill.errors import UserError
-from memdistill.snapshot import find_snapshot, load_snapshot, parse_entries
+from memdistill.snapshot import find_snapshot, load_observations, load_snapshot, parse_entries
 from tests.conftest import write_jsonl
 
 
@@ -109,6 +110,39 @@ def test_parsing_keeps_types_and_groups_samples(tmp_path: Path) -> None:
     assert second.observation.content == {"question": "q2"}
     assert third.feedback is None and third.missing == ["feedback"]
     assert first.missing == []
+
+
+def test_unknown_entry_types_are_counted_and_named_in_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_jsonl(
+        tmp_path / "memory_1.jsonl",
+        [
+            {"type": "Observation", "content": "q1"},
+            {"type": "Action", "content": "a1"},
+            {"type": "Obsrevation", "content": "q2"},
+            {"type": "Thought", "content": "hmm"},
+            {"type": "Obsrevation", "content": "q3"},
+        ],
+    )
+    with caplog.at_level(logging.WARNING, logger="memdistill.snapshot"):
+        snapshot = load_snapshot(path)
+    assert len(snapshot.samples) == 1 and len(snapshot.entries) == 5  # kept in the memory, no sample of their own
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    message = record.getMessage()
+    assert "3 entries" in message and "'Obsrevation' x2 (first at line 3, did you mean Observation?)" in message
+    assert "'Thought' x1 (first at line 4)" in message and "Thought' x1 (first at line 4, did" not in message
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="memdistill.snapshot"):
+        found = load_observations(write_jsonl(tmp_path / "obs.jsonl", [{"content": "x"}, {"type": "Obsrevation", "content": "y"}]), 5)
+    assert len(found) == 1
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "'Obsrevation' x1 (first at line 2" in record.getMessage() and "skipped" in record.getMessage()
+
+
+def test_known_types_in_any_case_give_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_jsonl(tmp_path / "memory_1.jsonl", [{"type": " OBSERVATION", "content": "q"}, {"type": "feedback", "content": "ok"}])
+    with caplog.at_level(logging.WARNING, logger="memdistill.snapshot"):
+        load_snapshot(path)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_blank_lines_are_ignored_and_errors_count_real_lines(tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ def test_exclude_current_rows(checkpoint: Path, tmp_path: Path) -> None:
     assert meta == {
         "strategy": "exclude_current",
         "strategy_params": {},
+        "checkpoint": str(checkpoint),
         "snapshot": "memory_10.jsonl",
         "snapshot_sha256": load_snapshot(checkpoint / "memory_10.jsonl").sha256,
         "system_prompt": "You are a calculator.",
@@ -208,7 +209,7 @@ def test_prompt_over_the_budget_even_without_memory_is_left_out(checkpoint: Path
     caplog.set_level(logging.INFO)
     output = tmp_path / "prompts.jsonl"
     with pytest.raises(UserError, match=r"all 4 selected samples left out \(sample_idx 0, 1, 2, 3\): the system prompt, the prompt's "
-                       r"headers and the chat template alone are \d+ tokens, over max_prompt_tokens 5 even with an empty memory; raise max_prompt_tokens or shorten system_prompt$"):
+                       r"headers and the chat template alone are \d+ tokens, over max_prompt_tokens 5 even with an empty memory; shorten system_prompt, or raise max_prompt_tokens \(now 5\)"):
         run(config(checkpoint, max_prompt_tokens=5), output, count_tokens=words)
     assert not output.exists()
     (checkpoint / "memory_11.jsonl").write_text(
@@ -218,7 +219,8 @@ def test_prompt_over_the_budget_even_without_memory_is_left_out(checkpoint: Path
     assert [row["sample_idx"] for row in rows_of(output)] == [0, 1, 2, 3] and summary.over_budget == [4]
     # The observation is named as what is too long, not the system prompt.
     assert "1 samples left out (sample_idx 4): their observation alone is too long (100 tokens) for max_prompt_tokens 80" in caplog.text
-    assert "set snapshots.max_observation_tokens below" in caplog.text and "shorten system_prompt" not in caplog.text
+    assert "set snapshots.max_observation_tokens below 25 to cut long observations from the middle, or raise max_prompt_tokens (now 80)" in caplog.text
+    assert "shorten system_prompt" not in caplog.text
     assert "wrote 4 rows for 4 of 5 samples" in caplog.text
 
 
@@ -547,3 +549,12 @@ def test_default_params_on_the_bundled_example(example_checkpoint: Path, repo_ro
     assert len(samples) == 16 and all(prompts[name].keys() == samples for name in prompts)
     distinct = sum(len({prompts[name][i] for name in prompts}) == 4 for i in samples)
     assert distinct >= 0.9 * len(samples)
+
+
+def test_data_none_names_no_file(checkpoint: Path, tmp_path: Path) -> None:
+    """params.yaml spells "no file" as data/none (dvc.yaml makes the named files dependencies): read as null."""
+    parsed = config(checkpoint, system_prompt=None, observations="data/none", system_prompt_file="./data/none")
+    assert parsed.observations is None and parsed.system_prompt_file is None
+    assert config(checkpoint, system_prompt="x", system_prompt_file="data/none").system_prompt == "x"  # not "both set"
+    run(parsed, tmp_path / "prompts.jsonl")
+    assert rows_of(tmp_path / "prompts.jsonl")[0]["metadata"]["observation_source"] == "memory"

@@ -32,6 +32,7 @@ from memdistill import cli
 from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop, RowMetadata
 from memdistill.errors import UserError
 from memdistill.logprobs import keep_counts
+from memdistill.report import headline_metrics
 from memdistill.stats import (
     DEFAULT_MASS_THRESHOLDS,
     compute_stats,
@@ -43,7 +44,10 @@ from memdistill.stats import (
 )
 from stages.stats import StatsConfig, load_config, run
 
-TEACHER = {"backend": "local", "model": "smollm2-135m-instruct", "top_logprobs": 4}
+TEACHER = {"backend": "local", "model": "smollm2-135m-instruct", "max_tokens": 3, "top_logprobs": 4}
+# What the snapshots stage records about the run in every row, read back for the summary.
+RUN = {"strategy": "rolling_window", "strategy_params": {"window_k": 6}, "checkpoint": "checkpoints/ep_000200",
+       "snapshot": "memory_000200.jsonl", "snapshot_sha256": "0123456789abcdef0123", "max_prompt_tokens": 512}
 TOKENS = {
     "A": [(101, 0.60), (102, 0.32), (103, 0.04), (104, 0.02)],
     "B": [(111, 0.96), (112, 0.025), (113, 0.008), (114, 0.004)],
@@ -88,7 +92,7 @@ def jsonl_record(names: str, metadata: dict) -> dict:
             },
         ],
         "system_prompt": "You are a tutor.",
-        "metadata": {**metadata, "teacher": TEACHER, "strategy": "exclude_current"},
+        "metadata": {**RUN, **metadata, "teacher": TEACHER},
         "type": "memory_distillation",
     }
 
@@ -107,7 +111,7 @@ def parquet_row(names: str, metadata: dict) -> OutRow:
         OutMessage("user", f"Problem {metadata['sample_idx']}", np.array([3], np.int64)),
         OutMessage("assistant", "text", ids, top),
     ]
-    full = {**metadata, "teacher": TEACHER}
+    full = {**RUN, **metadata, "teacher": TEACHER}
     stored = RowMetadata(full["sample_idx"], full.get("finish_reason"), None, False, json.dumps(full))
     return OutRow(messages, "You are a tutor.", stored, "memory_distillation")
 
@@ -141,6 +145,7 @@ def test_every_metric_on_the_hand_made_dataset(dataset: tuple[Path, Path], gener
     assert metrics == {
         "samples": 3,
         "failed_reference_samples": 1,
+        "observations_cut": 0,
         # coverage 1.0 and 0.4 (record 2 predates coverage): p10 = 0.4 + 0.1 * 0.6.
         "memory": {"coverage": {"mean": 0.7, "p10": 0.46}, "share_below_half": 0.5, "samples_measured": 2},
         # tokens per sample 2, 3, 1: p95 interpolates between the 2 and the 3 (1.9 of 2 steps).
@@ -159,9 +164,19 @@ def test_every_metric_on_the_hand_made_dataset(dataset: tuple[Path, Path], gener
         "unmapped_tokens": 1,
         "unmapped_rate": 0.05,
         "finish_reasons": {"length": 1, "stop": 2},
+        "share_hit_max_tokens": 0.3333,
         "jsonl_bytes": jsonl.stat().st_size,
         "parquet_bytes": parquet.stat().st_size,
         "parquet_bytes_per_token": round(parquet.stat().st_size / 6, 4),
+        "run": {
+            "strategy": ["rolling_window"], "strategy_params": [{"window_k": 6}], "checkpoint": ["checkpoints/ep_000200"],
+            "snapshot": ["memory_000200.jsonl (sha256 0123456789ab)"], "max_prompt_tokens": [512],
+            "teacher": [{"backend": "local", "model": "smollm2-135m-instruct", "max_tokens": 3, "top_logprobs": 4}],
+        },
+        "warnings": [{"code": "memory_coverage_below_half", "message": (
+            "50% of samples kept less than half of the memory rolling_window wanted under the token budget (mean coverage 0.7): "
+            "lower window_k (now 6), or allow longer prompts (max_prompt_tokens was 512)"
+        )}],
     }
 
 
@@ -230,10 +245,16 @@ def test_summary_shows_the_figures_and_extreme_samples(dataset: tuple[Path, Path
     assert "| finish reasons | length: 1, stop: 2 |" in text
     assert "| memory coverage, kept / wanted tokens (mean / p10) | 0.7 / 0.46 |" in text
     assert "| samples below 50% memory coverage | 50.00% |" in text
-    assert "| generation: wall_seconds | 1.5 |" in text
+    assert "| generation: wall seconds (this run) | 1.5 |" in text
     assert "| **0.9** | 2.3333 | 0.00% |" in text
     longest = text.split("## Longest samples")[1].split("## Shortest samples")[0]
     assert [line.split("|")[1].strip() for line in longest.splitlines() if line.startswith("| 1")] == ["11", "10", "12"]
+    # The run it describes, and what to look at first.
+    assert "| strategy | rolling_window (window_k 6) |" in text and "| checkpoint | checkpoints/ep_000200 |" in text
+    assert "| snapshot | memory_000200.jsonl (sha256 0123456789ab) |" in text
+    assert "| teacher | smollm2-135m-instruct (local, max_tokens 3, top_logprobs 4) |" in text
+    assert "## Warnings\n\n- 50% of samples kept less than half of the memory rolling_window wanted" in text
+    assert "| answers that stopped at max_tokens | 1 (33.33%) |" in text
 
 
 def test_jsonl_figures_alone(dataset: tuple[Path, Path]) -> None:
@@ -308,14 +329,17 @@ def test_stage_writes_metrics_plots_and_summary(tmp_path: Path, dataset: tuple[P
             "stats", "--params", str(params), "--jsonl", str(jsonl), "--parquet", str(parquet),
             "--metrics", str(out / "metrics" / "stats.json"), "--plots-dir", str(out / "plots"),
             "--summary", str(out / "reports" / "summary.md"), "--generate-metrics", str(generate_json),
+            "--detail", str(out / "reports" / "stats_detail.json"),
         ]
     )  # fmt: skip
     assert code == 0
     metrics = json.loads((out / "metrics" / "stats.json").read_text())
-    assert metrics["min_prob_mass"] == 0.9 and metrics["kept_entries"] == 14
+    detail = json.loads((out / "reports" / "stats_detail.json").read_text())
+    assert metrics == headline_of(parquet)
+    assert detail["min_prob_mass"] == 0.9 and detail["kept_entries"] == 14 and detail["mean_kept_per_token"] == metrics["kept_per_token"]
     # generate's figures are its own metric file; stats shows them in the summary, never repeats them.
     assert not set(metrics) & {"generation", "wall_seconds", "tokens_per_second", "failures"}
-    assert "| generation: tokens_per_second | 4.0 |" in (out / "reports" / "summary.md").read_text()
+    assert "| generation: new tokens per second (this run) | 4.0 |" in (out / "reports" / "summary.md").read_text()
     assert sorted(p.name for p in (out / "plots").iterdir() if p.suffix == ".csv") == [
         "kept_per_token.csv", "mass_curve.csv", "memory_coverage.csv", "memory_vs_output.csv", "tokens_per_sample.csv",
     ]  # fmt: skip
@@ -324,6 +348,78 @@ def test_stage_writes_metrics_plots_and_summary(tmp_path: Path, dataset: tuple[P
     )
     assert len((out / "plots" / "mass_curve.csv").read_text().splitlines()) == 4  # header + .5, .9, .99
     assert "| samples | 3 |" in (out / "reports" / "summary.md").read_text()
+
+
+def headline_of(parquet: Path) -> dict:
+    """metrics/stats.json of the hand-made dataset: one flat figure each, what `dvc exp show` compares."""
+    return {
+        "samples": 3, "failed_reference_samples": 1, "assistant_tokens": 6, "tokens_per_sample": 2.0, "share_hit_max_tokens": 0.3333,
+        "coverage_mean": 0.7, "kept_per_token": 2.3333, "mass_kept": 0.94, "share_below_min_mass": 0.0,
+        "parquet_mb": round(parquet.stat().st_size / 1e6, 4), "rejected_samples": 0, "unmapped_rate": 0.05,
+    }  # fmt: skip
+
+
+def test_headline_is_flat_and_taken_from_the_report(dataset: tuple[Path, Path]) -> None:
+    result = compute_stats(*dataset, MIN_PROB_MASS)
+    assert result.headline == headline_of(dataset[1])
+    assert all(isinstance(value, (int, float)) for value in result.headline.values())
+    gained = {**result.metrics, "memory_gain": {"mean": 0.4}}  # a block another stage adds comes along whole
+    assert headline_metrics(gained)["memory_gain"] == {"mean": 0.4}
+
+
+def rewrite(jsonl: Path, parquet: Path, records: list[tuple[str, dict]]) -> None:
+    """The hand-made dataset with other records (same tokens), as JSONL and parquet."""
+    jsonl.write_text("".join(json.dumps(jsonl_record(n, m)) + "\n" for n, m in records), encoding="utf-8")
+    writer = CartridgesWriter(parquet, rows_per_group=2)
+    for names, metadata in records:
+        writer.write(parquet_row(names, metadata))
+    writer.close()
+
+
+def test_most_answers_at_max_tokens_and_most_rows_below_min_mass_are_warned_about(
+    dataset: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    jsonl, parquet = dataset
+    rewrite(jsonl, parquet, [(n, {**m, "finish_reason": "length", "memory_coverage": 1.0}) for n, m in RECORDS])
+    result = compute_stats(jsonl, parquet, MIN_PROB_MASS)
+    (warning,) = result.metrics["warnings"]
+    assert warning["code"] == "most_answers_hit_max_tokens" and result.headline["share_hit_max_tokens"] == 1.0
+    assert warning["message"].startswith("3 of 3 answers (100%) stopped at max_tokens (3)") and "raise generate.max_tokens" in warning["message"]
+    # At 0.995, 4 of 6 rows never reach the threshold within K = 4.
+    at_995 = compute_stats(jsonl, parquet, 0.995, thresholds=[0.995])
+    below = next(w for w in at_995.metrics["warnings"] if w["code"] == "most_rows_below_min_mass")
+    assert below["message"].startswith("67% of token rows never reach min_prob_mass 0.995 within the 4 alternatives recorded")
+    assert "generate.top_logprobs, now 4" in below["message"]
+    assert "## Warnings" in render_summary(at_995) and below["message"] in render_summary(at_995)
+
+
+def test_no_warning_when_all_is_well(dataset: tuple[Path, Path]) -> None:
+    jsonl, parquet = dataset
+    rewrite(jsonl, parquet, [(n, {**m, "finish_reason": "stop", "memory_coverage": 1.0}) for n, m in RECORDS])
+    result = compute_stats(jsonl, parquet, MIN_PROB_MASS)
+    assert result.metrics["warnings"] == [] and "## Warnings" not in render_summary(result)
+
+
+def test_failed_samples_count_observations_not_rows_and_cut_observations_are_named(dataset: tuple[Path, Path]) -> None:
+    jsonl, parquet = dataset
+    # random_sampling: three rows answer observation 4, whose feedback failed; observation 5's was cut to the budget.
+    views = [("A", {"sample_idx": 12 + i, "observation_idx": 4, "failed": True, "finish_reason": "stop"}) for i in range(3)]
+    cut = ("B", {"sample_idx": 15, "observation_idx": 5, "failed": False, "finish_reason": "stop",
+                 "observation_tokens": 900, "observation_tokens_kept": 300})
+    rewrite(jsonl, parquet, [*views, cut])
+    result = compute_stats(jsonl, parquet, MIN_PROB_MASS)
+    assert result.metrics["failed_reference_samples"] == 1 and result.metrics["observations_cut"] == 1
+    (warning,) = [w for w in result.metrics["warnings"] if w["code"] == "observations_cut"]
+    assert warning["message"].startswith("1 of 4 samples' own observation was over the token budget and was cut")
+    assert "| samples whose own observation was cut to fit the budget | 1 |" in render_summary(result)
+
+
+def test_equal_lengths_say_so_once_instead_of_two_equal_tables(dataset: tuple[Path, Path]) -> None:
+    jsonl, parquet = dataset
+    rewrite(jsonl, parquet, [("AB", RECORDS[0][1]), ("CD", RECORDS[1][1]), ("EF", RECORDS[2][1])])
+    text = render_summary(compute_stats(jsonl, parquet, MIN_PROB_MASS))
+    assert "Every answer has 2 assistant tokens." in text
+    assert "## Longest samples" not in text and "## Shortest samples" not in text
 
 
 def test_flags_override_params(tmp_path: Path) -> None:
