@@ -135,6 +135,8 @@ class ExportConformance:
     max_abs_logprob_diff: float = float("inf")
     mean_abs_logprob_diff: float = float("inf")
     differing_config_fields: dict[str, list[Any]] = field(default_factory=dict)
+    config_fields_only_new: list[str] = field(default_factory=list)
+    config_fields_only_old: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -188,11 +190,16 @@ def compare_probes(new: dict[str, Any], old: dict[str, Any]) -> ExportConformanc
     if diffs:
         figures.max_abs_logprob_diff = max(diffs)
         figures.mean_abs_logprob_diff = sum(diffs) / len(diffs)
-    figures.differing_config_fields = {
-        key: [new["config"].get(key), old["config"].get(key)]
-        for key in sorted(set(new["config"]) | set(old["config"]))
-        if key != "transformers_version" and new["config"].get(key) != old["config"].get(key)
-    }
+    # The config each version built, for the record (the checks above decide): a field both versions set to
+    # different values, and fields only one of them has (4.x keeps generation defaults in the model config).
+    both = {key for key in set(new["config"]) & set(old["config"])
+            if new["config"][key] is not None and old["config"][key] is not None and key != "transformers_version"}
+    figures.differing_config_fields = {key: [new["config"][key], old["config"][key]]
+                                       for key in sorted(both) if new["config"][key] != old["config"][key]}
+    figures.config_fields_only_new = sorted(key for key, value in new["config"].items()
+                                            if value is not None and old["config"].get(key) is None)
+    figures.config_fields_only_old = sorted(key for key, value in old["config"].items()
+                                            if value is not None and new["config"].get(key) is None)
     return figures
 
 

@@ -94,8 +94,12 @@ def test_a_differing_config_field_is_reported() -> None:
     old = copy.deepcopy(probe_output())
     old["config"]["rope_theta"] = 10000.0
     old["transformers"] = "4.55.4"
-    figures = compare_probes(probe_output(), old)
+    old["config"]["top_k"] = 50  # transformers 4 keeps generation defaults in the model config
+    new = probe_output()
+    new["config"]["rope_parameters"] = {"rope_theta": 100000.0}
+    figures = compare_probes(new, old)
     assert figures.differing_config_fields == {"rope_theta": [100000.0, 10000.0]}
+    assert figures.config_fields_only_old == ["top_k"] and figures.config_fields_only_new == ["rope_parameters"]
     assert figures.old_transformers == "4.55.4"
 
 
