@@ -67,15 +67,6 @@ def _score(model: Any, ids: list[int], top_k: int) -> dict[str, list[Any]]:
     }
 
 
-def _longest_chats(chat_ids: list[list[int]]) -> list[list[int]]:
-    """The chats to score: a prompt awaiting its answer is a prefix of the chat holding the answer, whose
-    scores cover it, so only chats that are no other chat's prefix are scored (cut to MAX_SEQUENCE_TOKENS)."""
-    def is_prefix(ids: list[int], other: list[int]) -> bool:
-        return len(ids) < len(other) and other[: len(ids)] == ids
-
-    return [ids[:MAX_SEQUENCE_TOKENS] for ids in chat_ids if not any(is_prefix(ids, other) for other in chat_ids)]
-
-
 def probe(folder: Path, request: dict[str, Any]) -> dict[str, Any]:
     """What this environment's transformers makes of the folder: tokenizer, chat template, config, logprobs."""
     import torch
@@ -91,7 +82,7 @@ def probe(folder: Path, request: dict[str, Any]) -> dict[str, Any]:
     rendered = [tokenizer.apply_chat_template(chat["messages"], tokenize=False,
                                               add_generation_prompt=chat["add_generation_prompt"]) for chat in chats]
     chat_ids = [_chat_ids(tokenizer, chat["messages"], chat["add_generation_prompt"]) for chat in chats]
-    sequences = request.get("sequences") or _longest_chats(chat_ids)
+    sequences = request.get("sequences") or [ids[:MAX_SEQUENCE_TOKENS] for ids in chat_ids]
     rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
     return {
         "transformers": transformers.__version__,
