@@ -69,7 +69,6 @@ def _score(model: Any, ids: list[int], top_k: int) -> dict[str, list[Any]]:
 
 def probe(folder: Path, request: dict[str, Any]) -> dict[str, Any]:
     """What this environment's transformers makes of the folder: tokenizer, chat template, config, logprobs."""
-    import torch
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -119,6 +118,8 @@ class ExportConformance:
     chats_with_identical_text: int = 0
     chats_with_identical_ids: int = 0
     special_tokens_identical: bool = False
+    # the same model class, dtype (loaded with dtype "auto"), tied embeddings and context window
+    model_loaded_identically: bool = False
     rope_identical: bool = False
     positions: int = 0
     top1_agreement: float = 0.0
@@ -136,13 +137,16 @@ class ExportConformance:
             and self.texts_with_identical_ids == self.texts
             and self.texts_with_identical_decoding == self.texts
             and self.chats_with_identical_text == self.chats == self.chats_with_identical_ids
-            and self.special_tokens_identical and self.rope_identical
+            and self.special_tokens_identical and self.model_loaded_identically and self.rope_identical
             and self.top1_agreement == 1.0
             and self.max_abs_logprob_diff <= MAX_ABS_LOGPROB_DIFF
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "passed": self.passed, "threshold": MAX_ABS_LOGPROB_DIFF}
+
+
+_MODEL_FIGURES = ("model_class", "model_dtype", "tied_embeddings", "model_max_length")
 
 
 def _same_floats(left: list[float] | None, right: list[float] | None, tolerance: float = 1e-6) -> bool:
@@ -161,6 +165,7 @@ def compare_probes(new: dict[str, Any], old: dict[str, Any]) -> ExportConformanc
     figures.chats_with_identical_text = sum(a == b for a, b in zip(new["chat_texts"], old["chat_texts"]))
     figures.chats_with_identical_ids = sum(a == b for a, b in zip(new["chat_ids"], old["chat_ids"]))
     figures.special_tokens_identical = new["special_tokens"] == old["special_tokens"] and new["vocabulary"] == old["vocabulary"]
+    figures.model_loaded_identically = all(new[key] == old[key] for key in _MODEL_FIGURES)
     figures.rope_identical = _same_floats(new["rope_inv_freq"], old["rope_inv_freq"])
     if old["sequences"] != new["sequences"]:
         raise ValueError("the two probes scored different token ids; the old one must score the new one's sequences")

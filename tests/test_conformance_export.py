@@ -58,7 +58,8 @@ def test_the_sample_request_covers_texts_chats_and_a_long_memory() -> None:
 def probe_output() -> dict:
     return {
         "transformers": "5.0", "special_tokens": {"eos_token": ["<|im_end|>", 2]}, "vocabulary": 10,
-        "rope_inv_freq": [1.0, 0.5], "config": {"rope_theta": 100000.0, "transformers_version": "5.0"},
+        "rope_inv_freq": [1.0, 0.5], "model_class": "LlamaForCausalLM", "model_dtype": "float32",
+        "tied_embeddings": True, "model_max_length": 8192, "config": {"rope_theta": 100000.0, "transformers_version": "5.0"},
         "text_ids": [[1, 2], [3]], "decoded": ["ab", "c"], "chat_texts": ["<s>hi"], "chat_ids": [[1, 4]],
         "sequences": [[1, 4, 5]],
         "scores": [{"top_ids": [[4, 6], [5, 2], [2, 9]], "top_logprobs": [[-0.1, -2.0], [-0.2, -1.8], [-0.3, -1.5]],
@@ -76,6 +77,7 @@ def test_identical_probes_pass() -> None:
     (lambda old: old["text_ids"].__setitem__(1, [3, 0]), "texts_with_identical_ids"),
     (lambda old: old["chat_texts"].__setitem__(0, "<s> hi"), "chats_with_identical_text"),
     (lambda old: old["special_tokens"].__setitem__("eos_token", ["</s>", 2]), "special_tokens_identical"),
+    (lambda old: old.__setitem__("model_dtype", "bfloat16"), "model_loaded_identically"),
     # what transformers 4.55 built from the folder before the fix: rope_theta 10000 instead of 100000
     (lambda old: old.__setitem__("rope_inv_freq", [1.0, 0.6]), "rope_identical"),
     (lambda old: old["scores"][0]["argmax"].__setitem__(1, 2), "top1_agreement"),
