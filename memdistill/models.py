@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -222,9 +223,50 @@ def tied_state_dict(state: dict[str, Any], tied: bool) -> dict[str, Any]:
     return out
 
 
+# What transformers 4.x needs to build the same model from a folder transformers 5 wrote. cartridges'
+# training loop pins transformers <= 4.55: given only `rope_parameters` it silently falls back to rope_theta
+# 10000 (the teacher uses 100000), and it has no tokenizer class `TokenizersBackend`.
+LEGACY_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+_GENERIC_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+# Saved by transformers 5 about the machine that saved the folder, not about the tokenizer.
+_SAVING_MACHINE_KEYS = ("is_local", "local_files_only")
+
+
+def legacy_config_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """config.json with the fields transformers 4.x reads beside the ones 5.x writes: `rope_theta` and
+    `rope_scaling` from `rope_parameters`, `torch_dtype` from `dtype`. Both versions then build the same model."""
+    out = dict(config)
+    rope = out.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        out["rope_theta"] = rope["rope_theta"]
+        scaling = {key: value for key, value in rope.items() if key != "rope_theta"}
+        out["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else scaling
+    if "dtype" in out and "torch_dtype" not in out:
+        out["torch_dtype"] = out["dtype"]
+    return out
+
+
+def legacy_tokenizer_fields(tokenizer_config: dict[str, Any], context_length: int | None) -> dict[str, Any]:
+    """tokenizer_config.json that transformers 4.x loads as the same tokenizer: a class it knows for a plain
+    tokenizer.json (5.x's generic `TokenizersBackend` is 4.x's `PreTrainedTokenizerFast`) and the real context
+    window instead of the "no limit" placeholder. The chat template stays in chat_template.jinja, which
+    transformers reads since 4.49 (cartridges' lower bound)."""
+    out = {key: value for key, value in tokenizer_config.items() if key not in _SAVING_MACHINE_KEYS}
+    if out.get("tokenizer_class") in _GENERIC_TOKENIZER_CLASSES:
+        out["tokenizer_class"] = LEGACY_TOKENIZER_CLASS
+    limit = out.get("model_max_length")
+    if context_length and not (isinstance(limit, int) and 0 < limit < _NO_LIMIT):
+        out["model_max_length"] = context_length
+    return out
+
+
+def _rewrite_json(path: Path, change: Any) -> None:
+    path.write_text(json.dumps(change(json.loads(path.read_text())), indent=2, sort_keys=True) + "\n")
+
+
 def export_teacher(target: Path) -> Path:
-    """Write the embedded teacher as a Hugging Face model folder any engine loads (vLLM, transformers):
-    float32 weights with the embedding under its own name, config, generation config and tokenizer."""
+    """Write the embedded teacher as a Hugging Face model folder any engine loads (vLLM, transformers 4.x
+    and 5.x): float32 weights with the embedding under its own name, config, generation config and tokenizer."""
     from safetensors.torch import save_file
 
     model = load_embedded_model()
@@ -234,13 +276,19 @@ def export_teacher(target: Path) -> Path:
     save_file(tied_state_dict(model.state_dict(), tied), str(target / "model.safetensors"), metadata={"format": "pt"})
     config = model.config
     config.tie_word_embeddings = tied
+    # The original SmolLM2 folder names it; config.save_pretrained alone leaves it out, and tools that dispatch
+    # on it (vLLM, llama.cpp's converter) then have to guess.
+    config.architectures = [type(model).__name__]
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     config.save_pretrained(target)
+    _rewrite_json(target / "config.json", legacy_config_fields)
     model.generation_config.save_pretrained(target)
     for item in embedded_tokenizer_dir().iterdir():
         if item.is_file() and not item.name.startswith("."):
             shutil.copy2(item, target / item.name)
+    _rewrite_json(target / "tokenizer_config.json",
+                  lambda tokenizer_config: legacy_tokenizer_fields(tokenizer_config, KNOWN_CONTEXT_LENGTHS[EMBEDDED_MODEL]))
     return target
 
 

@@ -10,7 +10,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from memdistill.cli import main as cli_main  # noqa: E402
-from memdistill.models import EMBEDDING_KEY, LM_HEAD_KEY, load_embedded_model, tied_state_dict  # noqa: E402
+from memdistill.conformance_export import compare_probes, probe  # noqa: E402
+from memdistill.models import (  # noqa: E402
+    EMBEDDED_MODEL,
+    EMBEDDING_KEY,
+    LM_HEAD_KEY,
+    load_embedded_model,
+    load_tokenizer,
+    tied_state_dict,
+)
 
 
 def test_tied_weights_are_saved_under_the_embedding_name() -> None:
@@ -35,14 +43,26 @@ def test_exported_folder_loads_with_the_same_logits(tmp_path: Path, capsys) -> N
     config = json.loads((folder / "config.json").read_text())
     assert EMBEDDING_KEY in keys and config["tie_word_embeddings"] is True and LM_HEAD_KEY not in keys
     assert "quantization_config" not in config
+    # What transformers 4.x (cartridges pins <= 4.55) needs to build the same model: without rope_theta it
+    # silently uses 10000, and it has no class TokenizersBackend (`make conformance` loads the folder in 4.55).
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 100000.0 and config["rope_scaling"] is None
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["torch_dtype"] == config["dtype"] == "float32"
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast" and tokenizer_config["model_max_length"] == 8192
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     assert tokenizer.chat_template and (folder / "generation_config.json").is_file()
+    text = "Zürich: 25 − 6 − 7 = 12 <|im_end|>"
+    assert tokenizer.encode(text) == load_tokenizer(EMBEDDED_MODEL).encode(text)
     exported = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     reference = load_embedded_model()
     ids = torch.tensor([tokenizer.encode("What is 2 + 2?")])
     with torch.inference_mode():
         assert torch.equal(exported(input_ids=ids).logits, reference(input_ids=ids).logits)
     assert exported.get_input_embeddings().weight.abs().sum() > 0
+    # The conformance probe runs in this transformers too, and a folder agrees with itself.
+    chat = [{"role": "user", "content": "What is 2 + 2?"}]
+    seen = probe(folder, {"texts": [text], "chats": [{"messages": chat, "add_generation_prompt": True}], "top_k": 5})
+    assert compare_probes(seen, seen).passed and seen["model_dtype"] == "float32" and seen["tied_embeddings"]
 
 
 def test_the_in_process_vllm_teacher_loads_the_exported_folder_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
