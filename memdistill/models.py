@@ -292,12 +292,17 @@ def export_teacher(target: Path) -> Path:
     return target
 
 
+EXPORT_FORMAT = 2
+
+
 def exported_teacher_dir() -> Path:
     """The embedded teacher as a model folder engines load (`export_teacher`), written once into the cache.
 
     Not `embedded_model_dir()`: that copy keeps the tied embedding only as `lm_head.weight`, which vLLM
     loads with no input embedding (uniform logprobs, only a warning)."""
-    target = cache_root() / "models" / EMBEDDED_MODEL / "export"
+    # The folder name carries the export's format: a copy written before the fields older transformers need
+    # (rope_theta, a tokenizer class 4.x knows) is not reused, and `memdistill export-teacher` never hands it out.
+    target = cache_root() / "models" / EMBEDDED_MODEL / f"export-v{EXPORT_FORMAT}"
     if not (target / "model.safetensors").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
