@@ -32,6 +32,10 @@ SIZE_CATEGORIES = (
 )
 
 
+# pyarrow's names where `datasets` names a type otherwise.
+ARROW_NAMES = {"float": "float32", "double": "float64", "halffloat": "float16", "large_string": "string"}
+
+
 def size_category(rows: int) -> str:
     return next((label for bound, label in SIZE_CATEGORIES if rows < bound), "n>1B")
 
@@ -49,7 +53,7 @@ def _feature_type(kind: pa.DataType) -> dict[str, Any]:
         if "dtype" in inner:
             return {"list": inner["dtype"]}
         return {"list": inner["struct"] if "struct" in inner else inner}
-    return {"dtype": {"large_string": "string", "bool": "bool"}.get(str(kind), str(kind))}
+    return {"dtype": ARROW_NAMES.get(str(kind), str(kind))}
 
 
 def git_revision(folder: Path) -> str:

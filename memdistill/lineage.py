@@ -194,6 +194,10 @@ def read_file_lineage(path: Path) -> dict[str, Any] | None:
     return json.loads(stored) if stored else None
 
 
+def shown(value: Any) -> str:
+    return "not recorded" if value is None else str(value)
+
+
 def describe(path: Path) -> list[str]:
     """`memdistill inspect --summary`'s lineage lines for a cartridges parquet: each distinct row lineage
     with its row count, then the footer's inputs and parameters."""
@@ -212,7 +216,6 @@ def describe(path: Path) -> list[str]:
     lines = [f"lineage ({distinct.height} distinct over the rows)"]
     for row in distinct.iter_rows(named=True):
         lineage, count = row["lineage"] or {}, row["len"]
-        shown = lambda value: value if value is not None else "not recorded"  # noqa: E731
         lines += [
             f"  {count} row(s):",
             f"    snapshot    {shown(lineage.get('snapshot'))} (sha256 {shown(lineage.get('snapshot_sha256'))})",

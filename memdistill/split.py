@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from memdistill.prompts import CURRENT_HEADER
@@ -20,6 +21,12 @@ from memdistill.prompts import CURRENT_HEADER
 _OBSERVATION_MARKER = f"\n\n{CURRENT_HEADER}\n\n"
 # 64 bits of the seeded digest, read as a number in [0, 1): validation when below the fraction.
 _SCALE = float(1 << 64)
+
+
+def validation_path(output: Path) -> Path:
+    """Where held-out rows go when no path is named: `dataset.parquet` -> `dataset.validation.parquet` (stats
+    looks there too)."""
+    return output.with_name(f"{output.stem}.validation{output.suffix or '.parquet'}")
 
 
 def observation_text(user_content: str) -> str:

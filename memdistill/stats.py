@@ -26,6 +26,7 @@ from memdistill import fileio, shards
 from memdistill.convert_figures import DEFAULT_MASS_THRESHOLDS, read_figures
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID
+from memdistill.split import validation_path
 
 log = logging.getLogger(__name__)
 
@@ -562,13 +563,13 @@ def memory_coverage_figures(coverage: pl.Series) -> dict[str, Any]:
     }
 
 
-def split_figures(tokens: pl.Series, train: Path, validation: Path | None) -> dict[str, Any]:
+def split_figures(tokens: pl.Series, train: Path, validation: Path) -> dict[str, Any]:
     """Samples and assistant tokens per split; `tokens` per record, the train file's first."""
     rows = sum(pq.ParquetFile(part).metadata.num_rows for part in _parts(train))
-    out = {"train": {"samples": rows, "assistant_tokens": int(tokens[:rows].sum())}}
-    if validation is not None:
-        out["validation"] = {"samples": tokens.len() - rows, "assistant_tokens": int(tokens[rows:].sum())}
-    return out
+    return {
+        "train": {"samples": rows, "assistant_tokens": int(tokens[:rows].sum())},
+        "validation": {"samples": tokens.len() - rows, "assistant_tokens": int(tokens[rows:].sum())},
+    }
 
 
 def read_rejects(parquet: Path) -> list[dict[str, Any]]:
@@ -606,6 +607,8 @@ def compute_stats(
     (min_prob_mass,) = _check_thresholds([min_prob_mass], "min_prob_mass")
     thresholds = _check_thresholds([*thresholds, min_prob_mass], "mass_thresholds")
     rejects = read_rejects(parquet)
+    if validation is None and validation_path(parquet).exists():
+        validation = validation_path(parquet)  # the split convert writes beside the parquet by default
     files: Files = (parquet, validation) if validation is not None else parquet
     counted = figures_from_convert(figures, jsonl, files, thresholds)
     if counted is None:
@@ -659,8 +662,9 @@ def compute_stats(
         "jsonl_bytes": from_jsonl.file_bytes,
         "parquet_bytes": from_parquet.file_bytes,
         "parquet_bytes_per_token": _ratio(from_parquet.file_bytes, total_tokens),
-        "splits": split_figures(tokens, parquet, validation),
     }
+    if validation is not None:
+        metrics["splits"] = split_figures(tokens, parquet, validation)
     plots = {
         "kept_per_token": from_parquet.kept_histogram,
         "mass_curve": curve,

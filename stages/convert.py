@@ -13,6 +13,7 @@ from memdistill import fileio, params, shards
 from memdistill.conversion import ConvertSummary, HeldOut, convert_file
 from memdistill.convert_figures import DEFAULT_MASS_THRESHOLDS, FiguresCollector, figures_path, write_figures
 from memdistill.lineage import FOOTER_KEY, file_lineage
+from memdistill.split import validation_path
 from memdistill.executors import EXECUTORS
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,6 @@ class ConvertConfig(params.StageParams):
 # The params file's sections of the stages upstream of convert, recorded in the parquet footer (dvc.yaml
 # declares them as convert's params too, so the footer never outlives a change to them).
 UPSTREAM_SECTIONS = ("snapshots", "generate")
-
-
-def validation_path(output: Path) -> Path:
-    """Where held-out rows go when no --validation is given: `dataset.parquet` -> `dataset.validation.parquet`."""
-    return output.with_name(f"{output.stem}.validation{output.suffix or '.parquet'}")
 
 
 def footer(config: ConvertConfig, input_path: Path, params_path: Path | None) -> dict[str, str]:

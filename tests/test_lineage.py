@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -43,7 +45,8 @@ class AnswersFour:
             items = [{"token": "4", "logprob": 0.0, "token_id": self.four, "top_logprobs": [{"token": "4", "logprob": 0.0, "token_id": self.four}]},
                      {"token": "<|im_end|>", "logprob": 0.0, "token_id": IM_END,
                       "top_logprobs": [{"token": "<|im_end|>", "logprob": 0.0, "token_id": IM_END}]}]
-            yield Completion(request.sample_idx, "4", [self.four, IM_END], items, "stop", 10, 2, 0.01)
+            # A wall-clock duration, as real teachers report: it must not reach the dataset.
+            yield Completion(request.sample_idx, "4", [self.four, IM_END], items, "stop", 10, 2, time.perf_counter())
 
     async def aclose(self) -> None:
         return None
@@ -163,3 +166,19 @@ def test_inspect_summary_prints_the_lineage(tmp_path: Path, capsys, summary_flag
     out = capsys.readouterr().out
     assert "lineage (1 distinct over the rows)" in out and "memory_1.jsonl" in out and "rolling_window" in out
     assert f"sha256:{embedded_weights_sha256()[:16]}" in out
+
+
+def test_generate_then_convert_twice_without_cache_writes_the_same_bytes(tmp_path: Path) -> None:
+    outputs = []
+    for run in ("first", "second"):
+        folder = tmp_path / run
+        lineage(folder)
+        generate_dataset(read_prompts(folder / "prompts.jsonl"), AnswersFour(TEACHER), folder / "fresh.jsonl", folder / "cache",
+                         use_cache=False)
+        convert_stage.run(convert_stage.ConvertConfig(model=MODEL), folder / "fresh.jsonl", folder / "fresh.parquet")
+        outputs.append([(folder / name).read_bytes() for name in ("fresh.jsonl", "fresh.parquet", "fresh.validation.parquet")])
+    # The footer names the input path, which differs between the two folders: compare the rows.
+    assert outputs[0][0] == outputs[1][0]
+    for index in (1, 2):
+        first, second = (pq.read_table(pa.BufferReader(o[index])) for o in outputs)
+        assert first.equals(second)
