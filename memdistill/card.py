@@ -89,13 +89,17 @@ def front_matter(train: Path, validation: Path | None, folder: Path) -> dict[str
     }
 
 
-def _row_lineage(train: Path) -> dict[str, Any]:
-    """The first row's lineage (the most common one is what the card names; inspect lists them all)."""
+def _first_row(train: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The first row's lineage and recorded metadata (`inspect --summary` lists every distinct lineage)."""
     first = pq.ParquetFile(shards.part_files(train)[0])
-    if first.metadata.num_rows == 0 or "lineage" not in first.schema_arrow.field("metadata").type.names:
-        return {}
-    value = first.read_row_group(0, columns=["metadata"]).column("metadata")[0].as_py()
-    return value.get("lineage") or {}
+    if first.metadata.num_rows == 0:
+        return {}, {}
+    value = first.read_row_group(0, columns=["metadata"]).column("metadata")[0].as_py() or {}
+    try:
+        recorded = json.loads(value.get("json") or "{}")
+    except json.JSONDecodeError:
+        recorded = {}
+    return value.get("lineage") or {}, recorded if isinstance(recorded, dict) else {}
 
 
 def _figure(value: Any, fallback: str = "not recorded") -> str:
@@ -104,10 +108,13 @@ def _figure(value: Any, fallback: str = "not recorded") -> str:
 
 def how_made(train: Path, metrics: dict[str, Any], revision: str) -> list[str]:
     """The "how it was made" section: strategy, teacher, budget, coverage, memory gain, versions."""
-    row = _row_lineage(train)
+    row, recorded = _first_row(train)
     footer = read_file_lineage(train) or {}
     stages = footer.get("params") or {}
     snapshots, generate, convert = (stages.get(name) or {} for name in ("snapshots", "generate", "convert"))
+    # Without the params file's sections (convert run without --params), what the row itself recorded.
+    generate = generate or (recorded.get("teacher") if isinstance(recorded.get("teacher"), dict) else {})
+    snapshots = snapshots or {"max_prompt_tokens": recorded.get("max_prompt_tokens")}
     coverage = (metrics.get("memory") or {}).get("coverage") or {}
     gain = metrics.get("memory_gain")
     gain_text = "not measured (no gain stage ran, or its engine cannot score prompts)" if not gain else json.dumps(gain, sort_keys=True)
