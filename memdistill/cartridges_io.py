@@ -25,6 +25,22 @@ MESSAGE_TYPE = pa.struct(
         ("top_logprobs", TOP_LOGPROBS_TYPE),
     ]
 )
+# Where a row comes from (memdistill.lineage builds it from the record's metadata): digests are sha256 hex
+# prefixes; null where the record does not say (a seed-format file, a server that does not tell its weights).
+LINEAGE_TYPE = pa.struct(
+    [
+        ("snapshot", pa.string()),
+        ("snapshot_sha256", pa.string()),
+        ("teacher_model", pa.string()),
+        ("teacher_weights", pa.string()),  # "sha256:<prefix>" of the weights file, or "revision:<commit>"
+        ("teacher_backend", pa.string()),
+        ("teacher_flavor", pa.string()),
+        ("chat_template_sha256", pa.string()),
+        ("strategy", pa.string()),
+        ("strategy_params", pa.string()),  # JSON object, keys sorted
+        ("memdistill_version", pa.string()),
+    ]
+)
 # A struct, as cartridges' own writer stores a metadata dict (its viewer fails on a string). The typed
 # fields are what tools filter on; `json` holds the record's whole free-form metadata object.
 METADATA_TYPE = pa.struct(
@@ -34,6 +50,7 @@ METADATA_TYPE = pa.struct(
         ("logprobs", pa.string()),  # raw | tempered, as generate recorded it (null: not recorded)
         ("eot_appended", pa.bool_()),  # convert appended an end-of-turn token the logprobs omitted
         ("json", pa.string()),
+        ("lineage", LINEAGE_TYPE),
     ]
 )
 SCHEMA = pa.schema(
@@ -47,7 +64,7 @@ SCHEMA = pa.schema(
 
 
 DICTIONARY_COLUMNS = ["messages.list.element.content", "messages.list.element.role", "system_prompt", "metadata.finish_reason",
-                      "metadata.logprobs", "metadata.json", "type"]
+                      "metadata.logprobs", "metadata.json", "type", *(f"metadata.lineage.{name}" for name in LINEAGE_TYPE.names)]
 TOKEN_IDX_COLUMN = "messages.list.element.top_logprobs.token_idx.list.element"
 
 
@@ -74,6 +91,7 @@ class RowMetadata:
     logprobs: str | None
     eot_appended: bool
     json: str
+    lineage: dict[str, str | None] | None = None  # LINEAGE_TYPE's fields
 
 
 @dataclass(slots=True)
@@ -82,6 +100,7 @@ class OutRow:
     system_prompt: str
     metadata: RowMetadata
     type: str
+    observation: bytes = b""  # sha256 of the row's observation (memdistill.split), not written: it picks the split
 
 
 def _offsets(lengths: list[int]) -> pa.Array:
@@ -162,6 +181,11 @@ class CartridgesWriter:
             self._writer.write_table(rows_to_table(self._pending))
             self._pending = []
 
+    def write_table(self, table: pa.Table) -> None:
+        """Rows already in the cartridges schema (a rewrite), in the row groups `write` would have made."""
+        self.flush()
+        self._writer.write_table(table, row_group_size=self.rows_per_group)
+
     def set_footer(self, key: str, value: str) -> None:
         """Key-value metadata in the parquet footer (pandas and cartridges ignore it; tools can read it)."""
         self._writer.add_key_value_metadata({key: value})
@@ -178,3 +202,19 @@ class CartridgesWriter:
     def close(self) -> None:
         self.flush()
         self._writer.close()
+
+
+def rejoin(train: Path, held: Path, held_rows: np.ndarray, rows_per_group: int) -> None:
+    """Put the rows of `held` back among those of `train` in input order and leave `held` empty (the footers
+    stay). `held_rows` says, per row of the input order, whether it went to `held`. For a split that must not
+    stand (too few observations), so both files are small."""
+    footer = {k.decode(): v.decode() for k, v in (pq.ParquetFile(train).metadata.metadata or {}).items() if k.startswith(b"memdistill.")}
+    both = pa.concat_tables([pq.read_table(train, schema=SCHEMA), pq.read_table(held, schema=SCHEMA)])
+    positions = np.concatenate([np.flatnonzero(~held_rows), np.flatnonzero(held_rows)])
+    merged = both.take(pa.array(np.argsort(positions, kind="stable")))
+    for path, table in ((train, merged), (held, merged.slice(0, 0))):
+        writer = CartridgesWriter(path, rows_per_group)
+        writer.write_table(table)
+        for key, value in footer.items():
+            writer.set_footer(key, value)
+        writer.close()

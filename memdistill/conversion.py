@@ -13,6 +13,7 @@ distinct string (see token_ids.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -26,11 +27,13 @@ import orjson
 from tqdm import tqdm
 
 from memdistill import fileio
-from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop, RowMetadata
-from memdistill.convert_figures import FiguresCollector, mass_curve_row_counts
+from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop, RowMetadata, rejoin
+from memdistill.convert_figures import FiguresCollector, held_out_last, mass_curve_row_counts
 from memdistill.errors import UserError
+from memdistill.lineage import row_lineage
 from memdistill.logprobs import MISSING_ID, flatten_by_mass
 from memdistill.shards import LineSpan
+from memdistill.split import SplitCounts, in_validation, observation_digest, too_small
 from memdistill.token_ids import OUT_OF_RANGE_ID, TOKEN_ID_PREFIX, TextTokenizer, TokenIdResolver, load_text_tokenizer
 
 log = logging.getLogger(__name__)
@@ -547,8 +550,9 @@ class RowConverter:
             logprobs=logprobs_mode(metadata),
             eot_appended=eot_appended,
             json=_metadata_json(metadata),
+            lineage=row_lineage(metadata),
         )
-        return OutRow(out, str(system_prompt), row_metadata, str(kind or ""))
+        return OutRow(out, str(system_prompt), row_metadata, str(kind or ""), observation_digest(out))
 
 
 def logprobs_mode(metadata: dict[str, Any]) -> str | None:
@@ -1112,11 +1116,23 @@ def iter_converted(path: Path, converter: RowConverter, columnar: bool = True, s
 @dataclass
 class ConvertedPart:
     """What converting one file (or one span of it) produced besides the parquet: the counters, the samples
-    it rejected (`record` numbered within this part) and the logprob contract its records declare."""
+    it rejected (`record` numbered within this part), the logprob contract its records declare, and the split:
+    its counts and, per row written in input order, whether it went to the validation file."""
 
     summary: ConvertSummary
     rejects: list[dict[str, Any]]
     logprobs_mode: tuple[str, str] | None  # (mode, where it was first seen); None when no record says
+    split: SplitCounts = field(default_factory=SplitCounts)
+    held_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+
+@dataclass(frozen=True, slots=True)
+class HeldOut:
+    """The validation split: the file held-out rows go to (None: no split), the share of observations, the seed."""
+
+    output: Path | None = None
+    fraction: float = 0.0
+    seed: int = 0
 
 
 def convert_part(
@@ -1130,27 +1146,61 @@ def convert_part(
     append_eot: bool = True,
     figures: FiguresCollector | None = None,
     span: LineSpan | None = None,
+    held_out: HeldOut = HeldOut(),
+    footer: dict[str, str] | None = None,
 ) -> ConvertedPart:
-    """Write the converted rows of `input_path` (or its `span`) to the parquet `output`, atomically.
+    """Write the converted rows of `input_path` (or its `span`) to the parquet `output`, the rows of held-out
+    observations to `held_out.output`, both atomically, with `footer` (and the counters) in their footers.
 
-    No whole-dataset checks here (unmapped-id limit, nothing left to write) and no rejects file: the
-    caller decides those over everything it converts (one file, or all parts of a shard directory).
+    No whole-dataset checks here (unmapped-id limit, nothing left to write, a split too small to stand) and no
+    rejects file: the caller decides those over everything it converts (one file, or all parts of a shard directory).
     """
     summary = ConvertSummary(tokenizer=tokenizer_name, recorded_model=recorded, min_prob_mass=min_prob_mass)
     converter = RowConverter(load_text_tokenizer(tokenizer_name), min_prob_mass, strict, summary, append_eot)
     converter.figures = figures
-    with fileio.atomic_path(output) as tmp:
-        writer = CartridgesWriter(tmp, rows_per_group=rows_per_group)
+    split = SplitCounts()
+    held_rows: list[bool] = []
+    with fileio.atomic_path(output) as tmp, contextlib.ExitStack() as stack:
+        held_tmp = stack.enter_context(fileio.atomic_path(held_out.output)) if held_out.output is not None else None
+        writers = [CartridgesWriter(tmp, rows_per_group=rows_per_group)]
+        if held_tmp is not None:
+            writers.append(CartridgesWriter(held_tmp, rows_per_group=rows_per_group))
         try:
             for row in tqdm(iter_converted(input_path, converter, COLUMNAR, span), desc="convert", unit="row", dynamic_ncols=True, mininterval=1.0):
-                writer.write(row)
+                held = held_tmp is not None and in_validation(row.observation, held_out.fraction, held_out.seed)
+                writers[held].write(row)
+                split.add(row.observation, held)
+                held_rows.append(held)
                 summary.rows += 1
-            writer.set_footer("memdistill.convert", json.dumps(summary.to_dict()))
+            for writer in writers:
+                for key, value in {**(footer or {}), "memdistill.convert": json.dumps(summary.to_dict())}.items():
+                    writer.set_footer(key, value)
         except BaseException:
-            writer.abort()
+            for writer in writers:
+                writer.abort()
             raise
-        writer.close()
-    return ConvertedPart(summary, converter.rejects, converter._logprobs_mode)
+        for writer in writers:
+            writer.close()
+    return ConvertedPart(summary, converter.rejects, converter._logprobs_mode, split, np.asarray(held_rows, dtype=bool))
+
+
+def keep_split_or_rejoin(parts: list[tuple[Path, Path | None, ConvertedPart]], fraction: float, rows_per_group: int) -> None:
+    """Over the whole output (`parts`: train file, validation file, what was converted into them): when the
+    split cannot stand (split.too_small), say so in one line and put every held-out row back into train."""
+    counts = SplitCounts()
+    for _, _, part in parts:
+        counts.merge(part.split)
+    reason = too_small(counts, fraction) if any(held is not None for _, held, _ in parts) else None
+    if reason is None:
+        if counts.validation_rows:
+            log.info("convert: %d row(s) of %d observation(s) in validation, %d row(s) of %d observation(s) in train",
+                     counts.validation_rows, len(counts.validation_observations), counts.train_rows, len(counts.train_observations))
+        return
+    log.warning("convert: %s", reason)
+    for train, held, part in parts:
+        if held is not None and part.held_rows.any():
+            rejoin(train, held, part.held_rows, rows_per_group)
+        part.held_rows = np.zeros_like(part.held_rows)
 
 
 def check_converted(input_path: Path, summary: ConvertSummary, rejects: list[dict[str, Any]], max_unmapped_rate: float) -> None:
@@ -1187,8 +1237,11 @@ def convert_file(
     rows_per_group: int = 64,
     append_eot: bool = True,
     figures: FiguresCollector | None = None,
+    held_out: HeldOut = HeldOut(),
+    footer: dict[str, str] | None = None,
 ) -> ConvertSummary:
-    """Convert one intermediate file into one cartridges parquet, rejected samples into `<output>.rejects.jsonl`."""
+    """Convert one intermediate file into one cartridges parquet (and the held-out observations into
+    `held_out.output`), rejected samples into `<output>.rejects.jsonl`; both parquet files or neither."""
     if not 0.0 < min_prob_mass <= 1.0:
         raise UserError(f"min_prob_mass: must be in (0, 1], got {min_prob_mass}")
     if not input_path.is_file():
@@ -1202,10 +1255,15 @@ def convert_file(
             f"pass --model (a hub id, a local folder, or smollm2-135m-instruct)"
         )
     rejected_file = rejects_path(output)
-    with fileio.atomic_path(output) as tmp:
-        # Written to the temporary path, so a failed check leaves the previous output in place.
-        part = convert_part(input_path, tmp, tokenizer_name, recorded, min_prob_mass, strict, rows_per_group, append_eot, figures)
+    with fileio.atomic_path(output) as tmp, contextlib.ExitStack() as stack:
+        # Written to temporary paths, so a failed check leaves the previous outputs in place.
+        held_tmp = stack.enter_context(fileio.atomic_path(held_out.output)) if held_out.output is not None else None
+        part = convert_part(input_path, tmp, tokenizer_name, recorded, min_prob_mass, strict, rows_per_group, append_eot, figures,
+                            held_out=HeldOut(held_tmp, held_out.fraction, held_out.seed), footer=footer)
         check_converted(input_path, part.summary, part.rejects, max_unmapped_rate)
+        keep_split_or_rejoin([(tmp, held_tmp, part)], held_out.fraction, rows_per_group)
+        if figures is not None:
+            held_out_last(figures.figures, part.held_rows)
         write_rejects(rejected_file, part.rejects)
     log_converted(part.summary, rejected_file)
     return part.summary

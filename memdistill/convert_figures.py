@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import numpy as np
 
-from memdistill import fileio
+from memdistill import fileio, shards
 from memdistill.cartridges_io import OutRow
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID
@@ -177,11 +177,20 @@ class FiguresCollector:
         f.recorded_tokens_per_row.append(record.tokens + bare)
         f.rows += 1
 
-    def finish(self, input_path: Path, output: Path) -> ConvertFigures:
+    def finish(self, input_path: Path, *outputs: Path) -> ConvertFigures:
+        """The figures, sized against the input and every output (train and validation files)."""
         self.figures.input_bytes = input_path.stat().st_size
-        self.figures.parquet_bytes = output.stat().st_size
+        self.figures.parquet_bytes = sum(shards.total_bytes(output) for output in outputs)
         self.figures.kept_histogram = {str(k): int(n) for k, n in enumerate(self._histogram) if n and k}
         return self.figures
+
+
+def held_out_last(figures: ConvertFigures, held_rows: np.ndarray) -> None:
+    """Order the per-record lists as stats reads the rows: the train file's, then the validation file's
+    (`held_rows`: per record in input order, whether it went to validation)."""
+    order = np.concatenate([np.flatnonzero(~held_rows), np.flatnonzero(held_rows)])
+    figures.tokens_per_row = [figures.tokens_per_row[i] for i in order]
+    figures.recorded_tokens_per_row = [figures.recorded_tokens_per_row[i] for i in order]
 
 
 def write_figures(path: Path, figures: ConvertFigures) -> None:

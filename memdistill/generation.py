@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from memdistill import fileio, shards
+from memdistill import __version__, fileio, shards
 from memdistill.errors import UserError
+from memdistill.lineage import VERSION_KEY, teacher_lineage
 from memdistill.progress import SampleProgress
 from memdistill.prompt_file import PromptRow
 from memdistill.response_store import ResponseStore, request_key, run_id
@@ -79,14 +80,16 @@ def dataset_row(prompt: PromptRow, completion: Completion, teacher: dict[str, An
     row_teacher = {**teacher, "base_url": served_by} if served_by else teacher
     metadata = {
         "sample_idx": prompt.sample_idx,
+        # Token counts only: a timing would make every run's dataset (and the parquet after it) differ;
+        # timings are in metrics/generate.json.
         "metrics": {
-            "duration": round(completion.duration, 4),
             "input_tokens": completion.input_tokens,
             "output_tokens": completion.output_tokens,
         },
         "teacher": row_teacher,
         "finish_reason": completion.finish_reason,
-        **{key: value for key, value in prompt.metadata.items() if key not in {"sample_idx", "metrics", "teacher"}},
+        VERSION_KEY: __version__,
+        **{key: value for key, value in prompt.metadata.items() if key not in {"sample_idx", "metrics", "teacher", VERSION_KEY}},
     }
     return {"messages": messages, "system_prompt": system_prompt, "metadata": metadata, "type": DATASET_TYPE}
 
@@ -159,6 +162,7 @@ def generate_dataset(
     fileio.ensure_parent(output)
     described = teacher.describe()
     keys = {row.sample_idx: request_key(described, row.teacher_messages) for row in prompts}
+    described = {**described, **teacher_lineage(described)}
     run = run_id(output, list(keys.values()))
     store = ResponseStore(store_dir).open()
     summary = GenerateSummary(samples=len(prompts))

@@ -374,7 +374,11 @@ def render_file_summary(path: Path) -> str:
     rows.append(("failed reference samples", int(samples["failed"].sum())))
     width = max(len(name) for name, _ in rows)
     lines += [f"{name:<{width}}  {value}" for name, value in rows]
-    if not cartridges:
+    if cartridges:
+        from memdistill.lineage import describe
+
+        lines += ["", *describe(path)]
+    else:
         lines += ["", f"{'min_prob_mass':>13}  {'kept/token':>10}  {'rows below':>10}"]
         for r in figures.mass_curve.iter_rows(named=True):
             lines.append(f"{r['threshold']:>13}  {r['mean_kept_per_token']:>10.3f}  {r['share_rows_below']:>10.2%}")

@@ -27,6 +27,7 @@ from memdistill.convert_figures import DEFAULT_MASS_THRESHOLDS, read_figures
 from memdistill.errors import UserError
 from memdistill.logprobs import MISSING_ID
 from memdistill.report import RunContext, context_rows, generation_rows, headline_metrics, report_warnings
+from memdistill.split import validation_path
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +167,26 @@ def _parquet_samples(frame: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _collect(query: pl.LazyFrame | list[pl.LazyFrame], path: Path, what: str) -> Any:
+# A dataset path, or the train and validation files of one dataset read as one (train first: the order
+# convert's figures list their records in).
+Files = Path | tuple[Path, ...]
+
+
+def _parts(paths: Files) -> list[Path]:
+    return [part for path in ((paths,) if isinstance(paths, Path) else paths) for part in shards.part_files(path)]
+
+
+def _named(paths: Files) -> str:
+    return str(paths) if isinstance(paths, Path) else " + ".join(map(str, paths))
+
+
+def _total_bytes(paths: Files) -> int:
+    return sum(part.stat().st_size for part in _parts(paths))
+
+
+def _collect(query: pl.LazyFrame | list[pl.LazyFrame], path: Files, what: str) -> Any:
     """Run the query with the streaming engine; a file polars cannot read is one UserError naming it."""
+    path = path if isinstance(path, Path) else path[0]
     try:
         if isinstance(query, list):
             return pl.collect_all(query, engine="streaming")
@@ -193,9 +212,9 @@ def _locate_bad_line(path: Path) -> None:
                 raise UserError(f'{path}:{lineno}: messages[{number}].logprobs must be an object {{"content": [...]}} or null')
 
 
-def _require(path: Path) -> list[str]:
-    """The file, or the parts of a shard directory, as polars takes them."""
-    return [str(part) for part in shards.part_files(path)]
+def _require(path: Files) -> list[str]:
+    """The file, or the parts of a shard directory (of each path, in order), as polars takes them."""
+    return [str(part) for part in _parts(path)]
 
 
 def is_intermediate_parquet(path: Path) -> bool:
@@ -220,8 +239,9 @@ def scan_jsonl(path: Path) -> pl.LazyFrame:
     return pl.scan_ndjson(_require(path), schema=JSONL_SCHEMA, ignore_errors=False).with_row_index("row")
 
 
-def scan_parquet(path: Path, metadata_type: pl.Struct = METADATA_TYPE) -> pl.LazyFrame:
-    """The cartridges parquet with row numbers and `metadata` as a struct of `metadata_type`'s fields."""
+def scan_parquet(path: Files, metadata_type: pl.Struct = METADATA_TYPE) -> pl.LazyFrame:
+    """The cartridges parquet (one file, a shard directory, or train + validation) with row numbers and `metadata`
+    as a struct of `metadata_type`'s fields."""
     files = _require(path)
     try:
         frame = pl.scan_parquet(files)
@@ -358,11 +378,11 @@ def jsonl_figures(path: Path, thresholds: Sequence[float] = DEFAULT_MASS_THRESHO
     )
 
 
-def parquet_entry_bytes(path: Path) -> int:
+def parquet_entry_bytes(path: Files) -> int:
     """Compressed bytes of the kept-entry columns (token_idx, token_id, logprobs), from the footer alone."""
     wanted = {f"{ENTRY_COLUMN_PREFIX}{name}.list.element" for name in ENTRY_COLUMNS}
     total = 0
-    for part in shards.part_files(path):
+    for part in _parts(path):
         metadata = pq.ParquetFile(part).metadata
         for group in range(metadata.num_row_groups):
             row_group = metadata.row_group(group)
@@ -373,7 +393,7 @@ def parquet_entry_bytes(path: Path) -> int:
     return total
 
 
-def parquet_figures(path: Path) -> ParquetFigures:
+def parquet_figures(path: Files) -> ParquetFigures:
     """What the cartridges parquet holds: per-sample tokens, kept entries per token, kept mass, -1 ids."""
     frame = scan_parquet(path)
     assistant = (
@@ -415,7 +435,7 @@ def parquet_figures(path: Path) -> ParquetFigures:
         unmapped_kept=int(unmapped.item() or 0),
         mean_mass_kept=float(row["mass"] or 0.0),
         kept_histogram=_with_zero_bar(histogram, int(samples["tokens"].sum()), int(row["tokens_with_entries"] or 0)),
-        file_bytes=shards.total_bytes(path),
+        file_bytes=_total_bytes(path),
         entry_bytes=parquet_entry_bytes(path),
     )
 
@@ -433,7 +453,7 @@ def _with_zero_bar(histogram: pl.DataFrame, tokens: int, tokens_with_entries: in
 
 
 def figures_from_convert(
-    figures_file: Path | None, jsonl: Path, parquet: Path, thresholds: Sequence[float]
+    figures_file: Path | None, jsonl: Path, parquet: Files, thresholds: Sequence[float]
 ) -> tuple[JsonlFigures, ParquetFigures] | None:
     """Both halves of the figures from convert's side output (convert_figures.py) and the parquet's
     metadata column and footer, without parsing the JSONL or the parquet's entries. None, with the
@@ -448,13 +468,13 @@ def figures_from_convert(
     missing = sorted(set(thresholds) - set(figures.thresholds))
     if missing:
         reason = f"counted at {figures.thresholds}, not at {missing} (re-run convert with these stats.mass_thresholds)"
-    elif (figures.input_bytes, figures.parquet_bytes) != (shards.total_bytes(jsonl), shards.total_bytes(parquet)):
-        reason = f"written for other files than {jsonl} and {parquet}"
+    elif (figures.input_bytes, figures.parquet_bytes) != (shards.total_bytes(jsonl), _total_bytes(parquet)):
+        reason = f"written for other files than {jsonl} and {_named(parquet)}"
     else:
         reason = None
     samples = None if reason else _collect(scan_parquet(parquet).select("row", "metadata"), parquet, "a cartridges parquet")
     if samples is not None and samples.height != figures.rows:
-        reason, samples = f"counts {figures.rows} records but {parquet} has {samples.height}", None
+        reason, samples = f"counts {figures.rows} records but {_named(parquet)} has {samples.height}", None
     if reason or samples is None:
         log.warning("%s: %s; computing the figures from %s instead", figures_file, reason, jsonl)
         return None
@@ -482,7 +502,7 @@ def figures_from_convert(
         unmapped_kept=figures.unmapped_kept,
         mean_mass_kept=figures.mass_kept_sum / figures.tokens_with_entries if figures.tokens_with_entries else 0.0,
         kept_histogram=_with_zero_bar(histogram, sum(figures.tokens_per_row), figures.tokens_with_entries),
-        file_bytes=shards.total_bytes(parquet),
+        file_bytes=_total_bytes(parquet),
         entry_bytes=parquet_entry_bytes(parquet),
     )
     return from_jsonl, from_parquet
@@ -601,6 +621,15 @@ def memory_coverage_figures(coverage: pl.Series) -> dict[str, Any]:
     }
 
 
+def split_figures(tokens: pl.Series, train: Path, validation: Path) -> dict[str, Any]:
+    """Samples and assistant tokens per split; `tokens` per record, the train file's first."""
+    rows = sum(pq.ParquetFile(part).metadata.num_rows for part in _parts(train))
+    return {
+        "train": {"samples": rows, "assistant_tokens": int(tokens[:rows].sum())},
+        "validation": {"samples": tokens.len() - rows, "assistant_tokens": int(tokens[rows:].sum())},
+    }
+
+
 def read_rejects(parquet: Path) -> list[dict[str, Any]]:
     """The samples convert left out of `parquet` (its `<parquet>.rejects.jsonl`; none when absent)."""
     from memdistill.conversion import rejects_path
@@ -628,18 +657,23 @@ def compute_stats(
     generate_metrics: Path | None = None,
     thresholds: Sequence[float] = DEFAULT_MASS_THRESHOLDS,
     figures: Path | None = None,
+    validation: Path | None = None,
 ) -> StatsResult:
     """The metrics, plot tables and per-sample figures; from convert's `figures` side output when it is
-    there and current, else by reading the JSONL and the parquet themselves (same figures either way)."""
+    there and current, else by reading the JSONL and the parquet themselves (same figures either way).
+    With `validation`, the figures are over both splits (train rows first) and `splits` counts each."""
     (min_prob_mass,) = _check_thresholds([min_prob_mass], "min_prob_mass")
     thresholds = _check_thresholds([*thresholds, min_prob_mass], "mass_thresholds")
     rejects = read_rejects(parquet)
-    counted = figures_from_convert(figures, jsonl, parquet, thresholds)
+    if validation is None and validation_path(parquet).exists():
+        validation = validation_path(parquet)  # the split convert writes beside the parquet by default
+    files: Files = (parquet, validation) if validation is not None else parquet
+    counted = figures_from_convert(figures, jsonl, files, thresholds)
     if counted is None:
         # convert refused a file mixing logprob contracts; reading the JSONL itself, stats checks it too.
         check_one_logprobs_mode(jsonl)
         skipped = [r["record"] for r in rejects if type(r.get("record")) is int]
-        counted = jsonl_figures(jsonl, thresholds, skipped), parquet_figures(parquet)
+        counted = jsonl_figures(jsonl, thresholds, skipped), parquet_figures(files)
     from_jsonl, from_parquet = counted
     if from_jsonl.samples.height != from_parquet.samples.height:
         raise UserError(
@@ -691,6 +725,8 @@ def compute_stats(
         "parquet_bytes": from_parquet.file_bytes,
         "parquet_bytes_per_token": _ratio(from_parquet.file_bytes, total_tokens),
     }
+    if validation is not None:
+        metrics["splits"] = split_figures(tokens, parquet, validation)
     plots = {
         "kept_per_token": from_parquet.kept_histogram,
         "mass_curve": curve,

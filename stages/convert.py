@@ -10,8 +10,10 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from memdistill import fileio, params, shards
-from memdistill.conversion import ConvertSummary, convert_file
+from memdistill.conversion import ConvertSummary, HeldOut, convert_file
 from memdistill.convert_figures import DEFAULT_MASS_THRESHOLDS, FiguresCollector, figures_path, write_figures
+from memdistill.lineage import FOOTER_KEY, file_lineage
+from memdistill.split import validation_path
 from memdistill.executors import EXECUTORS
 
 log = logging.getLogger(__name__)
@@ -34,10 +36,26 @@ class ConvertConfig(params.StageParams):
     ray_address: str | None = Field(None, description="executor ray: an existing cluster (head:6379, auto; ray://head:10001 needs ray[client]); null = start a local one")
     num_workers: int = Field(2, ge=1, description="executor ray: tasks at once on a local Ray instance, and shards when shards is null")
     shards: int | None = Field(None, ge=1, description="output parts: 1 = one file, N = a directory of about N parts; null = one part per input part (ray: at least num_workers)")
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of observations (all rows of each) held out in the validation file; 0 = no split"
+    )
+    validation_seed: int = Field(0, description="seed of the observation hash that picks the validation split")
     mass_thresholds: list[float] = Field(
         default_factory=lambda: list(DEFAULT_MASS_THRESHOLDS),
         description="where the figures side output counts kept entries (read from stats.mass_thresholds)",
     )
+
+
+# The params file's sections of the stages upstream of convert, recorded in the parquet footer (dvc.yaml
+# declares them as convert's params too, so the footer never outlives a change to them).
+UPSTREAM_SECTIONS = ("snapshots", "generate")
+
+
+def footer(config: ConvertConfig, input_path: Path, params_path: Path | None) -> dict[str, str]:
+    """The footer's lineage: convert's parameters as resolved, the upstream stages' from the params file, the input's md5."""
+    stages = {section: values for section, values in params.read_params_file(params_path).items() if section in UPSTREAM_SECTIONS} if params_path else {}
+    stages["convert"] = config.model_dump(mode="json")
+    return {FOOTER_KEY: file_lineage(stages, {str(input_path): input_path})}
 
 
 def output_parts(config: ConvertConfig, input_path: Path) -> int:
@@ -48,11 +66,24 @@ def output_parts(config: ConvertConfig, input_path: Path) -> int:
     return max(inputs, config.num_workers) if config.executor == "ray" else inputs
 
 
-def run(config: ConvertConfig, input_path: Path, output: Path, figures: Path | None = None) -> ConvertSummary:
-    """Convert, then write the figures `stats` reads (default: beside the output, see convert_figures.py)."""
+def run(
+    config: ConvertConfig, input_path: Path, output: Path, figures: Path | None = None, validation: Path | None = None,
+    params_path: Path | None = None,
+) -> ConvertSummary:
+    """Convert, then write the figures `stats` reads (default: beside the output, see convert_figures.py).
+
+    Held-out rows go to `validation` (default: validation_path(output)); the file is written whenever one is
+    named or the fraction is above 0, empty when nothing is held out, so a pipeline always has its output.
+    """
     figures = figures or figures_path(output)
     fileio.refuse_input_as_output(output, input_path)
     fileio.refuse_input_as_output(figures, input_path)
+    if validation is None and config.validation_fraction > 0:
+        validation = validation_path(output)
+    if validation is not None:
+        fileio.refuse_input_as_output(validation, input_path, output)
+    held_out = HeldOut(validation, float(config.validation_fraction), config.validation_seed)
+    lineage = footer(config, input_path, params_path)
     collector = FiguresCollector(float(config.min_prob_mass), tuple(config.mass_thresholds))
     parts = output_parts(config, input_path)
     if parts > 1 or config.executor == "ray" or input_path.is_dir():
@@ -61,18 +92,20 @@ def run(config: ConvertConfig, input_path: Path, output: Path, figures: Path | N
         summary, counted = convert_sharded(
             input_path, output, config.model, float(config.min_prob_mass), config.strict,
             float(config.max_unmapped_rate), config.rows_per_group, config.append_eot,
-            parts, config.executor, config.ray_address, config.num_workers, tuple(config.mass_thresholds),
+            parts, config.executor, config.ray_address, config.num_workers, tuple(config.mass_thresholds), held_out, lineage,
         )
         if counted is not None:
             write_figures(figures, counted)
         log.info("convert: %s", ", ".join(f"{k}={v}" for k, v in summary.to_dict().items()))
         return summary
     shards.replace_with_file(output)
+    if validation is not None:
+        shards.replace_with_file(validation)
     summary = convert_file(
         input_path, output, config.model, float(config.min_prob_mass), config.strict,
-        float(config.max_unmapped_rate), config.rows_per_group, config.append_eot, collector,
+        float(config.max_unmapped_rate), config.rows_per_group, config.append_eot, collector, held_out, lineage,
     )
-    write_figures(figures, collector.finish(input_path, output))
+    write_figures(figures, collector.finish(input_path, *(p for p in (output, validation) if p is not None)))
     log.info("convert: %s", ", ".join(f"{k}={v}" for k, v in summary.to_dict().items()))
     return summary
 
@@ -80,6 +113,8 @@ def run(config: ConvertConfig, input_path: Path, output: Path, figures: Path | N
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=fileio.local_path, help="intermediate dataset from generate (.jsonl, or its parquet form)")
     parser.add_argument("--output", required=True, type=fileio.local_path, help="where to write the cartridges parquet")
+    parser.add_argument("--validation", type=fileio.local_path,
+                        help="where to write the held-out observations' rows (default: OUTPUT's stem + .validation.parquet, when validation_fraction > 0)")
     parser.add_argument("--figures", type=fileio.local_path, help="where to write the figures stats reads (default: OUTPUT's stem + .figures.json)")
     parser.add_argument("--params", type=fileio.local_path, help="params.yaml to read the 'convert' section (and stats.mass_thresholds) from")
     params.add_arguments(parser, ConvertConfig)
@@ -89,5 +124,5 @@ def main(args: argparse.Namespace) -> int:
     config = params.build(ConvertConfig, args.params, params.flag_values(args, ConvertConfig))
     if config.executor == "local":
         fileio.arrow_without_pandas()  # Ray Data hands pyarrow pandas batches
-    run(config, args.input, args.output, args.figures)
+    run(config, args.input, args.output, args.figures, args.validation, args.params)
     return 0

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from memdistill import fileio, params
+from memdistill.card import git_revision, render_card
 from memdistill.convert_figures import figures_path
 from memdistill.plots import PLOTS, render_plots, write_plots
 from memdistill.stats import DEFAULT_MASS_THRESHOLDS, StatsResult, compute_stats, render_summary
@@ -54,19 +55,26 @@ def run(
     generate_metrics: Path | None = None,
     figures: Path | None = None,
     detail_path: Path | None = None,
+    validation: Path | None = None,
+    card: Path | None = None,
 ) -> StatsResult:
     """Writes the headline figures to `metrics_path`, every figure (the report) to `detail_path`."""
     config = config or StatsConfig()
     figures = figures or figures_path(parquet)
-    result = compute_stats(jsonl, parquet, config.min_prob_mass, generate_metrics, tuple(config.mass_thresholds), figures)
+    result = compute_stats(jsonl, parquet, config.min_prob_mass, generate_metrics, tuple(config.mass_thresholds), figures, validation)
     plots = [plots_dir / f"{name}.csv" for name in result.plots] if plots_dir is not None else []
     plots += [plots_dir / f"{spec.name}.svg" for spec in PLOTS] if plots_dir is not None else []
-    for output in (metrics_path, summary_path, detail_path, *plots):
+    for output in (metrics_path, summary_path, detail_path, card, *plots):
         if output is not None:
-            fileio.refuse_input_as_output(output, jsonl, parquet, generate_metrics, figures)
+            fileio.refuse_input_as_output(output, jsonl, parquet, generate_metrics, figures, validation)
     # Every output is computed before the first is written: a failure leaves the old set intact.
     # The folders are this stage's own (DVC does not create them), so a fresh clone needs no mkdir.
     svgs = render_plots(result.plots) if plots_dir is not None else {}
+    card_text = None
+    if card is not None:
+        titles = {spec.name: spec.title for spec in PLOTS}
+        shown = [(titles[name], os.path.relpath(plots_dir / f"{name}.svg", card.parent)) for name in svgs] if plots_dir is not None else []
+        card_text = render_card(parquet, validation, card.parent, result.metrics, shown, git_revision(card.parent))
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     with fileio.atomic_output(metrics_path) as handle:
         json.dump(result.headline, handle, indent=2, ensure_ascii=False)
@@ -88,6 +96,9 @@ def run(
         embedded = [(titles[path.stem], os.path.relpath(path, summary_path.parent)) for path in images]
         with fileio.atomic_output(summary_path) as handle:
             handle.write(render_summary(result, embedded))
+    if card is not None and card_text is not None:
+        with fileio.atomic_output(card) as handle:
+            handle.write(card_text)
     log.info(
         "stats: %d samples, %d assistant tokens, %.2f kept entries per token",
         result.metrics["samples"],
@@ -107,6 +118,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", type=fileio.local_path, help="where to write a readable markdown summary (reports/summary.md)")
     parser.add_argument("--detail", type=fileio.local_path, help="where to write every figure as JSON (reports/stats_detail.json); --metrics keeps the headline ones")
     parser.add_argument("--generate-metrics", type=fileio.local_path, help="metrics/generate.json to show in the summary (skipped if absent)")
+    parser.add_argument("--validation", type=fileio.local_path, help="convert's validation split (figures cover both; metrics count each)")
+    parser.add_argument("--card", type=fileio.local_path, help="where to write the dataset card (data/README.md, Hugging Face convention)")
     parser.add_argument("--figures", type=fileio.local_path, help="convert's figures (default: the parquet's stem + .figures.json; the JSONL is read when absent)")
     parser.add_argument("--params", type=fileio.local_path, help="params.yaml: reads convert.min_prob_mass and stats.mass_thresholds")
     params.add_arguments(parser, StatsConfig)
@@ -115,5 +128,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.params, params.flag_values(args, StatsConfig))
     fileio.arrow_without_pandas()
-    run(args.jsonl, args.parquet, args.metrics, args.plots_dir, args.summary, config, args.generate_metrics, args.figures, args.detail)
+    run(args.jsonl, args.parquet, args.metrics, args.plots_dir, args.summary, config, args.generate_metrics, args.figures,
+        args.detail, args.validation, args.card)
     return 0

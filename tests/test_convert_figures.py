@@ -103,7 +103,9 @@ def converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Pa
     monkeypatch.setitem(test_stats.TOKENS, "F", [(151, 0.72), (152, 0.21), (153, 0.03), (154, 0.015)])
     jsonl, _ = write_dataset(tmp_path)
     parquet = tmp_path / "converted.parquet"
-    convert_run(ConvertConfig(model="smollm2-135m-instruct", min_prob_mass=MIN_PROB_MASS, max_unmapped_rate=1.0), jsonl, parquet)
+    # One file (no validation split): the comparison is of stats over that one parquet.
+    convert_run(ConvertConfig(model="smollm2-135m-instruct", min_prob_mass=MIN_PROB_MASS, max_unmapped_rate=1.0, validation_fraction=0),
+                jsonl, parquet)
     return jsonl, parquet, figures_path(parquet)
 
 

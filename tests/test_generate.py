@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+import memdistill
+
 from memdistill.cli import main as cli_main
 from memdistill.errors import UserError
 from memdistill.generation import failures_path, generate_dataset
@@ -74,9 +76,13 @@ def test_rows_in_input_order_with_metadata_and_exact_ids(tmp_path: Path) -> None
     assert meta["teacher"] == {
         "backend": "openai", "flavor": "vllm", "model": "fake-model", "base_url": server.url,
         "max_tokens": 6, "temperature": 0.0, "top_p": 1.0, "top_logprobs": 4, "seed": 0, "logprobs": "tempered",
+        # A server's weights and chat template are its own: not known to the client.
+        "weights": None, "chat_template_sha256": None,
     }
     assert meta["finish_reason"] == expected.finish_reason and meta["strategy"] == "exclude_current"
-    assert meta["metrics"]["output_tokens"] == len(expected.ids) and meta["metrics"]["duration"] >= 0
+    # Token counts, no timing: a timing would make two runs' datasets differ (timings are in metrics/generate.json).
+    assert meta["metrics"] == {"input_tokens": meta["metrics"]["input_tokens"], "output_tokens": len(expected.ids)}
+    assert meta["memdistill_version"] == memdistill.__version__
     assert summary.requests == 10 and summary.cache_hits == 0 and summary.failures == 0
     assert summary.output_tokens == sum(len(r["messages"][-1]["token_ids"]) for r in out)
     assert not failures_path(tmp_path / "dataset.jsonl").exists()

@@ -110,7 +110,9 @@ def test_jsonl_is_streamed_up_to_the_record(tmp_path: Path, dataset: tuple[Path,
 def test_summary_of_parquet(dataset: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["inspect", str(dataset[1]), "--summary"]) == 0
     out = capsys.readouterr().out
-    figures = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in out.splitlines()[1:] if line.strip())
+    table, lineage = out.split("\n\n", 1)  # the figures, then the lineage (printed after a blank line)
+    figures = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in table.splitlines()[1:] if line.strip())
+    assert lineage.startswith("lineage (1 distinct over the rows)") and "footer: no lineage recorded" in lineage
     assert figures["samples"] == "3"
     assert figures["assistant tokens"] == "6 (mean 2.0, max 3)"
     assert figures["kept entries"] == "14 (2.33 per token)"

@@ -10,21 +10,28 @@ single file's convert decides over the whole file is decided here over all units
   beside the directory (`dataset.parquet/` -> `dataset.parquet.rejects.jsonl`, where stats looks), with
   `record` numbered over the whole input, as for a single file;
 - the figures side output (convert_figures.py) is each unit's FiguresCollector result merged, so stats
-  reads a shard directory's figures without parsing the JSONL.
+  reads a shard directory's figures without parsing the JSONL;
+- the validation split: each unit writes its held-out rows to the same part name in the validation
+  directory (an empty part when it holds none), both directories swapped in together; whether the split
+  stands (split.too_small) is decided over all units.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from memdistill import fileio
 from memdistill.conversion import (
-    ConvertedPart, ConvertSummary, check_converted, convert_part, log_converted, recorded_teacher_model, rejects_path, write_rejects,
+    ConvertedPart, ConvertSummary, HeldOut, check_converted, convert_part, keep_split_or_rejoin, log_converted, recorded_teacher_model,
+    rejects_path, write_rejects,
 )
-from memdistill.convert_figures import ConvertFigures, FiguresCollector
+from memdistill.convert_figures import ConvertFigures, FiguresCollector, held_out_last
 from memdistill.errors import UserError
 from memdistill.shards import LineSpan, atomic_directory, part_files, part_name, split_lines, total_bytes
 
@@ -54,6 +61,9 @@ class ConvertOptions:
     append_eot: bool
     recorded: str | None = None
     mass_thresholds: tuple[float, ...] | None = None  # None: no figures counted
+    validation_fraction: float = 0.0
+    validation_seed: int = 0
+    footer: tuple[tuple[str, str], ...] = ()
 
 
 def spans_per_file(sizes: list[int], wanted: int) -> list[int]:
@@ -89,17 +99,19 @@ class UnitResult:
     figures: ConvertFigures | None
 
 
-def convert_unit(unit: ConvertUnit, folder: Path, options: ConvertOptions) -> UnitResult:
-    """Convert one unit into `folder/part-NNNNN.parquet` (written atomically)."""
-    output = folder / part_name(unit.part, PARQUET_SUFFIX)
+def convert_unit(unit: ConvertUnit, folder: Path, options: ConvertOptions, held_folder: Path | None = None) -> UnitResult:
+    """Convert one unit into `folder/part-NNNNN.parquet` (and its held-out rows into the same name in
+    `held_folder`), written atomically."""
+    name = part_name(unit.part, PARQUET_SUFFIX)
     collector = None
     if options.mass_thresholds is not None:
         collector = FiguresCollector(options.min_prob_mass, options.mass_thresholds)
+    held_out = HeldOut(held_folder / name if held_folder is not None else None, options.validation_fraction, options.validation_seed)
     part = convert_part(
-        unit.source, output, options.tokenizer, options.recorded, options.min_prob_mass, options.strict,
-        options.rows_per_group, options.append_eot, collector, unit.span,
+        unit.source, folder / name, options.tokenizer, options.recorded, options.min_prob_mass, options.strict,
+        options.rows_per_group, options.append_eot, collector, unit.span, held_out, dict(options.footer),
     )
-    return UnitResult(part, collector.finish(unit.source, output) if collector is not None else None)
+    return UnitResult(part, collector.finish(unit.source, folder / name) if collector is not None else None)
 
 
 def check_one_logprobs_mode(parts: list[ConvertedPart]) -> None:
@@ -128,7 +140,7 @@ def merge_rejects(parts: list[ConvertedPart]) -> list[dict[str, Any]]:
     return merged
 
 
-def merge_figures(parts: list[ConvertFigures], input_path: Path, output: Path) -> ConvertFigures:
+def merge_figures(parts: list[ConvertFigures], input_path: Path, *outputs: Path) -> ConvertFigures:
     """The figures of the whole output: counts added, per-record lists joined in part order, K the largest,
     and the sizes those of the whole input and output (what stats compares to tell stale figures)."""
     merged = ConvertFigures(parts[0].min_prob_mass, list(parts[0].thresholds), kept_at=[0] * len(parts[0].thresholds),
@@ -149,7 +161,7 @@ def merge_figures(parts: list[ConvertFigures], input_path: Path, output: Path) -
             histogram[kept] = histogram.get(kept, 0) + tokens
     merged.kept_histogram = dict(sorted(histogram.items(), key=lambda item: int(item[0])))
     merged.input_bytes = total_bytes(input_path)
-    merged.parquet_bytes = total_bytes(output)
+    merged.parquet_bytes = sum(total_bytes(output) for output in outputs)
     return merged
 
 
@@ -179,11 +191,13 @@ def resolve_tokenizer(input_path: Path, model: str | None) -> tuple[str, str | N
     return name, recorded
 
 
-def _run_local(units: list[ConvertUnit], folder: Path, options: ConvertOptions) -> list[UnitResult]:
-    return [convert_unit(unit, folder, options) for unit in units]
+def _run_local(units: list[ConvertUnit], folder: Path, options: ConvertOptions, held_folder: Path | None) -> list[UnitResult]:
+    return [convert_unit(unit, folder, options, held_folder) for unit in units]
 
 
-def _run_ray(units: list[ConvertUnit], folder: Path, options: ConvertOptions, address: str | None, num_workers: int) -> list[UnitResult]:
+def _run_ray(
+    units: list[ConvertUnit], folder: Path, options: ConvertOptions, held_folder: Path | None, address: str | None, num_workers: int,
+) -> list[UnitResult]:
     from memdistill.executors.ray_runtime import absolute_if_local, ray_session, unwrap_task_error
 
     # Workers run in folders of their own: every path they open is absolute (on the shared filesystem).
@@ -198,12 +212,13 @@ def _run_ray(units: list[ConvertUnit], folder: Path, options: ConvertOptions, ad
         remote = ray.remote(num_cpus=1, max_retries=2)(convert_unit)
         window = max(num_workers, int(ray.cluster_resources().get("CPU", 1)))
         target, todo = folder.resolve(), iter(units)
+        held_target = held_folder.resolve() if held_folder is not None else None
         running: dict[Any, int] = {}  # task -> its part number
         results: dict[int, UnitResult] = {}
         failure: BaseException | None = None
         while True:
             while failure is None and len(running) < window and (unit := next(todo, None)) is not None:
-                running[remote.remote(unit, target, options)] = unit.part
+                running[remote.remote(unit, target, options, held_target)] = unit.part
             if not running:
                 break
             [ready], _ = ray.wait(list(running), num_returns=1)
@@ -231,9 +246,12 @@ def convert_sharded(
     ray_address: str | None = None,
     num_workers: int = 2,
     mass_thresholds: tuple[float, ...] | None = None,
+    held_out: HeldOut = HeldOut(),
+    footer: dict[str, str] | None = None,
 ) -> tuple[ConvertSummary, ConvertFigures | None]:
-    """Convert `input_path` (a file or a shard directory) into the shard directory `output`, rejected samples
-    into `<output>.rejects.jsonl` beside it; with `mass_thresholds`, also the whole output's figures.
+    """Convert `input_path` (a file or a shard directory) into the shard directory `output` (and the held-out
+    observations into the shard directory `held_out.output`), rejected samples into `<output>.rejects.jsonl`
+    beside it; with `mass_thresholds`, also the whole output's figures. Both directories or neither.
 
     About `shards` units (never fewer than the input has parts); `executor` says where they run.
     """
@@ -241,24 +259,31 @@ def convert_sharded(
         raise UserError(f"min_prob_mass: must be in (0, 1], got {min_prob_mass}")
     tokenizer, recorded = resolve_tokenizer(input_path, model)
     options = ConvertOptions(tokenizer, min_prob_mass, strict, max_unmapped_rate, rows_per_group, append_eot, recorded,
-                             tuple(mass_thresholds) if mass_thresholds is not None else None)
+                             tuple(mass_thresholds) if mass_thresholds is not None else None, held_out.fraction, held_out.seed,
+                             tuple(sorted((footer or {}).items())))
     units = plan_units(input_path, shards)
     log.info("convert: %d unit(s) on %s into %s/", len(units), executor, output)
     rejected_file = rejects_path(output)
-    with atomic_directory(output) as folder:
+    with atomic_directory(output) as folder, contextlib.ExitStack() as stack:
+        held_folder = stack.enter_context(atomic_directory(held_out.output)) if held_out.output is not None else None
         if executor == "ray":
-            results = _run_ray(units, folder, options, ray_address, num_workers)
+            results = _run_ray(units, folder, options, held_folder, ray_address, num_workers)
         else:
-            results = _run_local(units, folder, options)
+            results = _run_local(units, folder, options, held_folder)
         parts = [result.part for result in results]
         check_one_logprobs_mode(parts)
         summary = merge_summaries([part.summary for part in parts])
         summary.recorded_model = recorded
         rejects = merge_rejects(parts)
         check_converted(input_path, summary, rejects, max_unmapped_rate)
+        name = [part_name(unit.part, PARQUET_SUFFIX) for unit in units]
+        keep_split_or_rejoin([(folder / n, held_folder / n if held_folder else None, part) for n, part in zip(name, parts)],
+                             held_out.fraction, rows_per_group)
         write_rejects(rejected_file, rejects)
     figures = None
     if options.mass_thresholds is not None:
-        figures = merge_figures([result.figures for result in results if result.figures is not None], input_path, output)
+        outputs = (output, held_out.output) if held_out.output is not None else (output,)
+        figures = merge_figures([result.figures for result in results if result.figures is not None], input_path, *outputs)
+        held_out_last(figures, np.concatenate([part.held_rows for part in parts]))
     log_converted(summary, rejected_file)
     return summary, figures

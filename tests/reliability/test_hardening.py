@@ -84,7 +84,8 @@ def test_four_converts_of_the_same_parquet_take_turns(tmp_path: Path) -> None:
     results = [(p.wait(timeout=600), p.stderr.read() if p.stderr else "") for p in processes]
     assert [code for code, _ in results] == [0, 0, 0, 0], results
     assert not any("No such file" in err for _, err in results)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset.jsonl", "same.figures.json", "same.parquet"]  # no temporaries
+    # no temporaries; the validation split (convert.validation_fraction) beside the parquet
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset.jsonl", "same.figures.json", "same.parquet", "same.validation.parquet"]
 
 
 # ---------------------------------------------------------------------------------- files users can read
