@@ -99,6 +99,7 @@ def plan_files(data_dir: Path, plots_dir: Path | None) -> list[PushFile]:
         files += [PushFile(part, prefix + (part.name if prefix else name), part.stat().st_size) for part in shards.part_files(split)]
     if plots_dir is not None and plots_dir.is_dir():
         files += [PushFile(svg, f"{PLOTS_IN_REPO}/{svg.name}", svg.stat().st_size) for svg in sorted(plots_dir.glob("*.svg"))]
+    files[0] = PushFile(card, CARD, len(card_for_hub(card, files).encode("utf-8")))  # the card as it goes
     return files
 
 
@@ -208,8 +209,22 @@ def staged(files: list[PushFile]) -> Iterator[Path]:
         for f in files:
             link = Path(folder, f.path_in_repo)
             link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(f.local.resolve())
+            if f.path_in_repo == CARD:
+                link.write_text(card_for_hub(f.local, files), encoding="utf-8")
+            else:
+                link.symlink_to(f.local.resolve())
         yield Path(folder)
+
+
+def card_for_hub(card: Path, files: list[PushFile]) -> str:
+    """The card with its plot links pointing where the plots go in the repo: locally it sits in data/ and links
+    ../plots/NAME.svg, on the Hub it is the repo's README.md beside plots/."""
+    text = card.read_text(encoding="utf-8")
+    for f in files:
+        if f.path_in_repo.startswith(f"{PLOTS_IN_REPO}/"):
+            local_link = Path(os.path.relpath(f.local.resolve(), card.resolve().parent)).as_posix()
+            text = text.replace(f"]({local_link})", f"]({f.path_in_repo})")
+    return text
 
 
 def push(config: PushConfig, files: list[PushFile], token: str, git_revision: str | None) -> str:

@@ -25,7 +25,7 @@ from memdistill.cli import main
 from tests.conftest import REPO_ROOT
 from tests.fake_hub import FakeHub, Repo as HubRepo
 
-CARD = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: dataset.parquet\n---\n# A dataset\n"
+CARD = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: dataset.parquet\n---\n# A dataset\n\n![Entries kept per token](../plots/kept_per_token.svg)\n"
 
 
 def make_project(root: Path, train_parts: int = 0, validation_parts: int | None = 0) -> Path:
@@ -53,7 +53,8 @@ def make_project(root: Path, train_parts: int = 0, validation_parts: int | None 
 def expected_files(root: Path) -> dict[str, bytes]:
     """What the repo should hold: the data folder at its root, the plots under plots/."""
     data = root / "data"
-    files = {"README.md": (data / "README.md").read_bytes()}
+    # The card sits beside plots/ on the Hub, so its plot links lose the local "../".
+    files = {"README.md": (data / "README.md").read_bytes().replace(b"](../plots/", b"](plots/")}
     for split in ("dataset.parquet", "validation.parquet"):
         path = data / split
         if path.is_file():
