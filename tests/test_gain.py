@@ -13,6 +13,7 @@ import pytest
 
 from memdistill.cli import main as cli_main
 from memdistill.errors import UserError
+from memdistill.gain.engines import ScoringSettings
 from memdistill.gain.gain_file import read_summary, read_table
 from memdistill.gain.scoring import GainOptions, run_gain
 from memdistill.generation import dataset_row
@@ -137,7 +138,7 @@ def scored(tmp_path_factory):
     """Three hand-written completions (one empty) scored by the embedded teacher, then converted with --gain."""
     folder = tmp_path_factory.mktemp("scored")
     prompts, dataset = write_pair(folder, answers=[ANSWER_IDS[0], [], ANSWER_IDS[2]])
-    summary = run_gain(prompts, dataset, folder / "gain.parquet", GainOptions("auto", batch_size=2))
+    summary = run_gain(prompts, dataset, folder / "gain.parquet", GainOptions("auto", ScoringSettings(batch_size=2)))
     return folder, summary
 
 
