@@ -49,7 +49,8 @@ def choose_scorer(options: GainOptions, teacher: Teacher) -> tuple[GainScorer | 
         return None, "the dataset records no teacher model (metadata.teacher.model), so nothing can score as it"
     backend = teacher.backend if options.backend == "auto" else options.backend
     flavor = teacher.flavor if backend == teacher.backend else "vllm"
-    settings = dataclasses.replace(options.engine, model=teacher.model, temperature=teacher.temperature, logprobs=teacher.logprobs)
+    settings = dataclasses.replace(options.engine, model=teacher.model, temperature=teacher.temperature, logprobs=teacher.logprobs,
+                                   base_url=options.engine.base_url or teacher.base_url)
     scorer = make_scorer(backend or "", flavor, teacher.model, settings)
     if scorer is None:
         what = f"{backend} with flavor {flavor}" if backend == "openai" else str(backend)
@@ -125,7 +126,7 @@ def run_gain(prompts: Path, dataset: Path, output: Path, options: GainOptions) -
     started = time.perf_counter()
     fileio.refuse_input_as_output(output, prompts, dataset)
     teacher = first_teacher(dataset)
-    pairing = Pairing(prompts, dataset)
+    pairing = Pairing(prompts)
     scorer, why_not = choose_scorer(options, teacher)
     summary = GainSummary()
     if scorer is None:
