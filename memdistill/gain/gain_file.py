@@ -59,7 +59,6 @@ class GainSummary:
     empty: int = 0
     rejected: int = 0
     missing_entries: int = 0
-    scored_entries: int = 0
     scored_tokens: int = 0
     wall_seconds: float = 0.0
 
