@@ -49,6 +49,7 @@ METADATA_TYPE = pa.struct(
         ("finish_reason", pa.string()),  # "stop" also when the last token is end-of-turn but the server said "length"
         ("logprobs", pa.string()),  # raw | tempered, as generate recorded it (null: not recorded)
         ("eot_appended", pa.bool_()),  # convert appended an end-of-turn token the logprobs omitted
+        ("memory_gain", pa.float64()),  # the sample's memory gain, nats/token (data/gain.parquet; null: not measured)
         ("json", pa.string()),
         ("lineage", LINEAGE_TYPE),
     ]
@@ -92,6 +93,7 @@ class RowMetadata:
     eot_appended: bool
     json: str
     lineage: dict[str, str | None] | None = None  # LINEAGE_TYPE's fields
+    memory_gain: float | None = None
 
 
 @dataclass(slots=True)

@@ -271,21 +271,45 @@ def probability_style(prob: float | None) -> Style:
     return Style(color=Color.from_rgb(red, green, 0))
 
 
-def token_view(rows: Sequence[TokenRow]) -> Text:
-    """The assistant's tokens one after another, each in its probability's colour."""
+def token_view(rows: Sequence[TokenRow], gains: Sequence[float] | None = None) -> Text:
+    """The assistant's tokens one after another, each in its probability's colour (with `gains`: its memory
+    gain's colour)."""
     view = Text()
-    for row in rows:
-        view.append(row.token, style=probability_style(row.prob))
+    for t, row in enumerate(rows):
+        style = probability_style(row.prob) if gains is None else gain_style(gains[t] if t < len(gains) else None)
+        view.append(row.token, style=style)
     return view
 
 
-def probability_legend() -> Text:
-    legend = Text("token colour = probability: ", style="dim")
-    for p in PROBABILITY_LEGEND:
-        legend.append(f" {p:.2f} ", style=probability_style(p) + Style(reverse=True))
+# Memory gain G_t (nats) -> colour: grey where the memory changes nothing, yellow to red where it teaches most.
+GAIN_LEGEND = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+
+def gain_style(gain: float | None) -> Style:
+    if gain is None or math.isnan(gain):
+        return Style(color="grey50", italic=True)
+    if gain < 0.1:
+        return Style(color="grey62")
+    share = min(gain, GAIN_LEGEND[-1]) / GAIN_LEGEND[-1]
+    return Style(color=Color.from_rgb(255, int(round(215 * (1 - share))), 0), bold=gain >= 1.0)
+
+
+def gain_legend() -> Text:
+    return colour_legend("token colour = memory gain G_t (nats, docs/gain.md): ", GAIN_LEGEND, gain_style, 1)
+
+
+def colour_legend(title: str, values: Sequence[float], style: Callable[[float | None], Style], digits: int) -> Text:
+    """A row of swatches: each value in its colour, then the colour of "not known"."""
+    legend = Text(title, style="dim")
+    for value in values:
+        legend.append(f" {value:.{digits}f} ", style=style(value) + Style(reverse=True))
         legend.append(" ")
-    legend.append(" ? ", style=probability_style(None) + Style(reverse=True))
+    legend.append(" ? ", style=style(None) + Style(reverse=True))
     return legend
+
+
+def probability_legend() -> Text:
+    return colour_legend("token colour = probability: ", PROBABILITY_LEGEND, probability_style, 2)
 
 
 def render_record(
@@ -296,12 +320,13 @@ def render_record(
     alternatives: bool = False,
     color: bool = False,
     width: int = 120,
+    gains: Sequence[float] | None = None,
 ) -> str:
     """The messages; per assistant message its tokens coloured by probability (with `color`: ANSI
     colours), then its token table, with the alternatives when asked; JSONL and parquet records alike."""
     console = Console(file=io.StringIO(), force_terminal=color, no_color=not color, color_system="truecolor" if color else None,
                       width=width, highlight=False, emoji=False, markup=False, soft_wrap=True)
-    for line in _record_parts(record, decode, max_chars, max_alternatives, alternatives, color):
+    for line in _record_parts(record, decode, max_chars, max_alternatives, alternatives, color, gains):
         console.print(line)
     return console.file.getvalue().rstrip("\n")
 
@@ -309,6 +334,7 @@ def render_record(
 def _record_parts(
     record: dict[str, Any], decode: Callable[[int], str] | None, max_chars: int, max_alternatives: int | None, alternatives: bool,
     color: bool,
+    gains: Sequence[float] | None = None,
 ) -> list[str | Text]:
     lines: list[str | Text] = []
     metadata = record.get("metadata")
@@ -330,8 +356,12 @@ def _record_parts(
             rows, title = parquet_token_rows(message, decode), "kept alternatives"
         if rows:
             # Uncoloured, the token view would only repeat the text above: shown in colour only.
-            lines += ["", token_view(rows), probability_legend(), ""] if color else [""]
-            lines += format_token_table(rows, title, max_alternatives, alternatives or max_alternatives is not None)
+            legend = probability_legend() if gains is None else gain_legend()
+            lines += ["", token_view(rows, gains), legend, ""] if color else [""]
+            table = format_token_table(rows, title, max_alternatives, alternatives or max_alternatives is not None)
+            if gains is not None:  # G_t after each token's row: the gain file aligns with the assistant token ids
+                table = [table[0] + "  G_t"] + [f"{line}  {gains[t]:.3f}" if t < len(gains) else line for t, line in enumerate(table[1:])]
+            lines += table
         else:
             lines.append("(no logprobs recorded for this message)")
     return lines

@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 from memdistill import fileio, shards
 from memdistill.convert_figures import DEFAULT_MASS_THRESHOLDS, read_figures
 from memdistill.errors import UserError
+from memdistill.gain.report import GainReport, empty_report, gain_report
+from memdistill.gain.report import summary_lines as gain_summary_lines
 from memdistill.logprobs import MISSING_ID
 from memdistill.report import RunContext, context_rows, generation_rows, headline_metrics, report_warnings
 from memdistill.split import validation_path
@@ -131,6 +133,7 @@ class StatsResult:
     # metrics/generate.json, shown in the summary; not repeated in metrics/stats.json (`dvc metrics show` lists both)
     generation: dict[str, Any] = field(default_factory=dict)
     context: RunContext = field(default_factory=RunContext)
+    memory_gain: GainReport | None = None  # from the gain stage's file (memdistill/gain/report.py)
 
     @property
     def headline(self) -> dict[str, Any]:
@@ -658,6 +661,7 @@ def compute_stats(
     thresholds: Sequence[float] = DEFAULT_MASS_THRESHOLDS,
     figures: Path | None = None,
     validation: Path | None = None,
+    gain: Path | None = None,
 ) -> StatsResult:
     """The metrics, plot tables and per-sample figures; from convert's `figures` side output when it is
     there and current, else by reading the JSONL and the parquet themselves (same figures either way).
@@ -736,8 +740,12 @@ def compute_stats(
     }
     context = run_context(parquet)
     metrics["run"] = context.to_dict()
+    # The memory gain: its own block (memdistill/gain/report.py), over every sample the gain stage scored.
+    report = gain_report(gain, jsonl) if gain is not None else empty_report()
+    metrics["memory_gain"] = report.metrics
+    plots["memory_gain"] = report.histogram
     metrics["warnings"] = [{"code": w.code, "message": w.message} for w in report_warnings(metrics, context)]
-    return StatsResult(metrics, plots, samples.select(*SAMPLE_COLUMNS[1:]), read_generate_metrics(generate_metrics), context)
+    return StatsResult(metrics, plots, samples.select(*SAMPLE_COLUMNS[1:]), read_generate_metrics(generate_metrics), context, report)
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -822,6 +830,8 @@ def render_summary(result: StatsResult, images: Sequence[tuple[str, str]] = ()) 
             for r in curve.iter_rows(named=True)
         ],
     )
+    if result.memory_gain is not None:
+        lines += gain_summary_lines(result.memory_gain)
     lengths = result.samples["tokens"]
     if lengths.n_unique() == 1:
         # The two tables would list the same samples: say it once.

@@ -8,8 +8,9 @@ def stage_configs() -> list[type[StageParams]]:
     """Every stage's parameter model, in pipeline order, then push's (imported on use: generate pulls in the teachers)."""
     from memdistill.push import PushConfig
     from stages.convert import ConvertConfig
+    from stages.gain import GainConfig
     from stages.generate import GenerateConfig
     from stages.snapshots import SnapshotsConfig
     from stages.stats import StatsConfig
 
-    return [SnapshotsConfig, GenerateConfig, ConvertConfig, StatsConfig, PushConfig]
+    return [SnapshotsConfig, GenerateConfig, GainConfig, ConvertConfig, StatsConfig, PushConfig]

@@ -177,6 +177,7 @@ def test_every_metric_on_the_hand_made_dataset(dataset: tuple[Path, Path], gener
             "50% of samples kept less than half of the memory rolling_window wanted under the token budget (mean coverage 0.7): "
             "lower window_k (now 6), or allow longer prompts (max_prompt_tokens was 512)"
         )}],
+        "memory_gain": {"mean": None, "not_measured": "no gain file (stats --gain)"},
     }
 
 
@@ -341,7 +342,7 @@ def test_stage_writes_metrics_plots_and_summary(tmp_path: Path, dataset: tuple[P
     assert not set(metrics) & {"generation", "wall_seconds", "tokens_per_second", "failures"}
     assert "| generation: new tokens per second (this run) | 4.0 |" in (out / "reports" / "summary.md").read_text()
     assert sorted(p.name for p in (out / "plots").iterdir() if p.suffix == ".csv") == [
-        "kept_per_token.csv", "mass_curve.csv", "memory_coverage.csv", "memory_vs_output.csv", "tokens_per_sample.csv",
+        "kept_per_token.csv", "mass_curve.csv", "memory_coverage.csv", "memory_gain.csv", "memory_vs_output.csv", "tokens_per_sample.csv",
     ]  # fmt: skip
     assert (out / "plots" / "mass_curve.csv").read_text().splitlines()[0] == (
         "threshold,kept_entries,mean_kept_per_token,share_rows_below,projected_parquet_bytes,projected_parquet_mb"

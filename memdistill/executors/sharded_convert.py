@@ -33,6 +33,7 @@ from memdistill.conversion import (
 )
 from memdistill.convert_figures import ConvertFigures, FiguresCollector, held_out_last
 from memdistill.errors import UserError
+from memdistill.gain.selection import GainSelection
 from memdistill.shards import LineSpan, atomic_directory, part_files, part_name, split_lines, total_bytes
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class ConvertOptions:
     validation_fraction: float = 0.0
     validation_seed: int = 0
     footer: tuple[tuple[str, str], ...] = ()
+    selection: GainSelection | None = None  # memory gains, and convert.min_memory_gain
 
 
 def spans_per_file(sizes: list[int], wanted: int) -> list[int]:
@@ -109,7 +111,7 @@ def convert_unit(unit: ConvertUnit, folder: Path, options: ConvertOptions, held_
     held_out = HeldOut(held_folder / name if held_folder is not None else None, options.validation_fraction, options.validation_seed)
     part = convert_part(
         unit.source, folder / name, options.tokenizer, options.recorded, options.min_prob_mass, options.strict,
-        options.rows_per_group, options.append_eot, collector, unit.span, held_out, dict(options.footer),
+        options.rows_per_group, options.append_eot, collector, unit.span, held_out, dict(options.footer), options.selection,
     )
     return UnitResult(part, collector.finish(unit.source, folder / name) if collector is not None else None)
 
@@ -136,7 +138,7 @@ def merge_rejects(parts: list[ConvertedPart]) -> list[dict[str, Any]]:
     offset = 0
     for part in parts:
         merged.extend({**reject, "record": reject["record"] + offset} for reject in part.rejects)
-        offset += part.summary.rows + part.summary.rejected  # every record seen is written or rejected
+        offset += part.summary.rows + part.summary.rejected + part.summary.left_out_low_gain  # every record seen
     return merged
 
 
@@ -248,6 +250,7 @@ def convert_sharded(
     mass_thresholds: tuple[float, ...] | None = None,
     held_out: HeldOut = HeldOut(),
     footer: dict[str, str] | None = None,
+    selection: GainSelection | None = None,
 ) -> tuple[ConvertSummary, ConvertFigures | None]:
     """Convert `input_path` (a file or a shard directory) into the shard directory `output` (and the held-out
     observations into the shard directory `held_out.output`), rejected samples into `<output>.rejects.jsonl`
@@ -260,7 +263,7 @@ def convert_sharded(
     tokenizer, recorded = resolve_tokenizer(input_path, model)
     options = ConvertOptions(tokenizer, min_prob_mass, strict, max_unmapped_rate, rows_per_group, append_eot, recorded,
                              tuple(mass_thresholds) if mass_thresholds is not None else None, held_out.fraction, held_out.seed,
-                             tuple(sorted((footer or {}).items())))
+                             tuple(sorted((footer or {}).items())), selection)
     units = plan_units(input_path, shards)
     log.info("convert: %d unit(s) on %s into %s/", len(units), executor, output)
     rejected_file = rejects_path(output)
