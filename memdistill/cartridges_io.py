@@ -33,6 +33,7 @@ METADATA_TYPE = pa.struct(
         ("finish_reason", pa.string()),  # "stop" also when the last token is end-of-turn but the server said "length"
         ("logprobs", pa.string()),  # raw | tempered, as generate recorded it (null: not recorded)
         ("eot_appended", pa.bool_()),  # convert appended an end-of-turn token the logprobs omitted
+        ("memory_gain", pa.float64()),  # the sample's memory gain, nats/token (data/gain.parquet; null: not measured)
         ("json", pa.string()),
     ]
 )
@@ -74,6 +75,7 @@ class RowMetadata:
     logprobs: str | None
     eot_appended: bool
     json: str
+    memory_gain: float | None = None
 
 
 @dataclass(slots=True)

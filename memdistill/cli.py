@@ -14,7 +14,7 @@ from memdistill.fileio import local_path
 
 DESCRIPTION = """Turn an agent's memory into a cartridge training dataset by context distillation.
 
-Pipeline: snapshots -> generate -> convert -> stats (see `dvc.yaml`; `dvc repro` runs it all)."""
+Pipeline: snapshots -> generate -> gain -> convert -> stats (see `dvc.yaml`; `dvc repro` runs it all)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,6 +39,8 @@ def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-alternatives", type=int, help="alternatives shown per token (implies --alternatives; default: all)")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                         help="colour tokens by probability: auto (when printing to a terminal), always, never")
+    parser.add_argument("--gain", nargs="?", const=True, type=local_path, metavar="GAIN_PARQUET",
+                        help="colour tokens by their memory gain G_t and show it per token (default file: gain.parquet beside FILE)")
 
 
 def _inspect_main(args: argparse.Namespace) -> int:
@@ -52,8 +54,13 @@ def _inspect_main(args: argparse.Namespace) -> int:
     needs_ids = needs_ids or has_vllm_tokens(record)  # vLLM's `token_id:N` strings are shown as their text
     decode = None if args.no_decode or not needs_ids else id_decoder(args.tokenizer or recorded_teacher(record))
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    gains = None
+    if args.gain is not None:
+        from memdistill.inspection import record_gains
+
+        gains = record_gains(args.file.parent / "gain.parquet" if args.gain is True else args.gain, record)
     print(render_record(record, decode, max_chars=args.max_chars, max_alternatives=args.max_alternatives,
-                        alternatives=args.alternatives, color=color, width=shutil.get_terminal_size().columns))
+                        alternatives=args.alternatives, color=color, width=shutil.get_terminal_size().columns, gains=gains))
     return 0
 
 
@@ -79,6 +86,7 @@ def _params_main(args: argparse.Namespace) -> int:
 STAGES = (
     ("snapshots", "read a checkpoint's memory, apply a strategy, write teacher and student prompts"),
     ("generate", "ask the teacher for every prompt; record tokens and top-k logprobs"),
+    ("gain", "score every answer without the memory: the memory gain per token and per sample"),
     ("convert", "write the cartridges parquet, keeping the top-k entries that reach min_prob_mass"),
     ("stats", "compute dataset metrics and plot data"),
 )

@@ -29,6 +29,7 @@ from memdistill import fileio
 from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop, RowMetadata
 from memdistill.convert_figures import FiguresCollector, mass_curve_row_counts
 from memdistill.errors import UserError
+from memdistill.gain.selection import GainSelection
 from memdistill.logprobs import MISSING_ID, flatten_by_mass
 from memdistill.shards import LineSpan
 from memdistill.token_ids import OUT_OF_RANGE_ID, TOKEN_ID_PREFIX, TextTokenizer, TokenIdResolver, load_text_tokenizer
@@ -61,6 +62,7 @@ class ConvertSummary:
     dropped_alternatives: int = 0
     rejected: int = 0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    left_out_low_gain: int = 0  # below convert.min_memory_gain (not rejected: nothing is wrong with them)
     eot_appended: int = 0
     tokenizer: str = ""
     recorded_model: str | None = None
@@ -256,6 +258,7 @@ class RowConverter:
     """One intermediate record -> one cartridges row; counts what it saw into `summary`."""
 
     figures: FiguresCollector | None = None  # stats' figures, counted from the recorded top-k (convert_figures.py)
+    selection: GainSelection | None = None  # each row's memory gain, and convert.min_memory_gain
 
     def __init__(self, tokenizer: Any, min_prob_mass: float, strict: bool, summary: ConvertSummary, append_eot: bool = True) -> None:
         self.resolver = TokenIdResolver(tokenizer)
@@ -462,14 +465,20 @@ class RowConverter:
             metadata = raw.get("metadata") if isinstance(raw, dict) else None
             self.reject(where, metadata if isinstance(metadata, dict) else {}, rejected)
             return None
-        self.accept(row)
-        return row
+        return row if self.accept(row) else None
 
-    def accept(self, row: OutRow) -> None:
-        """A row that will be written: its figures are committed now, before the next record's are counted
-        (the columnar reader converts a whole block before any of its rows is written)."""
+    def accept(self, row: OutRow) -> bool:
+        """Whether a converted row is written (False: below convert.min_memory_gain, counted); a written row's
+        figures are committed now, before the next record's are counted (the columnar reader converts a whole
+        block before any of its rows is written)."""
+        if self.selection is not None and not self.selection.keeps(row.metadata.memory_gain):
+            self.summary.left_out_low_gain += 1
+            if self.figures is not None:
+                self.figures.leave_out(row.metadata.sample_idx)
+            return False
         if self.figures is not None:
             self.figures.add_row(row)
+        return True
 
     def reject(self, where: str, metadata: dict[str, Any], rejected: SampleRejected) -> None:
         """Leave a sample out of the parquet (listed with its reason), or fail under `strict`."""
@@ -547,6 +556,7 @@ class RowConverter:
             logprobs=logprobs_mode(metadata),
             eot_appended=eot_appended,
             json=_metadata_json(metadata),
+            memory_gain=self.selection.gain_of(sample_idx, f"sample {sample_idx}") if self.selection is not None else None,
         )
         return OutRow(out, str(system_prompt), row_metadata, str(kind or ""))
 
@@ -840,8 +850,8 @@ class ColumnarReader:
             except SampleRejected as rejected:
                 converter.reject(where, metadata, rejected)
                 continue
-            converter.accept(row)
-            rows.append(row)
+            if converter.accept(row):
+                rows.append(row)
         return rows
 
     def _block_messages(self, p: dict[str, Any], wheres: list[str]) -> BlockMessages | None:
@@ -981,8 +991,8 @@ class ColumnarReader:
             if system_prompt is None:
                 system_prompt = next((contents[m] or "" for m in range(first, end) if roles[m] == "system"), "")
             row = converter.finish_row(out, texts, metadata[r], eot_before, system_prompt, p["types"][r])
-            converter.accept(row)
-            rows.append(row)
+            if converter.accept(row):
+                rows.append(row)
         return rows
 
     def _assemble_row(self, p: dict[str, Any], r: int, where: str, metadata: dict[str, Any]) -> OutRow:
@@ -1130,6 +1140,7 @@ def convert_part(
     append_eot: bool = True,
     figures: FiguresCollector | None = None,
     span: LineSpan | None = None,
+    selection: GainSelection | None = None,
 ) -> ConvertedPart:
     """Write the converted rows of `input_path` (or its `span`) to the parquet `output`, atomically.
 
@@ -1139,6 +1150,7 @@ def convert_part(
     summary = ConvertSummary(tokenizer=tokenizer_name, recorded_model=recorded, min_prob_mass=min_prob_mass)
     converter = RowConverter(load_text_tokenizer(tokenizer_name), min_prob_mass, strict, summary, append_eot)
     converter.figures = figures
+    converter.selection = selection
     with fileio.atomic_path(output) as tmp:
         writer = CartridgesWriter(tmp, rows_per_group=rows_per_group)
         try:
@@ -1162,6 +1174,8 @@ def check_converted(input_path: Path, summary: ConvertSummary, rejects: list[dic
             f"{summary.recorded_model or 'an unrecorded model'}, converting with {summary.tokenizer}; pass --model with the teacher's tokenizer"
         )
     if summary.rows == 0:
+        if summary.left_out_low_gain:
+            raise UserError(f"{input_path}: every sample ({summary.left_out_low_gain}) is below convert.min_memory_gain; lower it or set it to null")
         if rejects:
             raise UserError(f"{input_path}: every sample was rejected ({summary.rejected}), e.g. {rejects[0]['reason']}")
         raise UserError(f"{input_path}: no rows to convert (the file is empty)")
@@ -1173,6 +1187,8 @@ def log_converted(summary: ConvertSummary, rejected_file: Path) -> None:
                     ", ".join(f"{k}: {v}" for k, v in sorted(summary.rejected_by_reason.items())), rejected_file)
     if summary.dropped_alternatives:
         log.warning("%d top-k alternative(s) whose id could not be recovered exactly were dropped from their rows", summary.dropped_alternatives)
+    if summary.left_out_low_gain:
+        log.info("%d sample(s) below convert.min_memory_gain left out (listed in convert's figures)", summary.left_out_low_gain)
     if summary.eot_appended:
         log.warning("%d assistant message(s) stopped on end-of-turn without its logprob; appended it at logprob 0", summary.eot_appended)
 
@@ -1187,6 +1203,7 @@ def convert_file(
     rows_per_group: int = 64,
     append_eot: bool = True,
     figures: FiguresCollector | None = None,
+    selection: GainSelection | None = None,
 ) -> ConvertSummary:
     """Convert one intermediate file into one cartridges parquet, rejected samples into `<output>.rejects.jsonl`."""
     if not 0.0 < min_prob_mass <= 1.0:
@@ -1204,7 +1221,8 @@ def convert_file(
     rejected_file = rejects_path(output)
     with fileio.atomic_path(output) as tmp:
         # Written to the temporary path, so a failed check leaves the previous output in place.
-        part = convert_part(input_path, tmp, tokenizer_name, recorded, min_prob_mass, strict, rows_per_group, append_eot, figures)
+        part = convert_part(input_path, tmp, tokenizer_name, recorded, min_prob_mass, strict, rows_per_group, append_eot, figures,
+                            selection=selection)
         check_converted(input_path, part.summary, part.rejects, max_unmapped_rate)
         write_rejects(rejected_file, part.rejects)
     log_converted(part.summary, rejected_file)

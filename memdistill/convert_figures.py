@@ -87,6 +87,7 @@ class ConvertFigures:
     unmapped_chosen: int = 0  # -1 among the chosen assistant ids
     unmapped_kept: int = 0  # -1 among the kept entries
     rejected_rows: int = 0
+    left_out_low_gain: list[int] = field(default_factory=list)  # sample_idx of the rows below convert.min_memory_gain
 
     def to_json(self) -> str:
         return json.dumps({"format": FIGURES_FORMAT, **asdict(self)}, separators=(",", ":")) + "\n"
@@ -140,6 +141,11 @@ class FiguresCollector:
         """The record whose messages were just added is not written (rejected): forget its counts."""
         self._open = self._empty()
         self.figures.rejected_rows += 1
+
+    def leave_out(self, sample_idx: int | None) -> None:
+        """The record just converted is below convert.min_memory_gain: forget its counts, list it."""
+        self._open = self._empty()
+        self.figures.left_out_low_gain.append(-1 if sample_idx is None else sample_idx)
 
     def add_row(self, row: OutRow) -> None:
         """A record written to the parquet: commit its curve counts and count what it holds."""

@@ -271,12 +271,51 @@ def probability_style(prob: float | None) -> Style:
     return Style(color=Color.from_rgb(red, green, 0))
 
 
-def token_view(rows: Sequence[TokenRow]) -> Text:
-    """The assistant's tokens one after another, each in its probability's colour."""
+def token_view(rows: Sequence[TokenRow], gains: Sequence[float] | None = None) -> Text:
+    """The assistant's tokens one after another, each in its probability's colour (with `gains`: its memory
+    gain's colour)."""
     view = Text()
-    for row in rows:
-        view.append(row.token, style=probability_style(row.prob))
+    for t, row in enumerate(rows):
+        style = probability_style(row.prob) if gains is None else gain_style(gains[t] if t < len(gains) else None)
+        view.append(row.token, style=style)
     return view
+
+
+# Memory gain G_t (nats) -> colour: grey where the memory changes nothing, yellow to red where it teaches most.
+GAIN_LEGEND = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+
+def gain_style(gain: float | None) -> Style:
+    if gain is None or math.isnan(gain):
+        return Style(color="grey50", italic=True)
+    if gain < 0.1:
+        return Style(color="grey62")
+    share = min(gain, GAIN_LEGEND[-1]) / GAIN_LEGEND[-1]
+    return Style(color=Color.from_rgb(255, int(round(215 * (1 - share))), 0), bold=gain >= 1.0)
+
+
+def gain_legend() -> Text:
+    legend = Text("token colour = memory gain G_t (nats, docs/gain.md): ", style="dim")
+    for g in GAIN_LEGEND:
+        legend.append(f" {g:.1f} ", style=gain_style(g) + Style(reverse=True))
+        legend.append(" ")
+    legend.append(" ? ", style=gain_style(None) + Style(reverse=True))
+    return legend
+
+
+def record_gains(gain_file: Path, record: dict[str, Any]) -> list[float]:
+    """The record's G_t per assistant token from the gain stage's file (by the record's sample_idx)."""
+    from memdistill.gain.gain_file import read_table
+
+    metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+    key = metadata.get("sample_idx")
+    table = read_table(gain_file, ["key", "status", "token_gains"])
+    for row in table.to_pylist():
+        if row["key"] == key:
+            if row["status"] != "measured":
+                raise UserError(f"{gain_file}: sample {key} has no memory gain (status {row['status']})")
+            return row["token_gains"]
+    raise UserError(f"{gain_file}: no sample {key}; the gain file is from another dataset (run the gain stage again)")
 
 
 def probability_legend() -> Text:
@@ -296,12 +335,13 @@ def render_record(
     alternatives: bool = False,
     color: bool = False,
     width: int = 120,
+    gains: Sequence[float] | None = None,
 ) -> str:
     """The messages; per assistant message its tokens coloured by probability (with `color`: ANSI
     colours), then its token table, with the alternatives when asked; JSONL and parquet records alike."""
     console = Console(file=io.StringIO(), force_terminal=color, no_color=not color, color_system="truecolor" if color else None,
                       width=width, highlight=False, emoji=False, markup=False, soft_wrap=True)
-    for line in _record_parts(record, decode, max_chars, max_alternatives, alternatives, color):
+    for line in _record_parts(record, decode, max_chars, max_alternatives, alternatives, color, gains):
         console.print(line)
     return console.file.getvalue().rstrip("\n")
 
@@ -309,6 +349,7 @@ def render_record(
 def _record_parts(
     record: dict[str, Any], decode: Callable[[int], str] | None, max_chars: int, max_alternatives: int | None, alternatives: bool,
     color: bool,
+    gains: Sequence[float] | None = None,
 ) -> list[str | Text]:
     lines: list[str | Text] = []
     metadata = record.get("metadata")
@@ -330,8 +371,12 @@ def _record_parts(
             rows, title = parquet_token_rows(message, decode), "kept alternatives"
         if rows:
             # Uncoloured, the token view would only repeat the text above: shown in colour only.
-            lines += ["", token_view(rows), probability_legend(), ""] if color else [""]
-            lines += format_token_table(rows, title, max_alternatives, alternatives or max_alternatives is not None)
+            legend = probability_legend() if gains is None else gain_legend()
+            lines += ["", token_view(rows, gains), legend, ""] if color else [""]
+            table = format_token_table(rows, title, max_alternatives, alternatives or max_alternatives is not None)
+            if gains is not None:  # G_t after each token's row: the gain file aligns with the assistant token ids
+                table = [table[0] + "  G_t"] + [f"{line}  {gains[t]:.3f}" if t < len(gains) else line for t, line in enumerate(table[1:])]
+            lines += table
         else:
             lines.append("(no logprobs recorded for this message)")
     return lines

@@ -166,6 +166,17 @@ def load_tokenizer(name_or_path: str) -> "PreTrainedTokenizerBase":
         ) from None
 
 
+def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """The ids a chat model is prompted with: its chat template over `messages`, ready for the assistant's turn.
+    generate prompts the teacher this way, and gain scores the student prompt the same way."""
+    ids = tokenizer.apply_chat_template(
+        [{"role": m["role"], "content": m["content"]} for m in messages], add_generation_prompt=True, tokenize=True
+    )
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return list(ids)
+
+
 def _hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 

@@ -36,6 +36,8 @@ PLOTS: tuple[PlotSpec, ...] = (
              "threshold", "mean_kept_per_token", "min_prob_mass", "entries kept per token"),
     PlotSpec("mass_curve_size", "mass_curve", "Mass curve - projected parquet size at each min_prob_mass", "linear",
              "threshold", "projected_parquet_mb", "min_prob_mass", "projected parquet MB"),
+    PlotSpec("memory_gain", "memory_gain", "Memory gain per sample (histogram; docs/gain.md)", "bar_horizontal",
+             "samples", "gain", "samples", "memory gain, bin start (nats/token)"),
     PlotSpec("tokens_per_sample", "tokens_per_sample", "Assistant tokens per sample", "scatter",
              "sample", "tokens", "sample index", "assistant tokens"),
     PlotSpec("memory_vs_output", "memory_vs_output", "Memory size vs output length", "scatter",

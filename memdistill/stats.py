@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 from memdistill import fileio, shards
 from memdistill.convert_figures import DEFAULT_MASS_THRESHOLDS, read_figures
 from memdistill.errors import UserError
+from memdistill.gain.report import GainReport, empty_report, gain_report
+from memdistill.gain.report import summary_lines as gain_summary_lines
 from memdistill.logprobs import MISSING_ID
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,7 @@ class StatsResult:
     samples: pl.DataFrame  # per record: sample, tokens, finish_reason, memory sizes
     # metrics/generate.json, shown in the summary; not repeated in metrics/stats.json (`dvc metrics show` lists both)
     generation: dict[str, Any] = field(default_factory=dict)
+    memory_gain: GainReport | None = None  # from the gain stage's file (memdistill/gain/report.py)
 
 
 # ---------------------------------------------------------------------------------------------- queries
@@ -571,6 +574,7 @@ def compute_stats(
     generate_metrics: Path | None = None,
     thresholds: Sequence[float] = DEFAULT_MASS_THRESHOLDS,
     figures: Path | None = None,
+    gain: Path | None = None,
 ) -> StatsResult:
     """The metrics, plot tables and per-sample figures; from convert's `figures` side output when it is
     there and current, else by reading the JSONL and the parquet themselves (same figures either way)."""
@@ -637,7 +641,11 @@ def compute_stats(
         "memory_vs_output": samples.select("sample", "memory_size_chars", "memory_size_entries", "tokens"),
         "memory_coverage": samples.select("sample", pl.col("memory_coverage").alias("coverage")),
     }
-    return StatsResult(metrics, plots, samples.select(*SAMPLE_COLUMNS[1:]), read_generate_metrics(generate_metrics))
+    # The memory gain: its own block (memdistill/gain/report.py), over every sample the gain stage scored.
+    report = gain_report(gain, jsonl) if gain is not None else empty_report()
+    metrics["memory_gain"] = report.metrics
+    plots["memory_gain"] = report.histogram
+    return StatsResult(metrics, plots, samples.select(*SAMPLE_COLUMNS[1:]), read_generate_metrics(generate_metrics), report)
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -713,6 +721,8 @@ def render_summary(result: StatsResult, images: Sequence[tuple[str, str]] = ()) 
             for r in curve.iter_rows(named=True)
         ],
     )
+    if result.memory_gain is not None:
+        lines += gain_summary_lines(result.memory_gain)
     longest, shortest = extreme_samples(result.samples)
     for title, frame in (("Longest samples", longest), ("Shortest samples", shortest)):
         lines += ["", f"## {title}", ""]

@@ -7,8 +7,9 @@ from memdistill.params import StageParams
 def stage_configs() -> list[type[StageParams]]:
     """Every stage's parameter model, in pipeline order (imported on use: generate pulls in the teachers)."""
     from stages.convert import ConvertConfig
+    from stages.gain import GainConfig
     from stages.generate import GenerateConfig
     from stages.snapshots import SnapshotsConfig
     from stages.stats import StatsConfig
 
-    return [SnapshotsConfig, GenerateConfig, ConvertConfig, StatsConfig]
+    return [SnapshotsConfig, GenerateConfig, GainConfig, ConvertConfig, StatsConfig]

@@ -52,15 +52,16 @@ def run(
     config: StatsConfig | None = None,
     generate_metrics: Path | None = None,
     figures: Path | None = None,
+    gain: Path | None = None,
 ) -> StatsResult:
     config = config or StatsConfig()
     figures = figures or figures_path(parquet)
-    result = compute_stats(jsonl, parquet, config.min_prob_mass, generate_metrics, tuple(config.mass_thresholds), figures)
+    result = compute_stats(jsonl, parquet, config.min_prob_mass, generate_metrics, tuple(config.mass_thresholds), figures, gain)
     plots = [plots_dir / f"{name}.csv" for name in result.plots] if plots_dir is not None else []
     plots += [plots_dir / f"{spec.name}.svg" for spec in PLOTS] if plots_dir is not None else []
     for output in (metrics_path, summary_path, *plots):
         if output is not None:
-            fileio.refuse_input_as_output(output, jsonl, parquet, generate_metrics, figures)
+            fileio.refuse_input_as_output(output, jsonl, parquet, generate_metrics, figures, gain)
     # Every output is computed before the first is written: a failure leaves the old set intact.
     # The folders are this stage's own (DVC does not create them), so a fresh clone needs no mkdir.
     svgs = render_plots(result.plots) if plots_dir is not None else {}
@@ -97,6 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", type=fileio.local_path, help="where to write a readable markdown summary (reports/summary.md)")
     parser.add_argument("--generate-metrics", type=fileio.local_path, help="metrics/generate.json to show in the summary (skipped if absent)")
     parser.add_argument("--figures", type=fileio.local_path, help="convert's figures (default: the parquet's stem + .figures.json; the JSONL is read when absent)")
+    parser.add_argument("--gain", type=fileio.local_path, help="the gain stage's gain.parquet: memory gain figures, histogram and extremes")
     parser.add_argument("--params", type=fileio.local_path, help="params.yaml: reads convert.min_prob_mass and stats.mass_thresholds")
     params.add_arguments(parser, StatsConfig)
 
@@ -104,5 +106,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     config = load_config(args.params, params.flag_values(args, StatsConfig))
     fileio.arrow_without_pandas()
-    run(args.jsonl, args.parquet, args.metrics, args.plots_dir, args.summary, config, args.generate_metrics, args.figures)
+    run(args.jsonl, args.parquet, args.metrics, args.plots_dir, args.summary, config, args.generate_metrics, args.figures, args.gain)
     return 0

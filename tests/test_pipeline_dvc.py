@@ -79,6 +79,9 @@ def test_repro_produces_every_declared_output(pipeline_repo: Path) -> None:
     assert set(table.column_names) == {"messages", "system_prompt", "metadata", "type"}
     stats = json.loads((pipeline_repo / "metrics/stats.json").read_text())
     assert stats["samples"] == 3
+    gains = pq.read_table(pipeline_repo / "data/gain.parquet").column("status").to_pylist()
+    assert gains == ["measured"] * 3 and stats["memory_gain"]["mean"] is not None
+    assert (pipeline_repo / "plots/memory_gain.svg").is_file()
     assert (pipeline_repo / "dvc.lock").is_file()
     status = dvc("status", cwd=pipeline_repo)
     assert "up to date" in status.lower()
@@ -98,6 +101,17 @@ def test_changing_min_prob_mass_reruns_only_convert_and_stats(pipeline_repo: Pat
     after_stats = json.loads((pipeline_repo / "metrics/stats.json").read_text())
     # A lower mass threshold never keeps more entries per token.
     assert after_stats["kept_entries"] < before_stats["kept_entries"]
+
+
+def test_changing_min_memory_gain_reruns_only_convert_and_stats(pipeline_repo: Path) -> None:
+    run(["git", "add", "-A"], pipeline_repo)
+    run(["git", "commit", "-qm", "reproduced", "--allow-empty"], pipeline_repo)
+    # Below any gain: every sample stays, and the stages that ran are the point.
+    output = dvc("exp", "run", "-S", "convert.min_memory_gain=-100", cwd=pipeline_repo)
+    assert "Running stage 'convert'" in output and "Running stage 'stats'" in output
+    for stage in ("snapshots", "generate", "gain"):
+        assert f"Running stage '{stage}'" not in output
+    assert pq.read_table(pipeline_repo / "data/dataset.parquet").num_rows == 3
 
 
 def test_push_and_pull_through_a_local_remote(pipeline_repo: Path, tmp_path: Path) -> None:

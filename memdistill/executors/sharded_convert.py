@@ -26,6 +26,7 @@ from memdistill.conversion import (
 )
 from memdistill.convert_figures import ConvertFigures, FiguresCollector
 from memdistill.errors import UserError
+from memdistill.gain.selection import GainSelection
 from memdistill.shards import LineSpan, atomic_directory, part_files, part_name, split_lines, total_bytes
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class ConvertOptions:
     append_eot: bool
     recorded: str | None = None
     mass_thresholds: tuple[float, ...] | None = None  # None: no figures counted
+    selection: GainSelection | None = None  # memory gains, and convert.min_memory_gain
 
 
 def spans_per_file(sizes: list[int], wanted: int) -> list[int]:
@@ -97,7 +99,7 @@ def convert_unit(unit: ConvertUnit, folder: Path, options: ConvertOptions) -> Un
         collector = FiguresCollector(options.min_prob_mass, options.mass_thresholds)
     part = convert_part(
         unit.source, output, options.tokenizer, options.recorded, options.min_prob_mass, options.strict,
-        options.rows_per_group, options.append_eot, collector, unit.span,
+        options.rows_per_group, options.append_eot, collector, unit.span, options.selection,
     )
     return UnitResult(part, collector.finish(unit.source, output) if collector is not None else None)
 
@@ -124,7 +126,7 @@ def merge_rejects(parts: list[ConvertedPart]) -> list[dict[str, Any]]:
     offset = 0
     for part in parts:
         merged.extend({**reject, "record": reject["record"] + offset} for reject in part.rejects)
-        offset += part.summary.rows + part.summary.rejected  # every record seen is written or rejected
+        offset += part.summary.rows + part.summary.rejected + part.summary.left_out_low_gain  # every record seen
     return merged
 
 
@@ -231,6 +233,7 @@ def convert_sharded(
     ray_address: str | None = None,
     num_workers: int = 2,
     mass_thresholds: tuple[float, ...] | None = None,
+    selection: GainSelection | None = None,
 ) -> tuple[ConvertSummary, ConvertFigures | None]:
     """Convert `input_path` (a file or a shard directory) into the shard directory `output`, rejected samples
     into `<output>.rejects.jsonl` beside it; with `mass_thresholds`, also the whole output's figures.
@@ -241,7 +244,7 @@ def convert_sharded(
         raise UserError(f"min_prob_mass: must be in (0, 1], got {min_prob_mass}")
     tokenizer, recorded = resolve_tokenizer(input_path, model)
     options = ConvertOptions(tokenizer, min_prob_mass, strict, max_unmapped_rate, rows_per_group, append_eot, recorded,
-                             tuple(mass_thresholds) if mass_thresholds is not None else None)
+                             tuple(mass_thresholds) if mass_thresholds is not None else None, selection)
     units = plan_units(input_path, shards)
     log.info("convert: %d unit(s) on %s into %s/", len(units), executor, output)
     rejected_file = rejects_path(output)

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from memdistill.models import EMBEDDED_MODEL, is_embedded, load_embedded_model, load_tokenizer
+from memdistill.models import EMBEDDED_MODEL, chat_prompt_ids, is_embedded, load_embedded_model, load_tokenizer
 from memdistill.errors import UserError
 from memdistill.progress import StepCounter
 from memdistill.teachers.base import Completion, Failure, SamplingParams, TeacherRequest
@@ -43,13 +43,7 @@ class LocalTeacher:
             self._model = load_embedded_model()
 
     def _encode(self, requests: Sequence[TeacherRequest]) -> list[list[int]]:
-        encoded = []
-        for request in requests:
-            ids = self._tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
-                ids = ids["input_ids"]
-            encoded.append(list(ids))
-        return encoded
+        return [chat_prompt_ids(self._tokenizer, request.messages) for request in requests]
 
     def generate_batch(self, requests: Sequence[TeacherRequest]) -> list[Completion]:
         """Generate for one batch without any cache reuse; left padding keeps every prompt's last token aligned."""
