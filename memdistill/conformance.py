@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from memdistill import fileio
+from memdistill.gain.gain_file import read_summary, read_table
 
 log = logging.getLogger(__name__)
 
@@ -168,18 +169,13 @@ def compare_generations(expected: dict[int, list[dict[str, Any]]], got: dict[int
 
 def gain_rows(path: Path) -> dict[int, dict[str, Any]]:
     """key -> the gain file's row (status, gain, missing_entries, logq_chosen)."""
-    import pyarrow.parquet as pq
-
-    columns = ["key", "status", "gain", "missing_entries", "logq_chosen"]
-    return {int(row["key"]): row for row in pq.read_table(path, columns=columns).to_pylist()}
+    table = read_table(path, ["key", "status", "gain", "missing_entries", "logq_chosen"])
+    return {int(row["key"]): row for row in table.to_pylist()}
 
 
 def gain_engine(path: Path) -> dict[str, Any]:
-    """The engine the gain file records in its footer (what scored, and how)."""
-    import pyarrow.parquet as pq
-
-    raw = (pq.read_schema(path).metadata or {}).get(b"memdistill.gain")
-    return dict(json.loads(raw).get("engine") or {}) if raw else {}
+    """The engine the gain file's footer records (what scored, and how)."""
+    return dict(read_summary(path).get("engine") or {})
 
 
 def compare_gains(expected: dict[int, dict[str, Any]], got: dict[int, dict[str, Any]]) -> GainConformance:

@@ -77,7 +77,8 @@ class OpenAIVLLMScorer:
 
     def describe(self) -> dict[str, Any]:
         public = self._client.describe()["base_url"]
-        return {"engine": self.name, "model": self.model, "base_url": public}
+        # vLLM's completions endpoint scores prompts by its top-K only (no per-id prompt scoring).
+        return {"engine": self.name, "model": self.model, "base_url": public, "scoring": "top-k"}
 
     def request_body(self, request: ScoreRequest) -> dict[str, Any]:
         """Keyword arguments for `completions.create` (exposed for tests)."""
