@@ -373,3 +373,18 @@ def test_the_gain_stage_scores_a_vllm_servers_dataset_on_its_completions_endpoin
         assert row["logq_chosen"] == [p[t][0] for p, t in zip(scored, row["token_ids"])]
         # The teacher's second id per position (1000 + t) is not among the fake's best two: bounded, counted.
         assert row["missing_entries"] >= len(row["token_ids"]) - 1
+
+
+def test_in_process_per_id_refuses_a_prompt_scored_as_other_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_vllm(monkeypatch, FakeScoringParams, v2=True)
+    original = FakeScoringLLM.generate
+
+    def retokenised(self: FakeScoringLLM, prompts: list[dict[str, Any]], params: list[Any], use_tqdm: bool = True) -> list[Any]:
+        outputs = original(self, prompts, params, use_tqdm)
+        for output in outputs:
+            output.prompt_logprobs = output.prompt_logprobs[:-1]
+        return outputs
+
+    monkeypatch.setattr(FakeScoringLLM, "generate", retokenised)
+    with pytest.raises(UserError, match="vllm: sample 0: the engine scored"):
+        VLLMScorer("m", settings_for()).score(inprocess_requests()[:1])

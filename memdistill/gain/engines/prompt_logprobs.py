@@ -14,6 +14,7 @@ that were not returned.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class ScoringMismatch(ValueError):
     """What the engine scored is not the prompt we sent (re-tokenised, cut, or another length)."""
 
 
-def completion_positions(positions: Sequence[Mapping[int, float] | None], request: ScoreRequest) -> list[Mapping[int, float]]:
+def completion_positions(positions: Sequence[Mapping[int, Any] | None], request: ScoreRequest) -> list[Mapping[int, Any]]:
     """The entries of the completion's positions, checked to be those of the ids we sent."""
     prompt_len, completion_len = len(request.prompt_ids), len(request.completion_ids)
     expected = prompt_len + completion_len
@@ -45,7 +46,7 @@ def completion_positions(positions: Sequence[Mapping[int, float] | None], reques
             f"sample {request.key}: the engine scored {len(positions)} prompt positions, expected {expected} "
             f"({prompt_len} student prompt + {completion_len} completion ids)"
         )
-    out: list[Mapping[int, float]] = []
+    out: list[Mapping[int, Any]] = []
     for t, token_id in enumerate(request.completion_ids):
         entries = positions[prompt_len + t]
         if entries is None or token_id not in entries:

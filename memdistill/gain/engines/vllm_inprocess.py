@@ -48,9 +48,9 @@ def per_id_result(request: ScoreRequest, scores: np.ndarray, argmax_positions: S
     entries of prompt_logprobs=1 at the completion's positions ({id: Logprob} holding the rank-1 id)."""
     steps = len(request.completion_ids)
     rows = per_id_rows(request)
-    scores = np.asarray(scores, dtype=np.float64).reshape(steps, rows.shape[1])
-    if scores.shape[0] != steps:
-        raise ScoringMismatch(f"sample {request.key}: vLLM scored {scores.shape[0]} rows, expected {steps}")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != rows.shape:
+        raise ScoringMismatch(f"sample {request.key}: vLLM scored ids of shape {scores.shape}, expected {rows.shape}")
     logq_topk = np.where(rows[:, :-1] >= 0, scores[:, :-1], np.nan)
     top1 = np.fromiter((_rank_one(entries) for entries in argmax_positions), dtype=np.int64, count=steps)
     return ScoreResult(key=request.key, logq_topk=logq_topk, logq_chosen=scores[:, -1].copy(), top1_id=top1,
@@ -110,8 +110,8 @@ class VLLMScorer:
         positions = list(output.prompt_logprobs or [])
         try:
             if self.mode == PER_ID:
-                scored = positions[len(request.prompt_ids):]
-                return per_id_result(request, output.prompt_token_id_logprobs, scored)
+                # prompt_logprobs=1 holds the argmax and the prompt's own token: the alignment check as well.
+                return per_id_result(request, output.prompt_token_id_logprobs, completion_positions(positions, request))
             entries = completion_positions([_as_values(p) for p in positions], request)
             return score_result(request, entries, width)
         except ScoringMismatch as exc:
