@@ -56,9 +56,10 @@ def _inspect_main(args: argparse.Namespace) -> int:
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     gains = None
     if args.gain is not None:
-        from memdistill.inspection import record_gains
+        from memdistill.gain.gain_file import token_gains_of
 
-        gains = record_gains(args.file.parent / "gain.parquet" if args.gain is True else args.gain, record)
+        metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+        gains = token_gains_of(args.file.parent / "gain.parquet" if args.gain is True else args.gain, metadata.get("sample_idx"))
     print(render_record(record, decode, max_chars=args.max_chars, max_alternatives=args.max_alternatives,
                         alternatives=args.alternatives, color=color, width=shutil.get_terminal_size().columns, gains=gains))
     return 0

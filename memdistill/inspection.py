@@ -295,36 +295,21 @@ def gain_style(gain: float | None) -> Style:
 
 
 def gain_legend() -> Text:
-    legend = Text("token colour = memory gain G_t (nats, docs/gain.md): ", style="dim")
-    for g in GAIN_LEGEND:
-        legend.append(f" {g:.1f} ", style=gain_style(g) + Style(reverse=True))
+    return colour_legend("token colour = memory gain G_t (nats, docs/gain.md): ", GAIN_LEGEND, gain_style, 1)
+
+
+def colour_legend(title: str, values: Sequence[float], style: Callable[[float | None], Style], digits: int) -> Text:
+    """A row of swatches: each value in its colour, then the colour of "not known"."""
+    legend = Text(title, style="dim")
+    for value in values:
+        legend.append(f" {value:.{digits}f} ", style=style(value) + Style(reverse=True))
         legend.append(" ")
-    legend.append(" ? ", style=gain_style(None) + Style(reverse=True))
+    legend.append(" ? ", style=style(None) + Style(reverse=True))
     return legend
-
-
-def record_gains(gain_file: Path, record: dict[str, Any]) -> list[float]:
-    """The record's G_t per assistant token from the gain stage's file (by the record's sample_idx)."""
-    from memdistill.gain.gain_file import read_table
-
-    metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
-    key = metadata.get("sample_idx")
-    table = read_table(gain_file, ["key", "status", "token_gains"])
-    for row in table.to_pylist():
-        if row["key"] == key:
-            if row["status"] != "measured":
-                raise UserError(f"{gain_file}: sample {key} has no memory gain (status {row['status']})")
-            return row["token_gains"]
-    raise UserError(f"{gain_file}: no sample {key}; the gain file is from another dataset (run the gain stage again)")
 
 
 def probability_legend() -> Text:
-    legend = Text("token colour = probability: ", style="dim")
-    for p in PROBABILITY_LEGEND:
-        legend.append(f" {p:.2f} ", style=probability_style(p) + Style(reverse=True))
-        legend.append(" ")
-    legend.append(" ? ", style=probability_style(None) + Style(reverse=True))
-    return legend
+    return colour_legend("token colour = probability: ", PROBABILITY_LEGEND, probability_style, 2)
 
 
 def render_record(

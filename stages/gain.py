@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from memdistill import fileio, params
+from memdistill.gain.engines import ScoringSettings
 from memdistill.gain.gain_file import GainSummary
 from memdistill.gain.scoring import GainOptions, run_gain
 
@@ -38,8 +39,9 @@ class GainConfig(params.StageParams):
 
     @property
     def options(self) -> GainOptions:
-        return GainOptions(self.backend, self.batch_size, tuple(self.base_url), self.api_key_env, self.timeout,
-                           self.max_retries, self.concurrency, self.append_eot)
+        engine = ScoringSettings(batch_size=self.batch_size, base_url=tuple(self.base_url), api_key_env=self.api_key_env,
+                                 timeout=self.timeout, max_retries=self.max_retries, concurrency=self.concurrency)
+        return GainOptions(self.backend, engine, self.append_eot)
 
 
 def run(config: GainConfig, prompts: Path, dataset: Path, output: Path) -> GainSummary:

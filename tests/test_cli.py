@@ -65,7 +65,7 @@ def test_arrow_without_pandas_changes_nothing_once_pandas_is_loaded() -> None:
         (["convert", "--output", "d.parquet"], "memdistill convert: error: the following arguments are required: --input"),
         (["inspect", "d.parquet", "--color", "pink"],
          "memdistill inspect: error: --color: invalid choice: 'pink' (choose from auto, always, never)"),
-        (["distill"], "memdistill: error: COMMAND: invalid choice: 'distill' (choose from snapshots, generate, convert, stats, "
+        (["distill"], "memdistill: error: COMMAND: invalid choice: 'distill' (choose from snapshots, generate, gain, convert, stats, "
                       "inspect, params, export-teacher)"),
     ],
 )

@@ -13,6 +13,7 @@ import pytest
 
 from memdistill.cli import main as cli_main
 from memdistill.errors import UserError
+from memdistill.gain.engines import ScoringSettings
 from memdistill.gain.gain_file import read_summary, read_table
 from memdistill.gain.scoring import GainOptions, run_gain
 from memdistill.generation import dataset_row
@@ -137,7 +138,7 @@ def scored(tmp_path_factory):
     """Three hand-written completions (one empty) scored by the embedded teacher, then converted with --gain."""
     folder = tmp_path_factory.mktemp("scored")
     prompts, dataset = write_pair(folder, answers=[ANSWER_IDS[0], [], ANSWER_IDS[2]])
-    summary = run_gain(prompts, dataset, folder / "gain.parquet", GainOptions("auto", batch_size=2))
+    summary = run_gain(prompts, dataset, folder / "gain.parquet", GainOptions("auto", ScoringSettings(batch_size=2)))
     return folder, summary
 
 
@@ -205,3 +206,15 @@ def test_inspect_colours_tokens_by_gain(scored, capsys):
     assert cli_main(["inspect", str(folder / "dataset.jsonl"), "--sample", "0", "--gain", "--color", "always"]) == 0
     out = capsys.readouterr().out
     assert "memory gain G_t" in out and "G_t" in out.splitlines()[-6]
+
+
+def test_tempered_scoring_divides_the_logits_by_the_teachers_temperature():
+    """tempered at T > 0: log q = log_softmax(logits / T), so differences between ids shrink by T; raw keeps them."""
+    from memdistill.gain.engines.base import ScoreRequest
+    from memdistill.gain.engines.local import LocalScorer
+
+    request = ScoreRequest(0, [1, 9690, 198, 19556, 2, 198, 1, 520, 9531, 198], [504, 3575], np.array([[504, 3575], [3575, 504]]))
+    raw = LocalScorer("smollm2-135m-instruct", ScoringSettings(logprobs="raw", temperature=2.0)).score([request])[0]
+    tempered = LocalScorer("smollm2-135m-instruct", ScoringSettings(logprobs="tempered", temperature=2.0)).score([request])[0]
+    np.testing.assert_allclose(np.diff(tempered.logq_topk, axis=1), np.diff(raw.logq_topk, axis=1) / 2.0, rtol=1e-6)
+    assert (tempered.top1_id == raw.top1_id).all() and np.isnan(raw.lower_bound).all()

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 REQUIRED = {
     "snapshots": ["--output", "p.jsonl"],
     "generate": ["--input", "p.jsonl", "--output", "d.jsonl"],
+    "gain": ["--prompts", "p.jsonl", "--input", "d.jsonl", "--output", "g.parquet"],
     "convert": ["--input", "d.jsonl", "--output", "d.parquet"],
     "stats": ["--jsonl", "d.jsonl", "--parquet", "d.parquet", "--metrics", "m.json"],
 }
@@ -48,7 +49,7 @@ def test_every_params_yaml_key_is_a_model_field() -> None:
     assert set(sections) == set(models)
     for section, values in sections.items():
         assert set(values) <= set(models[section].model_fields) - set(models[section].borrowed), section
-    assert params.check_file(REPO / "params.yaml", stage_configs()) == ["snapshots", "generate", "convert", "stats"]
+    assert params.check_file(REPO / "params.yaml", stage_configs()) == ["snapshots", "generate", "gain", "convert", "stats"]
 
 
 @pytest.mark.parametrize("model", stage_configs(), ids=lambda m: m.section)
@@ -206,7 +207,7 @@ def test_params_check_rejects_malformed_files(text: str, message: str, tmp_path:
 
 def test_params_check_accepts_the_repository_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["params", "--check", str(REPO / "params.yaml")]) == 0
-    assert capsys.readouterr().out.strip() == f"{REPO / 'params.yaml'}: ok (snapshots, generate, convert, stats)"
+    assert capsys.readouterr().out.strip() == f"{REPO / 'params.yaml'}: ok (snapshots, generate, gain, convert, stats)"
 
 
 def test_regex_flags_keep_their_commas() -> None:

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from memdistill.gain.gain_file import GainRow, GainSummary, GainWriter
 from stages.stats import StatsConfig, run
 from tests.conftest import REPO_ROOT
 from tests.test_stats import MIN_PROB_MASS, write_dataset
 
-PLOT_FILES = ["plots/kept_per_token.csv", "plots/mass_curve.csv", "plots/tokens_per_sample.csv", "plots/memory_vs_output.csv", "plots/memory_coverage.csv"]
+PLOT_FILES = ["plots/kept_per_token.csv", "plots/mass_curve.csv", "plots/memory_gain.csv", "plots/tokens_per_sample.csv", "plots/memory_vs_output.csv", "plots/memory_coverage.csv"]
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -57,7 +58,13 @@ def plots_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy2(REPO_ROOT / name, repo / name)
     data = tmp_path_factory.mktemp("plots_data")
     jsonl, parquet = write_dataset(data)
-    run(jsonl, parquet, repo / "metrics" / "stats.json", repo / "plots", repo / "reports" / "summary.md", StatsConfig(min_prob_mass=MIN_PROB_MASS))
+    gain = data / "gain.parquet"
+    writer = GainWriter(gain)
+    for key, value in enumerate((0.05, 1.5)):
+        writer.write(GainRow(key, "measured", value, 0.5, 3, 0, [1, 2, 3], [value] * 3, [-1.0] * 3))
+    writer.close(GainSummary())
+    run(jsonl, parquet, repo / "metrics" / "stats.json", repo / "plots", repo / "reports" / "summary.md", StatsConfig(min_prob_mass=MIN_PROB_MASS),
+        gain=gain)
     _run(["git", "init", "-q"], repo)
     _run([sys.executable, "-m", "dvc", "init", "-q"], repo)
     return repo

@@ -59,7 +59,6 @@ class GainSummary:
     empty: int = 0
     rejected: int = 0
     missing_entries: int = 0
-    scored_entries: int = 0
     scored_tokens: int = 0
     wall_seconds: float = 0.0
 
@@ -125,6 +124,17 @@ def read_gains(path: Path) -> dict[int, float | None]:
     keys = table.column("key").to_pylist()
     gains = table.column("gain").to_pylist()
     return dict(zip(keys, gains))
+
+
+def token_gains_of(path: Path, key: Any) -> list[float]:
+    """One sample's G_t per assistant token (for `memdistill inspect --gain`); a sample the file does not
+    measure is one UserError."""
+    for row in read_table(path, ["key", "status", "token_gains"]).to_pylist():
+        if row["key"] == key:
+            if row["status"] != "measured":
+                raise UserError(f"{path}: sample {key} has no memory gain (status {row['status']})")
+            return row["token_gains"]
+    raise UserError(f"{path}: no sample {key}; the gain file is from another dataset (run the gain stage again)")
 
 
 def read_summary(path: Path) -> dict[str, Any]:

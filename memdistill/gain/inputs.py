@@ -33,18 +33,23 @@ class Teacher:
     model: str | None
     temperature: float
     logprobs: str
+    # The server(s) that answered (openai backend); not compared: with several servers each row names its own.
+    base_url: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
     def of(cls, metadata: dict[str, Any]) -> "Teacher":
         teacher = metadata.get("teacher")
         teacher = teacher if isinstance(teacher, dict) else {}
         temperature = teacher.get("temperature")
+        urls = teacher.get("base_url")
+        urls = [urls] if isinstance(urls, str) else urls if isinstance(urls, list) else []
         return cls(
             backend=teacher.get("backend") if isinstance(teacher.get("backend"), str) else None,
             flavor=teacher.get("flavor") if isinstance(teacher.get("flavor"), str) else None,
             model=teacher.get("model") if isinstance(teacher.get("model"), str) else None,
             temperature=float(temperature) if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) else 0.0,
             logprobs=teacher.get("logprobs") if teacher.get("logprobs") in ("tempered", "raw") else "tempered",
+            base_url=tuple(u for u in urls if isinstance(u, str)),
         )
 
 
@@ -78,9 +83,8 @@ class Pairing:
     (strategy, snapshot, memory view...). Samples missing from the dataset (failed within
     generate.max_failure_rate) are allowed."""
 
-    def __init__(self, prompts_path: Path, dataset: Path) -> None:
+    def __init__(self, prompts_path: Path) -> None:
         self.prompts_path = prompts_path
-        self.dataset = dataset
         self.rows = read_prompts(prompts_path)
         self.position = {row.sample_idx: number for number, row in enumerate(self.rows)}
         self.last = -1

@@ -3,6 +3,7 @@ data/gain.parquet (one part per dataset part)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -30,12 +31,7 @@ CHUNK_BATCHES = 16
 @dataclass(frozen=True, slots=True)
 class GainOptions:
     backend: str  # auto | local | vllm | openai | none
-    batch_size: int = 8
-    base_url: tuple[str, ...] = ()
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout: float = 120.0
-    max_retries: int = 5
-    concurrency: int = 16
+    engine: ScoringSettings = ScoringSettings()  # the teacher's model, temperature and contract are filled in from the dataset
     append_eot: bool = True
 
 
@@ -53,8 +49,8 @@ def choose_scorer(options: GainOptions, teacher: Teacher) -> tuple[GainScorer | 
         return None, "the dataset records no teacher model (metadata.teacher.model), so nothing can score as it"
     backend = teacher.backend if options.backend == "auto" else options.backend
     flavor = teacher.flavor if backend == teacher.backend else "vllm"
-    settings = ScoringSettings(teacher.model, teacher.temperature, teacher.logprobs, options.batch_size, options.base_url,
-                               options.api_key_env, options.timeout, options.max_retries, options.concurrency)
+    settings = dataclasses.replace(options.engine, model=teacher.model, temperature=teacher.temperature, logprobs=teacher.logprobs,
+                                   base_url=options.engine.base_url or teacher.base_url)
     scorer = make_scorer(backend or "", flavor, teacher.model, settings)
     if scorer is None:
         what = f"{backend} with flavor {flavor}" if backend == "openai" else str(backend)
@@ -130,7 +126,7 @@ def run_gain(prompts: Path, dataset: Path, output: Path, options: GainOptions) -
     started = time.perf_counter()
     fileio.refuse_input_as_output(output, prompts, dataset)
     teacher = first_teacher(dataset)
-    pairing = Pairing(prompts, dataset)
+    pairing = Pairing(prompts)
     scorer, why_not = choose_scorer(options, teacher)
     summary = GainSummary()
     if scorer is None:
@@ -145,7 +141,7 @@ def run_gain(prompts: Path, dataset: Path, output: Path, options: GainOptions) -
         progress = tqdm(desc="gain", unit="sample", dynamic_ncols=True, mininterval=1.0, disable=None)
 
         def rows_of(part: Path) -> Iterator[GainRow]:
-            for chunk in _chunks(read_samples(pairing, converter, part), options.batch_size * CHUNK_BATCHES):
+            for chunk in _chunks(read_samples(pairing, converter, part), options.engine.batch_size * CHUNK_BATCHES):
                 yield from score_chunk(scorer, tokenizer, chunk)
                 progress.update(len(chunk))
 

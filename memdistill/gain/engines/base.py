@@ -44,11 +44,11 @@ class ScoreResult:
 class ScoringSettings:
     """What make_scorer hands an engine: the gain section's settings plus the teacher's recorded contract."""
 
-    model: str
+    model: str = ""
     """The generating model (the dataset's metadata.teacher.model); an engine must score with this one."""
-    temperature: float
+    temperature: float = 0.0
     """The teacher's sampling temperature (metadata.teacher.temperature)."""
-    logprobs: str
+    logprobs: str = "tempered"
     """"tempered" | "raw" (metadata.teacher.logprobs). tempered at temperature T > 0: q = log_softmax(logits / T)
     (no top_p mask, which would give the teacher's ids q = 0); raw, or T == 0: q = log_softmax(logits)."""
     batch_size: int = 8
