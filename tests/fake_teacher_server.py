@@ -1,4 +1,5 @@
-"""A loopback chat-completions server that speaks each teacher flavor's wire shape, for tests and benchmarks.
+"""A loopback chat-completions server that speaks each teacher flavor's wire shape, for tests and benchmarks;
+the vllm flavor also answers /v1/completions with prompt scoring (`prompt_logprobs`), as the gain stage uses it.
 
 Plain asyncio streams rather than a web framework, so faults can be injected at the byte level (a reset
 connection, a truncated body, a body shorter than its Content-Length). Responses are a deterministic
@@ -191,6 +192,55 @@ def response_body(
     }
 
 
+def expected_prompt_logprobs(prompt_ids: list[int], k: int) -> list[dict[int, tuple[float, int]] | None]:
+    """What the fake vLLM server scores for a token-id prompt: per position j >= 1, {id: (logprob, rank)} with
+    the K best ids (ranks 1..K) and the prompt's own token j; None at position 0, as vLLM sends it. Every third
+    position has its own token among the K best; the others rank it far below them (rank K + 1 + j)."""
+    out: list[dict[int, tuple[float, int]] | None] = [None]
+    for j in range(1, len(prompt_ids)):
+        digest = hashlib.sha256(np.asarray(prompt_ids[: j + 1], dtype=np.int64).tobytes()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        own = prompt_ids[j]
+        values = -np.sort(rng.uniform(0.0, 8.0, size=k + 1).astype(np.float32)).astype(np.float64)
+        others = [int(x) for x in rng.choice(VOCAB_SIZE - 6, size=k + 1, replace=False) + 6 if x != own][:k]
+        entries = {tid: (float(values[r]), r + 1) for r, tid in enumerate(others)}
+        if j % 3 == 0:
+            # The prompt's own token is among the K best: it takes the place of the K-th.
+            del entries[others[-1]]
+            entries[own] = (float(values[k - 1]), k)
+        else:
+            entries[own] = (float(values[k]) - 1.0, k + 1 + j)
+        out.append(entries)
+    return out
+
+
+def completion_body(request: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body vLLM's /v1/completions sends for a token-id `prompt` with `prompt_logprobs`, `max_tokens: 1`
+    (vllm/entrypoints/openai/completion/protocol.py: CompletionResponseChoice.prompt_logprobs, a list of
+    None | {token_id: Logprob(logprob, rank, decoded_token)}, ids as JSON object keys)."""
+    prompt = request["prompt"]
+    if not (isinstance(prompt, list) and all(isinstance(i, int) for i in prompt)):
+        raise ValueError("the fake vLLM completions endpoint takes token-id prompts only")
+    k = request.get("prompt_logprobs")
+    scored = None
+    if k is not None:
+        scored = [
+            None if position is None else {
+                str(tid): {"logprob": value, "rank": rank, "decoded_token": token_text(tid)} for tid, (value, rank) in position.items()
+            }
+            for position in expected_prompt_logprobs(prompt, int(k))
+        ]
+    return {
+        "id": "cmpl-fake",
+        "object": "text_completion",
+        "created": 0,
+        "model": request.get("model", "fake"),
+        "choices": [{"index": 0, "text": token_text(7), "logprobs": None, "finish_reason": "length", "stop_reason": None,
+                     "token_ids": None, "prompt_logprobs": scored, "prompt_token_ids": None}],
+        "usage": {"prompt_tokens": len(prompt), "completion_tokens": 1, "total_tokens": len(prompt) + 1},
+    }
+
+
 @dataclass
 class FakeTeacherServer:
     flavor: str = "openai"
@@ -203,6 +253,7 @@ class FakeTeacherServer:
     halves: bool = False  # every completion starts with the two halves of "é"
     vllm_logprobs_mode: str = "raw_logprobs"  # the vLLM server's --logprobs-mode
     refuse: str | None = None  # answer every request 400 with this `detail` (a configuration error)
+    max_logprobs: int | None = None  # vLLM's --max-logprobs: a larger prompt_logprobs is refused (400)
     host: str = "127.0.0.1"
     port: int = 0
     received: collections.Counter = field(default_factory=collections.Counter)  # every request, per prompt key
@@ -296,13 +347,16 @@ class FakeTeacherServer:
 
     async def _respond(self, method: str, path: str, raw: bytes, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False closes the connection."""
-        if method != "POST" or not path.endswith("/chat/completions"):
+        chat = path.endswith("/chat/completions")
+        # Plain completions: the vLLM flavor's prompt scoring (the gain stage), as vLLM answers it.
+        scoring = path.endswith("/completions") and not chat and self.flavor == "vllm"
+        if method != "POST" or not (chat or scoring):
             await self._send(writer, 404, b'{"error": {"message": "not found"}}')
             return True
         request = json.loads(raw)
         if self.keep_bodies:
             self.bodies.append(request)
-        key = prompt_key(request["messages"])
+        key = prompt_key(request["messages"]) if chat else json.dumps(request["prompt"])
         self.received[key] += 1
         self.times[key].append(time.monotonic())
         fault = self.faults(key, self.received[key]) if self.faults else None
@@ -322,9 +376,17 @@ class FakeTeacherServer:
         if self.refuse is not None:
             await self._send(writer, 400, json.dumps({"detail": self.refuse}).encode())
             return True
-        payload = json.dumps(
+        if not chat and self.max_logprobs is not None and (request.get("prompt_logprobs") or 0) > self.max_logprobs:
+            # vLLM's refusal of a count above its --max-logprobs (a 400, the same every time).
+            message = f"Requested prompt logprobs of {request['prompt_logprobs']}, which is greater than max allowed: {self.max_logprobs}"
+            await self._send(writer, 400, json.dumps({"error": {"message": message, "type": "BadRequestError", "code": 400}}).encode())
+            return True
+        body = (
             response_body(self.flavor, request, self.logprobs_enabled, self.llamacpp, self.halves, self.vllm_logprobs_mode)
-        ).encode()
+            if chat
+            else completion_body(request)
+        )
+        payload = json.dumps(body).encode()
         if fault == "truncated":
             await self._send(writer, 200, payload[: len(payload) // 2])
             return True

@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 
 from memdistill.conformance import (
+    MAX_ABS_GAIN_DIFF,
     MAX_ABS_LOGPROB_DIFF,
     ConformanceFigures,
     ConformanceResult,
     assistant_tokens,
+    compare_gains,
     compare_generations,
+    gain_rows,
 )
 from tests.conftest import write_jsonl
 
@@ -93,3 +96,62 @@ def test_assistant_tokens_reads_ids_logprobs_and_top_k_by_sample(tmp_path: Path)
     path = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "2+2"}, assistant],
                                                "metadata": {"sample_idx": 3}}])
     assert assistant_tokens(path) == {3: [token(19, -0.1, {19: -0.1, 9012: -2.3})]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The gain engines: a vLLM engine's per-sample gain against the embedded teacher's
+
+
+def gain_row(gain: float | None, missing: int = 0, chosen: list[float] | None = None, status: str = "measured") -> dict:
+    return {"status": status, "gain": gain, "missing_entries": missing, "logq_chosen": chosen or [-0.5, -1.0]}
+
+
+LOCAL_GAINS = {0: gain_row(1.25), 1: gain_row(0.1), 2: gain_row(None, status="empty")}
+
+
+def test_equal_gains_pass_and_only_measured_samples_count() -> None:
+    figures = compare_gains(LOCAL_GAINS, LOCAL_GAINS)
+    assert (figures.samples, figures.samples_compared, figures.max_abs_gain_diff) == (2, 2, 0.0)
+    assert figures.passed
+
+
+def test_a_gain_difference_over_the_threshold_fails() -> None:
+    got = {**LOCAL_GAINS, 1: gain_row(0.1 + 3 * MAX_ABS_GAIN_DIFF)}
+    figures = compare_gains(LOCAL_GAINS, got)
+    assert figures.max_abs_gain_diff == pytest.approx(3 * MAX_ABS_GAIN_DIFF) and not figures.passed
+
+
+def test_a_different_chosen_logprob_fails_even_with_equal_gains() -> None:
+    got = {**LOCAL_GAINS, 0: gain_row(1.25, chosen=[-0.5, -1.01])}
+    assert not compare_gains(LOCAL_GAINS, got).passed
+
+
+def test_a_bounded_sample_may_fall_short_but_never_exceed_the_exact_gain() -> None:
+    below = compare_gains(LOCAL_GAINS, {**LOCAL_GAINS, 0: gain_row(1.0, missing=3)})
+    assert below.passed and (below.bounded_entries, below.samples_with_bounded_entries) == (3, 1)
+    assert below.max_bounded_gain_shortfall == pytest.approx(0.25) and below.max_abs_gain_diff == 0.0
+    above = compare_gains(LOCAL_GAINS, {**LOCAL_GAINS, 0: gain_row(1.5, missing=3)})
+    assert above.bound_violations == 1 and not above.passed
+
+
+def test_a_sample_the_engine_did_not_measure_fails() -> None:
+    figures = compare_gains(LOCAL_GAINS, {0: LOCAL_GAINS[0]})
+    assert figures.samples_compared == 1 and not figures.passed
+
+
+def test_a_failing_gain_engine_fails_the_run_and_both_are_reported() -> None:
+    good = compare_gains(LOCAL_GAINS, LOCAL_GAINS)
+    bad = compare_gains(LOCAL_GAINS, {0: LOCAL_GAINS[0]})
+    report = ConformanceResult(server=passing(), in_process=passing(), gain_server=good, gain_in_process=bad).to_dict()
+    assert not report["passed"] and report["gain"]["server"]["passed"] and not report["gain"]["in_process"]["passed"]
+    assert report["gain"]["threshold"] == MAX_ABS_GAIN_DIFF
+
+
+def test_gain_rows_reads_the_gain_file_by_key(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"key": [4], "status": ["measured"], "gain": [0.5], "missing_entries": [0], "logq_chosen": [[-0.25]],
+                      "token_gains": [[0.5]]})
+    pq.write_table(table, tmp_path / "gain.parquet")
+    assert gain_rows(tmp_path / "gain.parquet") == {4: {"key": 4, **gain_row(0.5, chosen=[-0.25])}}

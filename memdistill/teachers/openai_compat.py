@@ -21,9 +21,9 @@ import os
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -271,6 +271,19 @@ class Endpoint:
     down_until: float = 0.0
 
 
+T = TypeVar("T")
+
+
+@dataclass
+class Answered(Generic[T]):
+    """A request that succeeded: what the attempt returned, from which server, after how many tries."""
+
+    value: T
+    base_url: str
+    attempts: int
+    duration: float
+
+
 class EndpointPool:
     """Least-loaded choice among the servers in rotation; a failing one sits out a doubling cool-down."""
 
@@ -402,10 +415,17 @@ class OpenAITeacher:
         return EndpointPool(endpoints, cooldown=self.retry_backoff)
 
     async def _attempt(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+        parsed = await self.post(endpoint, endpoint.client.chat.completions, body)
+        keep = self.sampling.top_logprobs if requested_top_logprobs(self.flavor, self.sampling) != self.sampling.top_logprobs else None
+        return decode_response(parsed, self.flavor, self.sampling.top_logprobs, keep)
+
+    async def post(self, endpoint: Endpoint, resource: Any, body: dict[str, Any]) -> dict[str, Any]:
+        """`resource.create(**body)` on one server (chat or plain completions) as a JSON object; failures
+        classified as retryable, refused, or a setup error every request would hit."""
         import openai
 
         try:
-            raw = await endpoint.client.chat.completions.with_raw_response.create(**body)
+            raw = await resource.with_raw_response.create(**body)
             payload = raw.http_response.content
         except openai.APITimeoutError:
             raise TransientError(f"{endpoint.public}: timed out after {self.timeout}s", endpoint_down=True) from None
@@ -432,46 +452,53 @@ class OpenAITeacher:
             raise TransientError(f"{endpoint.public}: response body is not complete JSON ({exc})") from None
         if not isinstance(parsed, dict):
             raise TransientError(f"{endpoint.public}: response body is not a JSON object")
-        keep = self.sampling.top_logprobs if requested_top_logprobs(self.flavor, self.sampling) != self.sampling.top_logprobs else None
-        return decode_response(parsed, self.flavor, self.sampling.top_logprobs, keep)
+        return parsed
 
     async def complete(self, request: TeacherRequest) -> Completion | Failure:
         """One request with retries; raises UserError for problems every request would have."""
-        assert self._pool is not None
         body = self.request_body(request.messages)
+        answer = await self.with_retries(request.sample_idx, lambda endpoint: self._attempt(endpoint, body))
+        if isinstance(answer, Failure):
+            return answer
+        return Completion(
+            sample_idx=request.sample_idx,
+            duration=answer.duration,
+            extra={"attempts": answer.attempts, "base_url": answer.base_url},
+            **answer.value,
+        )
+
+    async def with_retries(self, sample_idx: int, attempt_on: Callable[[Endpoint], Awaitable[T]]) -> Answered[T] | Failure:
+        """`attempt_on(server)` until it succeeds, on the least-loaded server in rotation, with backoff; a
+        refusal (4xx) or max_retries transient failures give a Failure. The gain stage's vLLM scorer calls
+        this too, for the completions endpoint."""
+        if self._pool is None:
+            self._pool = self._make_pool()
         attempt = 0
         while True:
             endpoint = await self._pool.acquire()
             started = time.perf_counter()
             ok = down = False
             try:
-                decoded = await self._attempt(endpoint, body)
+                value = await attempt_on(endpoint)
                 ok = True
             except TransientError as exc:
                 down = exc.endpoint_down
                 error: str = str(exc)
                 retry_after = exc.retry_after
             except PermanentError as exc:
-                return Failure(request.sample_idx, str(exc), attempt + 1, permanent=True)
+                return Failure(sample_idx, str(exc), attempt + 1, permanent=True)
             finally:
                 self._pool.release(endpoint, ok, down)
             if ok:
-                return Completion(
-                    sample_idx=request.sample_idx,
-                    duration=time.perf_counter() - started,
-                    extra={"attempts": attempt + 1, "base_url": endpoint.public},
-                    **decoded,
-                )
+                return Answered(value, endpoint.public, attempt + 1, time.perf_counter() - started)
             if attempt >= self.max_retries:
-                return Failure(request.sample_idx, error, attempt + 1)
+                return Failure(sample_idx, error, attempt + 1)
             delay = backoff_delay(attempt, self.retry_backoff, retry_after, self._rng)
-            log.debug("sample %d attempt %d failed (%s); retrying in %.2fs", request.sample_idx, attempt + 1, error, delay)
+            log.debug("sample %d attempt %d failed (%s); retrying in %.2fs", sample_idx, attempt + 1, error, delay)
             attempt += 1
             await asyncio.sleep(delay)
 
     async def stream(self, requests: Sequence[TeacherRequest]) -> AsyncIterator[Completion | Failure]:
-        if self._pool is None:
-            self._pool = self._make_pool()
         todo = collections.deque(requests)
         done: asyncio.Queue[Completion | Failure | BaseException] = asyncio.Queue()
 

@@ -86,6 +86,21 @@ def to_completion(
     )
 
 
+def engine_args(model: str, max_logprobs: int, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for `vllm.LLM`: the model (the embedded teacher exported to a model folder and run in
+    float32), room for `max_logprobs`, then `extra` as given. The gain stage's vLLM engine builds its own the same way."""
+    args: dict[str, Any] = {"max_logprobs": max(VLLM_DEFAULT_MAX_LOGPROBS, max_logprobs)}
+    if is_embedded(model):
+        from memdistill.models import exported_teacher_dir
+
+        # float32 as the embedded teacher runs (vLLM's CPU default, bfloat16, moves logprobs by up to ~2 nats).
+        args.update(model=str(exported_teacher_dir()), dtype="float32")
+    else:
+        args["model"] = model
+    args.update(extra)
+    return args
+
+
 class VLLMTeacher:
     """`vllm.LLM` run in-process; `engine_args` go to `vllm.LLM` as they are (tensor_parallel_size, dtype, ...)."""
 
@@ -107,20 +122,12 @@ class VLLMTeacher:
         if self._llm is not None:
             return
         vllm = _import_vllm()
-        args: dict[str, Any] = {"max_logprobs": max(VLLM_DEFAULT_MAX_LOGPROBS, self.sampling.top_logprobs)}
+        args: dict[str, Any] = {}
         if self.sampling.temperature > 0 and self.sampling.logprobs == "tempered":
             # Logprobs of the distribution actually sampled from (softmax(logits / T)), like Tokasaurus;
             # generate.logprobs raw keeps vLLM's default, softmax(logits). Equal at T = 0.
             args["logprobs_mode"] = "processed_logprobs"
-        if is_embedded(self.model_name):
-            from memdistill.models import exported_teacher_dir
-
-            # float32 as the embedded teacher runs (vLLM's CPU default, bfloat16, moves logprobs by up to ~2 nats).
-            args.update(model=str(exported_teacher_dir()), dtype="float32")
-        else:
-            args["model"] = self.model_name
-        args.update(self.engine_args)
-        self._llm = vllm.LLM(**args)
+        self._llm = vllm.LLM(**engine_args(self.model_name, self.sampling.top_logprobs, {**args, **self.engine_args}))
         self._params = vllm.SamplingParams(
             max_tokens=self.sampling.max_tokens,
             temperature=self.sampling.temperature,
