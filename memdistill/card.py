@@ -117,7 +117,12 @@ def how_made(train: Path, metrics: dict[str, Any], revision: str) -> list[str]:
     snapshots = snapshots or {"max_prompt_tokens": recorded.get("max_prompt_tokens")}
     coverage = (metrics.get("memory") or {}).get("coverage") or {}
     gain = metrics.get("memory_gain")
-    gain_text = "not measured (no gain stage ran, or its engine cannot score prompts)" if not gain else json.dumps(gain, sort_keys=True)
+    if not gain or gain.get("mean") is None:
+        reason = (gain or {}).get("not_measured") or "no gain stage ran, or its engine cannot score prompts"
+        gain_text = f"not measured ({reason})"
+    else:
+        gain_text = (f"mean {gain['mean']} nats/token over {gain.get('samples_measured', '?')} samples (p10 {gain.get('p10')}, "
+                     f"p50 {gain.get('p50')}, p90 {gain.get('p90')}); what a perfect cartridge could remove, see memdistill's docs/gain.md")
     lines = [
         f"- **Snapshot:** `{_figure(row.get('snapshot'))}` (sha256 `{_figure(row.get('snapshot_sha256'))}`)",
         f"- **Strategy:** `{_figure(row.get('strategy'))}` with `{_figure(row.get('strategy_params'))}`",

@@ -29,7 +29,7 @@ def build(folder: Path, four: int, **convert_options) -> tuple[Path, Path, Path]
     convert_stage.run(convert_stage.ConvertConfig(model=MODEL, validation_fraction=0.25, **convert_options), jsonl, train,
                       validation=validation)
     stats_stage.run(jsonl, train, folder.parent / "metrics" / "stats.json", folder.parent / "plots", None,
-                    stats_stage.StatsConfig(min_prob_mass=0.99), None, None, validation, card)
+                    stats_stage.StatsConfig(min_prob_mass=0.99), validation=validation, card=card)
     return train, validation, card
 
 
@@ -71,9 +71,10 @@ def test_the_card_tells_how_the_data_was_made(tmp_path: Path, four: int) -> None
                      "validation samples", "load_dataset(", "pd.read_parquet(\"dataset.parquet\")", "../plots/kept_per_token.svg",
                      "git revision `unknown`"):
         assert expected in text, expected
-    metrics = {"samples": 3, "finish_reasons": {"stop": 3}, "memory_gain": {"mean": 0.42, "samples_measured": 3}}
+    metrics = {"samples": 3, "finish_reasons": {"stop": 3},
+               "memory_gain": {"mean": 0.42, "p10": 0.1, "p50": 0.4, "p90": 0.8, "samples_measured": 3}}
     with_gain = render_card(train, validation, card.parent, metrics)
-    assert '**Memory gain:** {"mean": 0.42, "samples_measured": 3}' in with_gain
+    assert "**Memory gain:** mean 0.42 nats/token over 3 samples (p10 0.1, p50 0.4, p90 0.8)" in with_gain
 
 
 def test_an_empty_validation_split_is_not_named(tmp_path: Path, four: int) -> None:

@@ -79,4 +79,4 @@ def test_a_usage_error_is_one_line_naming_the_flag(argv: list[str], line: str, c
 
 def test_no_command_prints_the_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
-    assert "Pipeline: snapshots -> generate -> convert -> stats" in capsys.readouterr().err
+    assert "Pipeline: snapshots -> generate -> gain -> convert -> stats" in capsys.readouterr().err

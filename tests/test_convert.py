@@ -654,7 +654,7 @@ def test_metadata_is_a_struct_with_typed_fields_and_the_whole_json(tmp_path: Pat
     convert_file(write_jsonl(tmp_path / "in.jsonl", mixed_records(vocab)), tmp_path / "o.parquet", MODEL, 0.99)
     schema = pq.read_schema(tmp_path / "o.parquet")
     assert pa.types.is_struct(schema.field("metadata").type)
-    assert [f.name for f in schema.field("metadata").type] == ["sample_idx", "finish_reason", "logprobs", "eot_appended", "memory_gain", "json"]
+    assert [f.name for f in schema.field("metadata").type] == ["sample_idx", "finish_reason", "logprobs", "eot_appended", "memory_gain", "json", "lineage"]
     rows = read_like_cartridges(tmp_path / "o.parquet")
     assert [r["metadata"]["sample_idx"] for r in rows] == [0, 1, 2, 3]
     assert [r["metadata"]["finish_reason"] for r in rows] == ["stop", "stop", "stop", "length"]
