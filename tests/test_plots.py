@@ -56,6 +56,7 @@ TABLES = {
     "tokens_per_sample": pl.DataFrame({"sample": [0, 1, 2], "tokens": [44, 46, 45]}),
     "memory_vs_output": pl.DataFrame({"sample": [0, 1], "memory_size_chars": [5700, 5900], "tokens": [44, 46]}),
     "memory_coverage": pl.DataFrame({"sample": [0, 1], "coverage": [1.0, 0.75]}),
+    "memory_gain": pl.DataFrame({"gain": [0.0, 0.5, 1.0], "samples": [1, 3, 2]}),
 }
 
 
