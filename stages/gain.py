@@ -19,7 +19,7 @@ BACKENDS = ("auto", "local", "vllm", "openai", "none")
 class GainConfig(params.StageParams):
     section: ClassVar[str] = "gain"
     # Scored exactly as convert will write the completion: with or without the end-of-turn it appends.
-    borrowed: ClassVar[dict[str, str]] = {"append_eot": "convert"}
+    borrowed: ClassVar[dict[str, str]] = {"append_eot": "convert", "model": "convert"}
 
     backend: Literal[BACKENDS] = Field(
         "auto", description="auto: the generating backend (local, vllm, openai with flavor vllm; others: not measured); none: skip"
@@ -31,6 +31,9 @@ class GainConfig(params.StageParams):
     max_retries: int = Field(5, ge=0, description="openai: retries per request on timeouts, connection errors, 429 and 5xx")
     concurrency: int = Field(16, ge=1, description="openai: scoring requests in flight")
     append_eot: bool = Field(True, description="score the end-of-turn convert appends (read from convert.append_eot)")
+    model: str | None = Field(
+        None, description="tokenizer of the student prompt, the one convert uses (read from convert.model); null = the teacher recorded in the dataset"
+    )
 
     @field_validator("base_url", mode="before")
     @classmethod
@@ -41,7 +44,7 @@ class GainConfig(params.StageParams):
     def options(self) -> GainOptions:
         engine = ScoringSettings(batch_size=self.batch_size, base_url=tuple(self.base_url), api_key_env=self.api_key_env,
                                  timeout=self.timeout, max_retries=self.max_retries, concurrency=self.concurrency)
-        return GainOptions(self.backend, engine, self.append_eot)
+        return GainOptions(self.backend, engine, self.append_eot, self.model)
 
 
 def run(config: GainConfig, prompts: Path, dataset: Path, output: Path) -> GainSummary:
@@ -52,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", required=True, type=fileio.local_path, help="prompts.jsonl the dataset was generated from")
     parser.add_argument("--input", required=True, type=fileio.local_path, help="dataset.jsonl from generate (or its parquet form, or a shard directory)")
     parser.add_argument("--output", required=True, type=fileio.local_path, help="where to write gain.parquet")
-    parser.add_argument("--params", type=fileio.local_path, help="params.yaml to read the 'gain' section (and convert.append_eot) from")
+    parser.add_argument("--params", type=fileio.local_path, help="params.yaml to read the 'gain' section (and convert.append_eot, convert.model) from")
     params.add_arguments(parser, GainConfig)
 
 

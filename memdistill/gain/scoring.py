@@ -33,6 +33,7 @@ class GainOptions:
     backend: str  # auto | local | vllm | openai | none
     engine: ScoringSettings = ScoringSettings()  # the teacher's model, temperature and contract are filled in from the dataset
     append_eot: bool = True
+    tokenizer: str | None = None  # convert's --model: the student prompt's ids are the ones convert writes; None = the teacher's
 
 
 def same_model(a: str | None, b: str | None) -> bool:
@@ -136,8 +137,9 @@ def run_gain(prompts: Path, dataset: Path, output: Path, options: GainOptions) -
         return summary
     try:
         summary.engine = scorer.describe()
-        tokenizer = load_tokenizer(teacher.model)
-        converter = reading_converter(teacher.model, options.append_eot)
+        tokenizer_name = options.tokenizer or teacher.model
+        tokenizer = load_tokenizer(tokenizer_name)
+        converter = reading_converter(tokenizer_name, options.append_eot)
         progress = tqdm(desc="gain", unit="sample", dynamic_ncols=True, mininterval=1.0, disable=None)
 
         def rows_of(part: Path) -> Iterator[GainRow]:
