@@ -13,7 +13,7 @@ ROUNDS = 20
 
 
 def test_snapshots_stage_survives_sigkill(tmp_path: Path) -> None:
-    write_snapshot(tmp_path / "ep_000001", samples=1500)
+    write_snapshot(tmp_path / "ep_000001", samples=500)  # a run of a few seconds: 20 kills and re-runs stay ~2 min
     output = tmp_path / "prompts.jsonl"
     args = ["snapshots", "--checkpoint-dir", str(tmp_path / "ep_000001"), "--strategy", "rolling_window",
             "--window-k", "60", "--output", str(output)]
