@@ -146,6 +146,9 @@ def run_gain(prompts: Path, dataset: Path, output: Path, options: GainOptions) -
             for chunk in _chunks(read_samples(pairing, converter, part), options.engine.batch_size * CHUNK_BATCHES):
                 yield from score_chunk(scorer, tokenizer, chunk)
                 progress.update(len(chunk))
+            # An engine knows how it scores only once it has started (vLLM: per-id or top-k); the footer,
+            # written after the last row, records that.
+            summary.engine = scorer.describe()
 
         with progress:
             _write_parts(output, dataset, rows_of, summary)
