@@ -151,6 +151,15 @@ def _command_of(argv: list[str]) -> str | None:
     return next((word for word in argv if not word.startswith("-")), None)
 
 
+def _dvc_push_main(args: argparse.Namespace) -> int:
+    from memdistill.dvc_remote import push
+
+    report = push(args.remote, args.jobs)
+    restored = f"; {report.restored} were missing and are now uploaded" if report.restored else ""
+    print(f"remote '{report.remote}': {report.pushed} object(s) pushed; all {report.checked} the outputs need are there{restored}")
+    return 0
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser, with the arguments of `command` only when it is a stage (its module is imported)."""
     import importlib
@@ -198,6 +207,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     if command == "push":  # its flags come from PushConfig (pydantic); other commands need not load it
         _push_arguments(push)
         push.set_defaults(handler=_push_main)
+    dvc_push = commands.add_parser(
+        "dvc-push", help="dvc push, safe after an interrupted push: then checks every needed object is on the remote",
+        description="Run `dvc push` after dropping DVC's cached list of what earlier pushes collected (an interrupted "
+        "push leaves it partial, and a plain `dvc push` then skips files and reports success), then ask the remote for "
+        "every object the outputs need, uploading any it lacks. See docs/versioning.md.",
+    )
+    dvc_push.add_argument("-r", "--remote", help="DVC remote name (default: the repository's default remote)")
+    dvc_push.add_argument("-j", "--jobs", type=int, help="parallel uploads (default: DVC's)")
+    dvc_push.set_defaults(handler=_dvc_push_main)
     return parser
 
 

@@ -29,7 +29,7 @@ def test_every_command_is_listed_without_importing_any_stage() -> None:
             "print(' '.join(sys.modules), file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     listed = {line.split()[0] for line in done.stdout.splitlines() if line.startswith("    ") and line.split()}
-    assert {"snapshots", "generate", "convert", "stats", "inspect", "feedback", "params", "export-teacher", "push"} <= listed
+    assert {"snapshots", "generate", "convert", "stats", "inspect", "feedback", "params", "export-teacher", "push", "dvc-push"} <= listed
     assert not [name for name in done.stderr.split() if name.startswith("stages.")]
 
 
@@ -66,7 +66,7 @@ def test_arrow_without_pandas_changes_nothing_once_pandas_is_loaded() -> None:
         (["inspect", "d.parquet", "--color", "pink"],
          "memdistill inspect: error: --color: invalid choice: 'pink' (choose from auto, always, never)"),
         (["distill"], "memdistill: error: COMMAND: invalid choice: 'distill' (choose from snapshots, generate, gain, convert, stats, "
-                      "inspect, feedback, params, export-teacher, push)"),
+                      "inspect, feedback, params, export-teacher, push, dvc-push)"),
     ],
 )
 def test_a_usage_error_is_one_line_naming_the_flag(argv: list[str], line: str, capsys: pytest.CaptureFixture[str]) -> None:

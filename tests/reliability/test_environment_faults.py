@@ -101,26 +101,99 @@ def _dvc(args: list[str], cwd: Path, check: bool = True) -> subprocess.Completed
     return result
 
 
-@pytest.mark.parametrize("kill_after", [0.3, 1.0, 2.0])
-def test_interrupted_dvc_push_loses_nothing(tmp_path: Path, kill_after: float) -> None:
+def _dvc_repo(tmp_path: Path, files: int, size: int) -> tuple[Path, Path, dict[str, bytes]]:
+    """A git+DVC repository with a `data` folder of random files tracked by DVC and a local-folder remote."""
     repo, remote = tmp_path / "repo", tmp_path / "remote"
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     _dvc(["init", "-q"], repo)
     data = repo / "data"
     data.mkdir()
-    for number in range(40):
-        (data / f"part{number:02d}.bin").write_bytes(os.urandom(256 * 1024))
-    originals = {p.name: p.read_bytes() for p in data.iterdir()}
+    for number in range(files):
+        (data / f"part{number:02d}.bin").write_bytes(os.urandom(size))
     _dvc(["add", "data"], repo)
     _dvc(["remote", "add", "-d", "store", str(remote)], repo)
+    return repo, remote, {p.name: p.read_bytes() for p in data.iterdir()}
+
+
+def _dvc_push(repo: Path) -> subprocess.CompletedProcess[str]:
+    result = run_cli(["dvc-push"], repo, env=cli_env({"DVC_NO_ANALYTICS": "1"}))
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def _pull_into_empty_cache(repo: Path) -> dict[str, bytes]:
+    shutil.rmtree(repo / "data")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    _dvc(["pull"], repo)
+    return {p.name: p.read_bytes() for p in (repo / "data").iterdir()}
+
+
+def _remote_objects(remote: Path) -> list[Path]:
+    return sorted(p for p in remote.rglob("*") if p.is_file()) if remote.exists() else []
+
+
+# `dvc push`, SIGKILLed once it has stored the given number of entries of the list of objects it collected
+# for the push: the state a kill (or a lost machine) at that moment leaves behind, every time.
+KILL_WHILE_COLLECTING = """
+import os, signal, sys
+from dvc_data.index import index
+limit, stored = int(sys.argv[1]), 0
+store = index.DataIndex.__setitem__
+def counted(self, key, value):
+    global stored
+    if key and key[0] == "push":
+        stored += 1
+        if stored > limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+    store(self, key, value)
+index.DataIndex.__setitem__ = counted
+from dvc.cli import main
+sys.exit(main(["push"]))
+"""
+
+
+def test_push_killed_while_collecting_loses_nothing(tmp_path: Path) -> None:
+    repo, remote, originals = _dvc_repo(tmp_path, files=40, size=1000)
+    killed = subprocess.run([sys.executable, "-c", KILL_WHILE_COLLECTING, "14"], cwd=repo,
+                            env=cli_env({"DVC_NO_ANALYTICS": "1"}), capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _remote_objects(remote) == []  # killed before uploading anything
+    pushed = _dvc_push(repo)
+    # `dvc push` itself uploaded everything: the partial list the kill left was dropped, not used.
+    assert "41 object(s) pushed; all 41 the outputs need are there" in pushed.stdout, pushed.stdout
+    assert "were missing" not in pushed.stdout
+    assert len(_remote_objects(remote)) == 41
+    assert _pull_into_empty_cache(repo) == originals
+
+
+def test_dvc_push_uploads_what_the_remote_lacks_after_a_push(tmp_path: Path) -> None:
+    repo, remote, originals = _dvc_repo(tmp_path, files=10, size=1000)
+    first = _dvc_push(repo)
+    assert "11 object(s) pushed" in first.stdout and "were missing" not in first.stdout, first.stdout
+    # The remote as a push that skipped files leaves it: the directory's manifest, not all of its files.
+    lost = [p for p in _remote_objects(remote) if not p.name.endswith(".dir")][:3]
+    for path in lost:
+        path.unlink()
+    again = _dvc_push(repo)
+    assert "3 were missing and are now uploaded" in again.stdout, again.stdout
+    assert all(path.exists() for path in lost)
+    assert _pull_into_empty_cache(repo) == originals
+
+
+def test_dvc_push_outside_a_dvc_repository_is_one_clean_line(tmp_path: Path) -> None:
+    result = run_cli(["dvc-push"], tmp_path, env=cli_env({"DVC_NO_ANALYTICS": "1"}))
+    line = assert_one_clean_error(result, "dvc-push")
+    assert "not inside a DVC repository" in line
+
+
+@pytest.mark.parametrize("kill_after", [0.3, 1.0, 2.0])
+def test_interrupted_dvc_push_loses_nothing(tmp_path: Path, kill_after: float) -> None:
+    repo, remote, originals = _dvc_repo(tmp_path, files=40, size=256 * 1024)
     env = cli_env({"DVC_NO_ANALYTICS": "1"})
     push = subprocess.Popen([sys.executable, "-m", "dvc", "push"], cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(kill_after)
     push.send_signal(signal.SIGKILL)
     push.wait()
-    _dvc(["push"], repo)
-    shutil.rmtree(data)
-    shutil.rmtree(repo / ".dvc" / "cache")
-    _dvc(["pull"], repo)
-    assert {p.name: p.read_bytes() for p in data.iterdir()} == originals
+    _dvc_push(repo)
+    assert _pull_into_empty_cache(repo) == originals
