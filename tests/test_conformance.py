@@ -13,6 +13,7 @@ from memdistill.conformance import (
     MAX_ABS_LOGPROB_DIFF,
     ConformanceFigures,
     ConformanceResult,
+    TopKReference,
     assistant_tokens,
     compare_gains,
     compare_generations,
@@ -132,6 +133,42 @@ def test_a_bounded_sample_may_fall_short_but_never_exceed_the_exact_gain() -> No
     assert below.max_bounded_gain_shortfall == pytest.approx(0.25) and below.max_abs_gain_diff == 0.0
     above = compare_gains(LOCAL_GAINS, {**LOCAL_GAINS, 0: gain_row(1.5, missing=3)})
     assert above.bound_violations == 1 and not above.passed
+
+
+def test_every_sample_bounded_ones_included_must_match_the_same_k_reference() -> None:
+    got = {**LOCAL_GAINS, 0: gain_row(1.0, missing=3)}
+    same = compare_gains(LOCAL_GAINS, got, same_k={0: 1.0 + MAX_ABS_GAIN_DIFF / 2, 1: 0.1})
+    assert same.passed and same.max_abs_gain_diff_same_k == pytest.approx(MAX_ABS_GAIN_DIFF / 2)
+    assert (same.samples_exact, same.samples_with_bounded_entries) == (1, 1)
+    off = compare_gains(LOCAL_GAINS, got, same_k={0: 0.9, 1: 0.1})
+    assert off.max_abs_gain_diff_same_k == pytest.approx(0.1) and not off.passed
+    assert not compare_gains(LOCAL_GAINS, got, same_k={1: 0.1}).passed  # no reference for sample 0
+    assert compare_gains(LOCAL_GAINS, got).max_abs_gain_diff_same_k is None
+
+
+def test_the_top_k_reference_reads_the_exact_scores_as_a_top_k_engine_returns_them() -> None:
+    import numpy as np
+
+    from memdistill.gain.engines.base import ScoreRequest, ScoringSettings
+    from memdistill.gain.engines.local import LocalScorer
+
+    rng = np.random.default_rng(0)
+    completion = rng.integers(100, 5000, size=6).tolist()
+    topk = np.array([[c, *rng.integers(100, 5000, size=7).tolist()] for c in completion])
+    request = ScoreRequest(0, rng.integers(100, 5000, size=10).tolist(), completion, topk)
+    settings = ScoringSettings(model="smollm2-135m-instruct")
+    exact = LocalScorer("smollm2-135m-instruct", settings)
+    dense = exact.completion_logq([request]).numpy()
+    [full] = TopKReference("smollm2-135m-instruct", settings, dense.shape[1]).score([request])
+    [top5] = TopKReference("smollm2-135m-instruct", settings, 5).score([request])
+    rows = np.arange(len(completion))[:, None]
+    np.testing.assert_allclose(full.logq_topk, dense[rows, topk], atol=1e-12)
+    fifth = np.sort(dense, axis=1)[:, -5]
+    kept = (dense[rows, topk] >= fifth[:, None]) | (topk == np.array(completion)[:, None])
+    np.testing.assert_allclose(top5.logq_topk[kept], dense[rows, topk][kept], atol=1e-12)
+    assert np.isnan(top5.logq_topk[~kept]).all() and (~kept).any()
+    np.testing.assert_allclose(top5.lower_bound, fifth, atol=1e-12)
+    np.testing.assert_allclose(top5.logq_chosen, dense[np.arange(len(completion)), completion], atol=1e-12)
 
 
 def test_a_sample_the_engine_did_not_measure_fails() -> None:

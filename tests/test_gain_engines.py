@@ -390,3 +390,29 @@ def test_in_process_per_id_refuses_a_prompt_scored_as_other_tokens(monkeypatch: 
     monkeypatch.setattr(FakeScoringLLM, "generate", retokenised)
     with pytest.raises(UserError, match="vllm: sample 0: the engine scored"):
         VLLMScorer("m", settings_for()).score(inprocess_requests()[:1])
+
+
+def test_a_wider_prompt_logprobs_leaves_no_teacher_id_to_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gain.prompt_logprobs wider than the teacher's top-k (here the whole fake vocabulary): every teacher id
+    # comes back with its exact value, and the engine is loaded to allow that many.
+    install_fake_vllm(monkeypatch, OlderScoringParams, v2=True)
+    requests = [r for r in inprocess_requests() if r.completion_ids]
+    scorer = VLLMScorer("m", settings_for(prompt_logprobs=FAKE_VOCAB))
+    results = scorer.score(requests)
+    llm = FakeScoringLLM.instances[0]
+    assert scorer.mode == "top-k" and llm.max_logprobs == FAKE_VOCAB + 1
+    assert {p.prompt_logprobs for _, params in llm.calls for p in params} == {FAKE_VOCAB}
+    for request, result in zip(requests, results):
+        dense = dense_rows(request)
+        steps = np.arange(len(request.completion_ids))
+        topk = request.topk_ids
+        expected = np.where(topk >= 0, dense[steps[:, None], np.maximum(topk, 0)], np.nan)
+        np.testing.assert_allclose(result.logq_topk, expected, atol=1e-12)
+        np.testing.assert_allclose(result.lower_bound, dense.min(axis=1), atol=1e-12)
+
+
+def test_served_scorer_asks_for_the_configured_prompt_logprobs() -> None:
+    requests = served_requests()[:2]
+    with FakeTeacherServer(flavor="vllm") as server:
+        OpenAIVLLMScorer("m", settings_for(base_url=(server.url,), prompt_logprobs=9)).score(requests)
+        assert {b["prompt_logprobs"] for b in server.bodies} == {9}

@@ -59,6 +59,9 @@ class ScoringSettings:
     timeout: float = 120.0
     max_retries: int = 5
     concurrency: int = 16
+    prompt_logprobs: int | None = None
+    """vllm engines scoring top-K: K, the ids returned per position; None = the teacher's top-k width. A wider K
+    leaves fewer of the teacher's ids to the bound (prompt_logprobs.py)."""
 
 
 class GainScorer(Protocol):

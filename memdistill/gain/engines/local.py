@@ -32,8 +32,6 @@ class LocalScorer:
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Batches of similar length (less padding), each one right-padded prefill; results in input order."""
-        if self._model is None:
-            self._model = load_embedded_model()
         order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids) + len(requests[i].completion_ids))
         results: dict[int, ScoreResult] = {}
         size = self.settings.batch_size
@@ -43,9 +41,13 @@ class LocalScorer:
                 results[index] = result
         return [results[i] for i in range(len(requests))]
 
-    def _score_batch(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+    def completion_logq(self, requests: Sequence[ScoreRequest]) -> Any:
+        """log q_without_memory over the whole vocabulary (torch float64 [sum of T, V]) at every completion
+        position of `requests`, one right-padded prefill, rows in request order."""
         import torch
 
+        if self._model is None:
+            self._model = load_embedded_model()
         sequences = [r.prompt_ids + r.completion_ids for r in requests]
         width = max(len(s) for s in sequences)
         input_ids = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -60,7 +62,12 @@ class LocalScorer:
             hidden = self._model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
             # The vocabulary projection only where a completion token is predicted: most positions are prompt.
             picked = hidden[torch.cat(rows), torch.cat(columns)] if rows else hidden[:0, 0]
-            logq = torch.log_softmax(self._model.get_output_embeddings()(picked).double() / self._divisor(), dim=-1)
+            return torch.log_softmax(self._model.get_output_embeddings()(picked).double() / self._divisor(), dim=-1)
+
+    def _score_batch(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        import torch
+
+        logq = self.completion_logq(requests)
         results, offset = [], 0
         for request in requests:
             T = len(request.completion_ids)

@@ -30,9 +30,10 @@ NO_PROMPT_LOGPROBS = (
 )
 
 
-def prompt_logprobs_k(top_k: int) -> int:
-    """K for prompt_logprobs: the teacher's top-k width, at least 1 (what vLLM's --max-logprobs must allow)."""
-    return max(1, top_k)
+def prompt_logprobs_k(top_k: int, asked: int | None = None) -> int:
+    """K for prompt_logprobs: `asked` (gain.prompt_logprobs), else the teacher's top-k width; at least 1 (what
+    vLLM's --max-logprobs must allow)."""
+    return max(1, asked or top_k)
 
 
 def parse_prompt_logprobs(body: Any) -> list[Mapping[int, float] | None]:
@@ -87,7 +88,7 @@ class OpenAIVLLMScorer:
             "prompt": [*request.prompt_ids, *request.completion_ids],
             "max_tokens": 1,
             "temperature": 0.0,
-            "extra_body": {"prompt_logprobs": prompt_logprobs_k(request.topk_ids.shape[-1])},
+            "extra_body": {"prompt_logprobs": prompt_logprobs_k(request.topk_ids.shape[-1], self.settings.prompt_logprobs)},
         }
 
     async def _score_one(self, request: ScoreRequest) -> ScoreResult | Failure:

@@ -67,7 +67,8 @@ def _as_values(position: Any) -> dict[int, float] | None:
 
 
 class VLLMScorer:
-    """`vllm.LLM` loaded on the first `score` (the teacher's widest top-k row sets its max_logprobs);
+    """`vllm.LLM` loaded on the first `score` (the teacher's widest top-k row, or settings.prompt_logprobs when
+    wider, sets its max_logprobs);
     `engine_args` go to `vllm.LLM` as they are."""
 
     name = "vllm"
@@ -125,8 +126,9 @@ class VLLMScorer:
             if not request.completion_ids:  # nothing to prefill; the math gives such a sample gain null
                 results[i] = score_result(request, [], 1)
         if scored:
-            width = teacher_width(requests)
-            self._load(width)
+            # A per-id row holds the teacher's K ids and the completion's; top-K asks for prompt_logprobs ids.
+            width = self.settings.prompt_logprobs or teacher_width(requests)
+            self._load(max(width, teacher_width(requests)))
             size = self.settings.batch_size
             for start in range(0, len(scored), size):
                 chunk = scored[start:start + size]
