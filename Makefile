@@ -38,7 +38,7 @@ VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_PIP := $(VLLM_PY) -m pip install --disable-pip-version-check -q
 
 conformance: install conformance-env conformance-export
-	$(PY) -m memdistill.conformance --vllm-python $(VLLM_PY)
+	$(PY) -m memdistill.generate.conformance --vllm-python $(VLLM_PY)
 
 conformance-env: $(VLLM_VENV)/.installed
 
@@ -60,7 +60,7 @@ TF455_PY := $(TF455_VENV)/bin/python
 TF455_PIP := $(TF455_PY) -m pip install --disable-pip-version-check -q
 
 conformance-export: install $(TF455_VENV)/.installed
-	$(PY) -m memdistill.conformance_export --old-python $(TF455_PY)
+	$(PY) -m memdistill.generate.conformance_export --old-python $(TF455_PY)
 
 $(TF455_VENV)/.installed: Makefile
 	test -x $(TF455_PY) || python3 -m venv $(TF455_VENV)

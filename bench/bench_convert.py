@@ -29,14 +29,14 @@ def run_one(kind: str, source: Path, output: Path, min_prob_mass: float) -> dict
     """Convert in this process and report wall/CPU seconds and peak RSS."""
     wall, cpu = time.perf_counter(), time.process_time()
     if kind == "memdistill":
-        from memdistill.conversion import convert_file
-        from memdistill.fileio import arrow_without_pandas
+        from memdistill.convert.conversion import convert_file
+        from memdistill.core.fileio import arrow_without_pandas
 
         arrow_without_pandas()  # as the convert command starts
         convert_file(source, output, MODEL, min_prob_mass)
     else:
         from bench.convert_baseline import convert_baseline
-        from memdistill.models import load_tokenizer
+        from memdistill.core.models import load_tokenizer
 
         convert_baseline(source, output, load_tokenizer(MODEL), min_prob_mass)
     status = Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else ""

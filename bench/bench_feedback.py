@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.bench_snapshots import synthetic_entries
-from memdistill.feedback import FeedbackReader
+from memdistill.snapshots.feedback import FeedbackReader
 
 PYTEST_LOG = "".join(f"PASSED tests/test_parser.py::test_case_{i}\n" for i in range(800)) + "==== 800 passed in 2.13s ===="
 PLAIN_LOG = "".join(f"step {i}: wrote chunk {i % 17} of the index\n" for i in range(1500))

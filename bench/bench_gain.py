@@ -22,7 +22,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from memdistill import params  # noqa: E402
+from memdistill.core import params  # noqa: E402
 from stages import gain, generate, snapshots  # noqa: E402
 
 

@@ -26,8 +26,8 @@ from openai import AsyncOpenAI
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from memdistill.teachers.base import SamplingParams  # noqa: E402
-from memdistill.teachers.openai_compat import OpenAITeacher  # noqa: E402
+from memdistill.generate.teachers.base import SamplingParams  # noqa: E402
+from memdistill.generate.teachers.openai_compat import OpenAITeacher  # noqa: E402
 from stages.generate import GenerateConfig, run  # noqa: E402
 
 MODEL = "bench-model"

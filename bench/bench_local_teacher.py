@@ -25,9 +25,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from memdistill.models import EMBEDDED_MODEL  # noqa: E402
-from memdistill.teachers.base import SamplingParams, TeacherRequest  # noqa: E402
-from memdistill.teachers.local import LocalTeacher  # noqa: E402
+from memdistill.core.models import EMBEDDED_MODEL  # noqa: E402
+from memdistill.generate.teachers.base import SamplingParams, TeacherRequest  # noqa: E402
+from memdistill.generate.teachers.local import LocalTeacher  # noqa: E402
 
 
 def make_requests(count: int) -> list[TeacherRequest]:

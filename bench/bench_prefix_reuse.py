@@ -31,11 +31,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from memdistill.models import EMBEDDED_MODEL  # noqa: E402
-from memdistill.prompt_file import read_prompts  # noqa: E402
-from memdistill.teachers.base import Completion, SamplingParams, TeacherRequest  # noqa: E402
-from memdistill.teachers.local import LocalTeacher  # noqa: E402
-from memdistill.teachers.prefix_plan import plan_prefix_reuse, prefill_tokens  # noqa: E402
+from memdistill.core.models import EMBEDDED_MODEL  # noqa: E402
+from memdistill.core.prompt_file import read_prompts  # noqa: E402
+from memdistill.generate.teachers.base import Completion, SamplingParams, TeacherRequest  # noqa: E402
+from memdistill.generate.teachers.local import LocalTeacher  # noqa: E402
+from memdistill.generate.teachers.prefix_plan import plan_prefix_reuse, prefill_tokens  # noqa: E402
 
 TARGETS = {"full_memory": 5.0, "exclude_current": 1.7}
 

@@ -38,7 +38,7 @@ def _convert(source: Path, output: Path, **options: object) -> float:
 
 
 def _warm_worker() -> int:
-    from memdistill.token_ids import load_text_tokenizer
+    from memdistill.convert.token_ids import load_text_tokenizer
 
     load_text_tokenizer(MODEL)
     time.sleep(0.5)  # hold the CPU so the next warm-up call lands on another worker

@@ -20,9 +20,9 @@ from pathlib import Path
 import yaml
 
 from bench.bench_snapshots import synthetic_entries
-from memdistill.redact import Redactor
-from memdistill.snapshot import MemoryEntry, Snapshot, split_samples
-from memdistill.prompt_rows import redact_snapshot
+from memdistill.snapshots.checkpoint import MemoryEntry, Snapshot, split_samples
+from memdistill.snapshots.redact import Redactor
+from memdistill.snapshots.rows import redact_snapshot
 
 PATTERNS = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["snapshots"]["redact_patterns"]
 

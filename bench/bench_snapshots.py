@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from memdistill.snapshot import load_snapshot
-from memdistill.strategies import get_strategy
+from memdistill.snapshots.checkpoint import load_snapshot
+from memdistill.snapshots.strategies import get_strategy
 from stages.snapshots import SnapshotsConfig, run
 
 NAMES = ["Zoë", "Søren", "José", "Ingrid", "Yūki", "Amara", "Liam"]
@@ -111,7 +111,7 @@ def main() -> None:
             redact_patterns=[r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"],
         )
         if config.tokenizer:
-            from memdistill.models import load_tokenizer
+            from memdistill.core.models import load_tokenizer
 
             load_tokenizer(config.tokenizer)  # loaded before timing: a one-off cost shared with the other stages
         rss_before = peak_rss_mib()

@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from memdistill import stats
-from memdistill.conversion import convert_file
-from memdistill.convert_figures import FiguresCollector, figures_path
+from memdistill.convert.conversion import convert_file
+from memdistill.convert.figures import FiguresCollector, figures_path
+from memdistill.stats import file_figures as stats
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from memdistill.token_ids import byte_to_unicode
+from memdistill.convert.token_ids import byte_to_unicode
 
 
 class BaselineConverter:

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from memdistill import fileio
-from memdistill.models import EMBEDDED_MODEL, load_tokenizer
-from memdistill.token_ids import byte_to_unicode
+from memdistill.convert.token_ids import byte_to_unicode
+from memdistill.core import fileio
+from memdistill.core.models import EMBEDDED_MODEL, load_tokenizer
 
 log = logging.getLogger(__name__)
 

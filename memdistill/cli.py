@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import NoReturn
 
 from memdistill import __version__
-from memdistill.errors import UserError
-from memdistill.fileio import local_path
+from memdistill.core.errors import UserError
+from memdistill.core.fileio import local_path
 
 DESCRIPTION = """Turn an agent's memory into a cartridge training dataset by context distillation.
 
@@ -45,7 +45,14 @@ def _inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _inspect_main(args: argparse.Namespace) -> int:
-    from memdistill.inspection import has_vllm_tokens, id_decoder, read_record, recorded_teacher, render_file_summary, render_record
+    from memdistill.stats.inspect import (
+        has_vllm_tokens,
+        id_decoder,
+        read_record,
+        recorded_teacher,
+        render_file_summary,
+        render_record,
+    )
 
     if args.summary:
         print(render_file_summary(args.file))
@@ -71,7 +78,7 @@ FEEDBACK_FIELDS = ("checkpoint_dir", "snapshot", "failure_patterns", "success_pa
 
 
 def _feedback_arguments(parser: argparse.ArgumentParser) -> None:
-    from memdistill.params import add_argument
+    from memdistill.core.params import add_argument
     from stages.snapshots import SnapshotsConfig
 
     parser.add_argument("--params", type=local_path, help="params.yaml to read the 'snapshots' section from")
@@ -81,8 +88,8 @@ def _feedback_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _feedback_main(args: argparse.Namespace) -> int:
-    from memdistill.feedback.audit import audit_feedback
-    from memdistill.params import build, flag_values
+    from memdistill.core.params import build, flag_values
+    from memdistill.snapshots.feedback.audit import audit_feedback
     from stages.snapshots import SnapshotsConfig
 
     config = build(SnapshotsConfig, args.params, flag_values(args, SnapshotsConfig))
@@ -92,7 +99,7 @@ def _feedback_main(args: argparse.Namespace) -> int:
 
 
 def _export_teacher_main(args: argparse.Namespace) -> int:
-    from memdistill.models import export_teacher
+    from memdistill.core.models import export_teacher
 
     folder = export_teacher(args.dir)
     print(folder)
@@ -100,8 +107,8 @@ def _export_teacher_main(args: argparse.Namespace) -> int:
 
 
 def _push_arguments(parser: argparse.ArgumentParser) -> None:
-    from memdistill import params
-    from memdistill.push import PushConfig
+    from memdistill.core import params
+    from memdistill.publish.push import PushConfig
 
     parser.add_argument("--data-dir", type=local_path, default=Path("data"), help="folder holding README.md (the card), dataset.parquet and validation.parquet (default data)")
     parser.add_argument("--plots-dir", type=local_path, default=Path("plots"), help="folder whose *.svg go to plots/ in the repo (default plots)")
@@ -111,7 +118,8 @@ def _push_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _push_main(args: argparse.Namespace) -> int:
-    from memdistill import params, push
+    from memdistill.core import params
+    from memdistill.publish import push
 
     config = params.build(push.PushConfig, args.params, params.flag_values(args, push.PushConfig))
     if config.repo_id is None:
@@ -127,7 +135,7 @@ def _push_main(args: argparse.Namespace) -> int:
 
 
 def _params_main(args: argparse.Namespace) -> int:
-    from memdistill.params import check_file
+    from memdistill.core.params import check_file
     from stages import stage_configs
 
     sections = check_file(args.check, stage_configs())
@@ -152,7 +160,7 @@ def _command_of(argv: list[str]) -> str | None:
 
 
 def _dvc_push_main(args: argparse.Namespace) -> int:
-    from memdistill.dvc_remote import push
+    from memdistill.publish.dvc_remote import push
 
     report = push(args.remote, args.jobs)
     restored = f"; {report.restored} were missing and are now uploaded" if report.restored else ""

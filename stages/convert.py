@@ -9,13 +9,13 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from memdistill import fileio, params, shards
-from memdistill.conversion import ConvertSummary, HeldOut, convert_file
-from memdistill.convert_figures import DEFAULT_MASS_THRESHOLDS, FiguresCollector, figures_path, write_figures
-from memdistill.errors import UserError
-from memdistill.lineage import FOOTER_KEY, file_lineage
-from memdistill.split import validation_path
-from memdistill.executors import EXECUTORS
+from memdistill.convert.conversion import ConvertSummary, HeldOut, convert_file
+from memdistill.convert.figures import DEFAULT_MASS_THRESHOLDS, FiguresCollector, figures_path, write_figures
+from memdistill.convert.split import validation_path
+from memdistill.core import fileio, params, shards
+from memdistill.core.errors import UserError
+from memdistill.core.executors import EXECUTORS
+from memdistill.core.lineage import FOOTER_KEY, file_lineage
 from memdistill.gain.selection import GainSelection
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def run(
     collector = FiguresCollector(float(config.min_prob_mass), tuple(config.mass_thresholds))
     parts = output_parts(config, input_path)
     if parts > 1 or config.executor == "ray" or input_path.is_dir():
-        from memdistill.executors.sharded_convert import convert_sharded
+        from memdistill.convert.sharded import convert_sharded
 
         summary, counted = convert_sharded(
             input_path, output, config.model, float(config.min_prob_mass), config.strict,

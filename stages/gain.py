@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from memdistill import fileio, params
+from memdistill.core import fileio, params
 from memdistill.gain.engines import ScoringSettings
 from memdistill.gain.gain_file import GainSummary
 from memdistill.gain.scoring import GainOptions, run_gain

@@ -11,14 +11,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from memdistill import fileio, params
-from memdistill.executors import EXECUTORS
-from memdistill.generation import generate_dataset
-from memdistill.models import EMBEDDED_MODEL
-from memdistill.prompt_file import read_prompts
-from memdistill.shards import OUTPUT_FORMATS
-from memdistill.teachers.base import SamplingParams, Teacher
-from memdistill.teachers.openai_compat import FLAVORS
+from memdistill.core import fileio, params
+from memdistill.core.executors import EXECUTORS
+from memdistill.core.models import EMBEDDED_MODEL
+from memdistill.core.prompt_file import read_prompts
+from memdistill.core.shards import OUTPUT_FORMATS
+from memdistill.generate.engine import generate_dataset
+from memdistill.generate.teachers.base import SamplingParams, Teacher
+from memdistill.generate.teachers.openai_compat import FLAVORS
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +86,14 @@ class GenerateConfig(params.StageParams):
 
 def make_teacher(config: GenerateConfig) -> Teacher:
     if config.backend == "local":
-        from memdistill.teachers.local import LocalTeacher
+        from memdistill.generate.teachers.local import LocalTeacher
 
         return LocalTeacher(config.model, config.sampling, config.batch_size)
     if config.backend == "vllm":
-        from memdistill.teachers.vllm_inprocess import VLLMTeacher
+        from memdistill.generate.teachers.vllm_inprocess import VLLMTeacher
 
         return VLLMTeacher(config.model, config.sampling, config.batch_size)
-    from memdistill.teachers.openai_compat import OpenAITeacher
+    from memdistill.generate.teachers.openai_compat import OpenAITeacher
 
     return OpenAITeacher(
         model=config.model,
@@ -111,8 +111,8 @@ def make_teacher(config: GenerateConfig) -> Teacher:
 def make_ray_pool(config: GenerateConfig, description: dict) -> Teacher:
     """Teachers on Ray actors; each openai-backend actor keeps its share of the requests in flight,
     each vllm-backend actor holds one engine on one GPU."""
-    from memdistill.executors.ray_generate import RayTeacherPool
-    from memdistill.executors.ray_runtime import absolute_if_local
+    from memdistill.core.ray_runtime import absolute_if_local
+    from memdistill.generate.ray import RayTeacherPool
 
     per_actor = config.model_copy(update={"concurrency": max(1, config.concurrency // config.num_workers),
                                           "model": absolute_if_local(config.model)})

@@ -3,7 +3,7 @@
 Finds the snapshot (`snapshot: latest` = highest numeric id), splits it into samples, redacts, applies
 the memory-formation strategy, fits the memory to `max_prompt_tokens` by keeping the whole samples the
 strategy values most that fit (one too large is skipped, the next tried), and streams one JSON line per
-selected sample with what its memory covered (the rows are built by memdistill/prompt_rows.py). Same inputs and params give a byte-identical file.
+selected sample with what its memory covered (the rows are built by memdistill/snapshots/rows.py). Same inputs and params give a byte-identical file.
 """
 
 from __future__ import annotations
@@ -15,20 +15,33 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from memdistill import fileio, params
-from memdistill.budget import AUTO
-from memdistill.errors import UserError
-from memdistill.feedback import (
-    DEFAULT_FAILURE_PATTERNS, DEFAULT_FEEDBACK_KEYS, DEFAULT_SUCCESS_PATTERNS, FeedbackReader, compile_feedback_keys, compile_patterns,
+from memdistill.core import fileio, params
+from memdistill.core.errors import UserError
+from memdistill.snapshots.budget import AUTO
+from memdistill.snapshots.checkpoint import SNAPSHOT_PATTERN, find_snapshot, load_snapshot
+from memdistill.snapshots.feedback import (
+    DEFAULT_FAILURE_PATTERNS,
+    DEFAULT_FEEDBACK_KEYS,
+    DEFAULT_SUCCESS_PATTERNS,
+    FeedbackReader,
+    compile_feedback_keys,
+    compile_patterns,
 )
-from memdistill.prompt_rows import (
-    RESERVED_METADATA, SELECTIONS, STUDENT_VIEWS, RowOptions, SnapshotsSummary, coverage_warning, iter_prompt_rows, make_counter,
-    over_budget_message, prompt_budget,
+from memdistill.snapshots.prompts import TokenCounter, resolve_system_prompt
+from memdistill.snapshots.redact import DEFAULT_REDACT_PATTERNS, Redactor
+from memdistill.snapshots.rows import (
+    RESERVED_METADATA,
+    SELECTIONS,
+    STUDENT_VIEWS,
+    RowOptions,
+    SnapshotsSummary,
+    coverage_warning,
+    iter_prompt_rows,
+    make_counter,
+    over_budget_message,
+    prompt_budget,
 )
-from memdistill.prompts import TokenCounter, resolve_system_prompt
-from memdistill.redact import DEFAULT_REDACT_PATTERNS, Redactor
-from memdistill.snapshot import SNAPSHOT_PATTERN, find_snapshot, load_snapshot
-from memdistill.strategies import StrategyParams, get_strategy, strategy_names
+from memdistill.snapshots.strategies import StrategyParams, get_strategy, strategy_names
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,12 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from memdistill import fileio, params
-from memdistill.card import git_revision, render_card
-from memdistill.convert_figures import figures_path
-from memdistill.plots import PLOTS, render_plots, write_plots
-from memdistill.stats import DEFAULT_MASS_THRESHOLDS, StatsResult, compute_stats, render_summary
+from memdistill.convert.figures import figures_path
+from memdistill.core import fileio, params
+from memdistill.stats.card import git_revision, render_card
+from memdistill.stats.figures import DEFAULT_MASS_THRESHOLDS, StatsResult, compute_stats
+from memdistill.stats.plots import PLOTS, render_plots, write_plots
+from memdistill.stats.summary import render_summary
 from stages.convert import ConvertConfig
 
 log = logging.getLogger(__name__)

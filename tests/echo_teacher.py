@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from memdistill.teachers.base import Completion, Failure, TeacherRequest
+from memdistill.generate.teachers.base import Completion, Failure, TeacherRequest
 
 
 def echo_completion(request: TeacherRequest) -> Completion:

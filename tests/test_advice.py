@@ -1,13 +1,13 @@
 """Advice that fits the settings: the snapshots coverage warning and the stats summary never tell a run to do
-what it already does (memdistill/advice.py)."""
+what it already does (memdistill/snapshots/advice.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from memdistill.advice import budget_advice, smaller_memory_advice
-from memdistill.prompt_rows import RowOptions, SnapshotsSummary, coverage_warning
-from memdistill.strategies import StrategyParams, strategy_names
+from memdistill.snapshots.advice import budget_advice, smaller_memory_advice
+from memdistill.snapshots.rows import RowOptions, SnapshotsSummary, coverage_warning
+from memdistill.snapshots.strategies import StrategyParams, strategy_names
 
 PARAMS = StrategyParams(window_k=12, max_memory_samples=8, subset_size=4)
 

@@ -9,11 +9,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memdistill.budget import CUT_MARKER, MemoryCoverage, as_ranges, cut_from_middle, fit_to_budget, keep_by_priority, resolve_max_prompt_tokens
-from memdistill.errors import UserError
-from memdistill.prompts import FunctionCounter, Message, render_entry, teacher_messages
-from memdistill.snapshot import Snapshot
-from memdistill.strategies import PREAMBLE, MemoryPlan, MemoryView, StrategyParams, build_memory_plan
+from memdistill.core.errors import UserError
+from memdistill.snapshots.budget import (
+    CUT_MARKER,
+    MemoryCoverage,
+    as_ranges,
+    cut_from_middle,
+    fit_to_budget,
+    keep_by_priority,
+    resolve_max_prompt_tokens,
+)
+from memdistill.snapshots.checkpoint import Snapshot
+from memdistill.snapshots.prompts import FunctionCounter, Message, render_entry, teacher_messages
+from memdistill.snapshots.strategies import PREAMBLE, MemoryPlan, MemoryView, StrategyParams, build_memory_plan
 from tests.test_strategies import FAILED, SNAPSHOT, histories, make_snapshot
 
 
@@ -239,8 +247,8 @@ class SkewedCounter:
 def test_a_skewed_estimate_is_corrected_by_counting_the_prompt(line_words: list[int], skew: int, limit: int) -> None:
     """When the per-line costs are off, the rendered prompt's count decides: it fits, and a unit left out
     would not fit (give-back is bounded: after GIVE_BACK_TRIES re-counts a smaller skipped unit may remain)."""
-    from memdistill.budget import GIVE_BACK_TRIES
-    from memdistill.strategies import MemoryUnit
+    from memdistill.snapshots.budget import GIVE_BACK_TRIES
+    from memdistill.snapshots.strategies import MemoryUnit
 
     lines = [" ".join(["w"] * n) for n in line_words]
     counter = SkewedCounter(skew)
@@ -278,7 +286,7 @@ def test_cut_from_middle_by_example() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.text(min_size=0, max_size=400), st.integers(8, 120), st.sampled_from(["estimate", "words"]))
 def test_cut_from_middle_keeps_head_and_tail_within_the_limit(text: str, max_tokens: int, how: str) -> None:
-    from memdistill.prompts import estimate_tokens
+    from memdistill.snapshots.prompts import estimate_tokens
 
     count = estimate_tokens if how == "estimate" else words
     cut = cut_from_middle(text, max_tokens, count)

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from memdistill.card import feature, git_revision, render_card, size_category
-from memdistill.cartridges_io import SCHEMA
+from memdistill.convert.cartridges_io import SCHEMA
+from memdistill.stats.card import feature, git_revision, render_card, size_category
 from stages import convert as convert_stage
 from stages import stats as stats_stage
 

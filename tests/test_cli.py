@@ -35,7 +35,7 @@ def test_every_command_is_listed_without_importing_any_stage() -> None:
 
 def test_arrow_without_pandas_keeps_pandas_unloaded_and_importable(tmp_path: Path) -> None:
     loaded = _modules_after(
-        "from memdistill.fileio import arrow_without_pandas; arrow_without_pandas()\n"
+        "from memdistill.core.fileio import arrow_without_pandas; arrow_without_pandas()\n"
         "import numpy as np, pyarrow as pa, pyarrow.parquet as pq\n"
         f"pq.write_table(pa.table({{'a': pa.array(np.arange(3))}}), {str(tmp_path / 'a.parquet')!r})\n"
         f"assert pq.read_table({str(tmp_path / 'a.parquet')!r}).column('a').to_numpy(zero_copy_only=False).tolist() == [0, 1, 2]"
@@ -43,7 +43,7 @@ def test_arrow_without_pandas_keeps_pandas_unloaded_and_importable(tmp_path: Pat
     assert "pandas" not in loaded
     # pandas itself still imports, and pyarrow's explicit pandas conversions still work.
     _modules_after(
-        "from memdistill.fileio import arrow_without_pandas; arrow_without_pandas()\n"
+        "from memdistill.core.fileio import arrow_without_pandas; arrow_without_pandas()\n"
         "import pandas as pd, pyarrow as pa\n"
         "assert pa.Table.from_pandas(pd.DataFrame({'x': [1, 2]})).to_pandas()['x'].tolist() == [1, 2]"
     )
@@ -52,7 +52,7 @@ def test_arrow_without_pandas_keeps_pandas_unloaded_and_importable(tmp_path: Pat
 def test_arrow_without_pandas_changes_nothing_once_pandas_is_loaded() -> None:
     _modules_after(
         "import pandas as pd, pyarrow as pa\n"
-        "from memdistill.fileio import arrow_without_pandas; arrow_without_pandas()\n"
+        "from memdistill.core.fileio import arrow_without_pandas; arrow_without_pandas()\n"
         "assert pa.array(pd.Series([1, None], dtype='Int64')).to_pylist() == [1, None]"
     )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from memdistill.conformance import (
+from memdistill.generate.conformance import (
     MAX_ABS_GAIN_DIFF,
     MAX_ABS_LOGPROB_DIFF,
     ConformanceFigures,

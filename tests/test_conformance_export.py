@@ -7,8 +7,8 @@ import copy
 
 import pytest
 
-from memdistill.conformance_export import MAX_ABS_LOGPROB_DIFF, compare_probes, sample_request
-from memdistill.models import LEGACY_TOKENIZER_CLASS, legacy_config_fields, legacy_tokenizer_fields
+from memdistill.core.models import LEGACY_TOKENIZER_CLASS, legacy_config_fields, legacy_tokenizer_fields
+from memdistill.generate.conformance_export import MAX_ABS_LOGPROB_DIFF, compare_probes, sample_request
 from tests.conftest import EXAMPLE_CHECKPOINT
 
 # What transformers 5 writes for the embedded teacher (its config.json and tokenizer_config.json, abridged).

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memdistill.cli import main as cli_main
-from memdistill.conversion import convert_file
-from memdistill.errors import UserError
-from memdistill.token_ids import load_text_tokenizer
+from memdistill.convert.conversion import convert_file
+from memdistill.convert.token_ids import load_text_tokenizer
+from memdistill.core.errors import UserError
 
 from .conftest import write_jsonl
 
@@ -370,7 +370,7 @@ def test_empty_completion_that_stopped_gets_only_the_end_of_turn(tmp_path: Path,
 
 def test_text_memo_overflow_keeps_cached_texts(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
     """Regression: clearing the text memo when it overflows must not lose texts already counted as cached."""
-    from memdistill import conversion
+    from memdistill.convert import conversion
 
     monkeypatch.setattr(conversion, "TEXT_MEMO_SIZE", 3)
     # Same system prompt on every row, a new user text each time: the memo overflows on the third row
@@ -390,7 +390,7 @@ def test_text_memo_overflow_keeps_cached_texts(tmp_path: Path, vocab: dict[str, 
 
 def convert_both(source: Path, tmp_path: Path, monkeypatch, **kwargs) -> tuple[bytes, bytes]:
     """The parquet bytes written by the columnar reader and by the per-row reader for the same input."""
-    from memdistill import conversion
+    from memdistill.convert import conversion
 
     written = []
     for columnar in (True, False):
@@ -403,7 +403,7 @@ def convert_both(source: Path, tmp_path: Path, monkeypatch, **kwargs) -> tuple[b
 
 def columnar_rows(source: Path) -> int:
     """Converts the whole file with the columnar reader alone (raises _Fallback if it would not take it)."""
-    from memdistill import conversion
+    from memdistill.convert import conversion
 
     converter = conversion.RowConverter(load_text_tokenizer(MODEL), 0.99, False, conversion.ConvertSummary())
     lines = [line for line in source.read_bytes().splitlines() if line.strip()]
@@ -441,7 +441,7 @@ def test_columnar_reader_writes_the_same_bytes_as_the_per_row_reader(tmp_path: P
 def test_columnar_blocks_fall_back_per_block_and_keep_errors(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
     """Lines the columnar reader does not take (a nested "metadata" key, a number as system_prompt, a
     huge int) are redone by the per-row reader, block by block; bad lines keep their file:line errors."""
-    from memdistill import conversion
+    from memdistill.convert import conversion
 
     monkeypatch.setattr(conversion, "BLOCK_BYTES", 1)  # one line per block
     good = mixed_records(vocab)
@@ -496,7 +496,7 @@ _ROW = st.fixed_dictionaries(
 @given(rows=st.lists(_ROW, min_size=1, max_size=4))
 def test_columnar_and_per_row_readers_agree_on_random_records(tmp_path: Path, monkeypatch, rows: list[dict]) -> None:
     """Same bytes written, or the same error, whichever reader runs (arrow takes some lines, not others)."""
-    from memdistill import conversion
+    from memdistill.convert import conversion
 
     source = tmp_path / "random.jsonl"
     source.write_text("".join(json.dumps(row, allow_nan=True) + "\n" for row in rows), encoding="utf-8")
@@ -527,7 +527,7 @@ def text_items(text: str, tokenizer, with_bytes: bool = False, empty_halves: boo
             token = ""
         spec = {"token": token, "logprob": -0.1}
         if with_bytes:
-            from memdistill.token_ids import byte_to_unicode
+            from memdistill.convert.token_ids import byte_to_unicode
 
             to_byte = {char: byte for byte, char in byte_to_unicode().items()}
             spec["bytes"] = [to_byte[c] for c in next(p for p, i in tokenizer.vocab.items() if i == token_id)]
@@ -586,7 +586,7 @@ def test_ids_that_do_not_decode_to_the_content_are_rejected(tmp_path: Path) -> N
 @pytest.mark.parametrize("bad_id", [999999, -5, -1, 2**70])
 @pytest.mark.parametrize("where", ["alternative", "chosen", "token_ids"])
 def test_ids_outside_the_vocabulary_name_file_line_and_field(tmp_path: Path, vocab: dict[str, int], monkeypatch, bad_id: int, where: str) -> None:
-    from memdistill import conversion
+    from memdistill.convert import conversion
 
     four, the = vocab["4"], vocab["Ġthe"]
     good = record([item(("4", 0.9, four), [("4", 0.9, four), (" the", 0.1, the)])], finish_reason="length")
@@ -609,7 +609,7 @@ def test_ids_outside_the_vocabulary_name_file_line_and_field(tmp_path: Path, voc
 
 
 def test_duplicate_ids_in_one_row_are_an_error(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
-    from memdistill import conversion
+    from memdistill.convert import conversion
 
     four, the = vocab["4"], vocab["Ġthe"]
     dup = record([item(("4", 0.9, four), [("4", 0.5, four), (" the", 0.1, the)]),
@@ -626,7 +626,7 @@ def test_no_end_of_turn_is_made_up_after_a_generation_config_eos(tmp_path: Path,
     """Llama-3.1 lists <|eot_id|> and <|eom_id|> in generation_config.eos_token_id; either ends the turn."""
     import dataclasses
 
-    from memdistill import conversion
+    from memdistill.convert import conversion
 
     tokenizer = load_text_tokenizer(MODEL)
     eom = vocab["<|endoftext|>"]  # stands in for <|eom_id|>: an id only the generation config names
@@ -662,7 +662,7 @@ def test_metadata_is_a_struct_with_typed_fields_and_the_whole_json(tmp_path: Pat
 
 
 def test_a_file_mixing_raw_and_tempered_logprobs_is_refused(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
-    from memdistill import conversion
+    from memdistill.convert import conversion
 
     four = vocab["4"]
     rows = [record([item(("4", 0.9, four), [("4", 0.9, four)])], finish_reason="length", index=i) for i in range(3)]
@@ -682,7 +682,7 @@ def test_a_file_mixing_raw_and_tempered_logprobs_is_refused(tmp_path: Path, voca
 @settings(max_examples=200, deadline=None)
 @given(rows=st.lists(st.lists(st.integers(-1, 6), max_size=6), max_size=6))
 def test_first_duplicate_finds_the_first_repeated_id_of_a_row(rows: list[list[int]]) -> None:
-    from memdistill.conversion import drop_unrecovered, first_duplicate
+    from memdistill.convert.conversion import drop_unrecovered, first_duplicate
 
     row_of = np.array([r for r, ids in enumerate(rows) for _ in ids], dtype=np.int64)
     ids = np.array([i for r in rows for i in r], dtype=np.int64)
@@ -723,7 +723,7 @@ def block_records(vocab: dict[str, int]) -> list[dict]:
 def test_block_path_converts_whole_blocks_to_the_per_row_bytes(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
     """Clean blocks go through the whole-block arrays, never message by message, and write the bytes the
     per-row reader writes (drops, end-of-turn rows, empty rows, per-message K, summary counts)."""
-    from memdistill import conversion
+    from memdistill.convert import conversion
 
     def per_message(*args, **kwargs):
         raise AssertionError("a clean block went message by message")
@@ -742,7 +742,7 @@ def test_block_path_converts_whole_blocks_to_the_per_row_bytes(tmp_path: Path, v
 def test_block_with_a_message_needing_its_own_rules_goes_message_by_message(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
     """One message with given token_ids, or a chosen token that cannot be recovered, sends its block
     through the per-message code: same bytes and rejects as the per-row reader."""
-    from memdistill import conversion
+    from memdistill.convert import conversion
 
     records = block_records(vocab)
     records.insert(1, record([item(("no-such-token\u2603", 0.9), [])], index=9))
@@ -757,8 +757,8 @@ def test_block_with_a_message_needing_its_own_rules_goes_message_by_message(tmp_
 def test_figures_are_counted_per_record_across_a_block(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
     """A block converts all its records before its rows are written: each record's curve counts still go
     to its own row, and a rejected record in the block forgets only its own (columnar == per-row)."""
-    from memdistill import conversion
-    from memdistill.convert_figures import FiguresCollector
+    from memdistill.convert import conversion
+    from memdistill.convert.figures import FiguresCollector
 
     records = block_records(vocab)
     records.insert(2, record([item(("no-such-token\u2603", 0.9), [])], index=9))

@@ -10,8 +10,8 @@ import pytest
 from bench.bench_convert import kept_ids
 from bench.convert_baseline import convert_baseline
 from bench.synthetic import SyntheticSpec, load_vocabulary, write_synthetic
-from memdistill.conversion import convert_file
-from memdistill.models import load_tokenizer
+from memdistill.convert.conversion import convert_file
+from memdistill.core.models import load_tokenizer
 
 MODEL = "smollm2-135m-instruct"
 
@@ -54,7 +54,7 @@ def test_synthetic_ids_are_the_true_ids(tmp_path: Path, vocabulary) -> None:
 @pytest.mark.parametrize("with_bytes", [True, False])
 def test_columnar_reader_matches_per_row_reader_on_synthetic_data(tmp_path: Path, vocabulary, monkeypatch, with_bytes: bool) -> None:
     """Byte-identical parquet from both readers, over several blocks, and no block left to the fallback."""
-    from memdistill import conversion
+    from memdistill.convert import conversion
 
     source = tmp_path / "synthetic.jsonl"
     write_synthetic(source, SyntheticSpec(entries=6000, mean_tokens=30, with_bytes=with_bytes, seed=7), vocabulary)

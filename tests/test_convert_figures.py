@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from memdistill import cli
-from memdistill import stats as stats_module
-from memdistill.cartridges_io import OutMessage, OutRow, OutTop
-from memdistill.convert_figures import FiguresCollector, figures_path, mass_curve_counts, mass_curve_row_counts, read_figures
-from memdistill.errors import UserError
-from memdistill.logprobs import flatten_by_mass
-from memdistill.stats import compute_stats
+from memdistill.convert.cartridges_io import OutMessage, OutRow, OutTop
+from memdistill.convert.figures import FiguresCollector, figures_path, mass_curve_counts, mass_curve_row_counts, read_figures
+from memdistill.convert.mass import flatten_by_mass
+from memdistill.core.errors import UserError
+from memdistill.stats import figures as stats_module
+from memdistill.stats.figures import compute_stats
 from stages.convert import ConvertConfig
 from stages.convert import run as convert_run
 from tests import test_stats

@@ -10,8 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from memdistill.cli import main as cli_main  # noqa: E402
-from memdistill.conformance_export import compare_probes, probe  # noqa: E402
-from memdistill.models import (  # noqa: E402
+from memdistill.core.models import (  # noqa: E402
     EMBEDDED_MODEL,
     EMBEDDING_KEY,
     LM_HEAD_KEY,
@@ -19,6 +18,7 @@ from memdistill.models import (  # noqa: E402
     load_tokenizer,
     tied_state_dict,
 )
+from memdistill.generate.conformance_export import compare_probes, probe  # noqa: E402
 
 
 def test_tied_weights_are_saved_under_the_embedding_name() -> None:
@@ -70,7 +70,7 @@ def test_the_in_process_vllm_teacher_loads_the_exported_folder_once(tmp_path: Pa
     own name, float32), written once into the cache, never the de-quantised copy that lacks it."""
     from safetensors import safe_open
 
-    from memdistill import models
+    from memdistill.core import models
 
     monkeypatch.setenv("MEMDISTILL_CACHE", str(tmp_path))
     folder = models.exported_teacher_dir()

@@ -13,11 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memdistill.cli import main as cli_main
-from memdistill.errors import UserError
-from memdistill.feedback import (
-    DEFAULT_FAILURE_PATTERNS, DEFAULT_SUCCESS_PATTERNS, DICT_RULES, TEXT_RULES, FeedbackReader, Verdict,
+from memdistill.core.errors import UserError
+from memdistill.snapshots.feedback import (
+    DEFAULT_FAILURE_PATTERNS,
+    DEFAULT_SUCCESS_PATTERNS,
+    DICT_RULES,
+    TEXT_RULES,
+    FeedbackReader,
+    Verdict,
 )
-from memdistill.feedback.literals import fold, required_literals
+from memdistill.snapshots.feedback.literals import fold, required_literals
 from stages.snapshots import SnapshotsConfig, run
 from tests.conftest import write_jsonl
 

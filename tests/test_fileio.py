@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from memdistill.errors import UserError
 from memdistill.cli import main
-from memdistill.fileio import atomic_output, atomic_path, local_path, lock_path, output_lock, read_jsonl
+from memdistill.core.errors import UserError
+from memdistill.core.fileio import atomic_output, atomic_path, local_path, lock_path, output_lock, read_jsonl
 from tests.conftest import REPO_ROOT
 
 
@@ -88,7 +88,7 @@ def test_a_second_writer_waits_for_the_lock_and_names_its_holder(tmp_path: Path)
     script = (
         "import logging, sys\n"
         "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
-        "from memdistill.fileio import atomic_output\n"
+        "from memdistill.core.fileio import atomic_output\n"
         "with atomic_output(sys.argv[1]) as handle:\n"
         "    handle.write('second\\n')\n"
     )

@@ -12,14 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from memdistill.cli import main as cli_main
-from memdistill.errors import UserError
+from memdistill.convert.token_ids import load_text_tokenizer
+from memdistill.core.errors import UserError
+from memdistill.core.prompt_file import PromptRow
 from memdistill.gain.engines import ScoringSettings
 from memdistill.gain.gain_file import read_summary, read_table
 from memdistill.gain.scoring import GainOptions, run_gain
-from memdistill.generation import dataset_row
-from memdistill.prompt_file import PromptRow
-from memdistill.teachers.base import Completion
-from memdistill.token_ids import load_text_tokenizer
+from memdistill.generate.engine import dataset_row
+from memdistill.generate.teachers.base import Completion
 from tests.conftest import write_jsonl
 
 SYSTEM = "You are a helpful agent."

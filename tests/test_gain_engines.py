@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memdistill.errors import UserError
+from memdistill.core.errors import UserError
 from memdistill.gain.engines import make_scorer
 from memdistill.gain.engines.base import ScoreRequest, ScoringSettings
 from memdistill.gain.engines.openai_vllm import OpenAIVLLMScorer, parse_prompt_logprobs

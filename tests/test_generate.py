@@ -15,14 +15,13 @@ from typing import Any
 import pytest
 
 import memdistill
-
 from memdistill.cli import main as cli_main
-from memdistill.errors import UserError
-from memdistill.generation import failures_path, generate_dataset
-from memdistill.prompt_file import PromptRow, read_prompts
-from memdistill.response_store import STORE_FILE
-from memdistill.teachers.base import Completion, Failure, SamplingParams, TeacherRequest
-from memdistill.teachers.openai_compat import OpenAITeacher
+from memdistill.core.errors import UserError
+from memdistill.core.prompt_file import PromptRow, read_prompts
+from memdistill.generate.engine import failures_path, generate_dataset
+from memdistill.generate.response_store import STORE_FILE
+from memdistill.generate.teachers.base import Completion, Failure, SamplingParams, TeacherRequest
+from memdistill.generate.teachers.openai_compat import OpenAITeacher
 from tests.conftest import REPO_ROOT, write_jsonl
 from tests.fake_teacher_server import FakeTeacherServer, expected_response
 

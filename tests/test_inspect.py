@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memdistill import cli
-from memdistill.errors import UserError
-from memdistill.inspection import id_decoder, parquet_token_rows, probability_style, read_record, render_record
+from memdistill.core.errors import UserError
+from memdistill.stats.inspect import id_decoder, parquet_token_rows, probability_style, read_record, render_record
 from tests.test_stats import write_dataset
 
 

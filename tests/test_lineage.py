@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import memdistill
-from memdistill.conversion import convert_file
-from memdistill.generation import generate_dataset
-from memdistill.lineage import chat_template_digest, dvc_md5, embedded_weights_sha256, read_file_lineage, weights_digest
-from memdistill.models import embedded_gguf, embedded_tokenizer_dir
-from memdistill.prompt_file import read_prompts
-from memdistill.teachers.base import Completion, TeacherRequest
-from memdistill.token_ids import load_text_tokenizer
+from memdistill.convert.conversion import convert_file
+from memdistill.convert.token_ids import load_text_tokenizer
+from memdistill.core.lineage import chat_template_digest, dvc_md5, embedded_weights_sha256, read_file_lineage, weights_digest
+from memdistill.core.models import embedded_gguf, embedded_tokenizer_dir
+from memdistill.core.prompt_file import read_prompts
+from memdistill.generate.engine import generate_dataset
+from memdistill.generate.teachers.base import Completion, TeacherRequest
 from stages import convert as convert_stage
 from stages import snapshots as snapshots_stage
 

@@ -12,9 +12,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from memdistill.errors import UserError  # noqa: E402
-from memdistill.teachers.base import SamplingParams, TeacherRequest  # noqa: E402
-from memdistill.teachers.local import LocalTeacher  # noqa: E402
+from memdistill.core.errors import UserError  # noqa: E402
+from memdistill.generate.teachers.base import SamplingParams, TeacherRequest  # noqa: E402
+from memdistill.generate.teachers.local import LocalTeacher  # noqa: E402
 
 REQUESTS = [
     TeacherRequest(0, [{"role": "user", "content": "What is 2 + 2?"}]),
@@ -107,7 +107,7 @@ SHARED = [
 
 
 def test_prefix_reuse_gives_the_plain_path_s_ids_and_logprobs_in_input_order(greedy_teacher: LocalTeacher, monkeypatch: pytest.MonkeyPatch) -> None:
-    from memdistill.teachers.prefix_plan import plan_prefix_reuse, prefill_tokens
+    from memdistill.generate.teachers.prefix_plan import plan_prefix_reuse, prefill_tokens
 
     teacher = LocalTeacher("smollm2-135m-instruct", SamplingParams(max_tokens=4, temperature=0.0, top_logprobs=TOP_K), batch_size=2)
     teacher._tokenizer, teacher._model = greedy_teacher._tokenizer, greedy_teacher._model

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from memdistill.logprobs import MISSING_ID, flatten_by_mass, keep_counts, reconstruct
+from memdistill.convert.mass import MISSING_ID, flatten_by_mass, keep_counts, reconstruct
 
 
 @st.composite

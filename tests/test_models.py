@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from memdistill.models import cache_root
+from memdistill.core.models import cache_root
 
 
 def test_cache_root_follows_memdistill_cache_then_xdg_cache_home_then_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

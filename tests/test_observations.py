@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from memdistill.cli import main as cli_main
-from memdistill import params
-from memdistill.errors import UserError
-from memdistill.snapshot import load_observations
+from memdistill.core import params
+from memdistill.core.errors import UserError
+from memdistill.snapshots.checkpoint import load_observations
 from stages.snapshots import SnapshotsConfig, run
 from tests.conftest import write_jsonl
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memdistill.errors import UserError
-from memdistill.teachers.base import Completion, Failure, SamplingParams, TeacherRequest
-from memdistill.teachers.openai_compat import (
+from memdistill.core.errors import UserError
+from memdistill.generate.teachers.base import Completion, Failure, SamplingParams, TeacherRequest
+from memdistill.generate.teachers.openai_compat import (
     MAX_BACKOFF,
     OpenAITeacher,
     TransientError,
@@ -341,7 +341,7 @@ def test_llama_cpp_half_characters_arrive_as_empty_strings_without_bytes() -> No
 
 @given(values=st.lists(st.floats(-30.0, 0.0), min_size=1, max_size=12, unique=True), k=st.integers(1, 6), chosen=st.integers(0, 11))
 def test_keep_top_k_keeps_the_k_best_and_the_sampled_token(values: list[float], k: int, chosen: int) -> None:
-    from memdistill.teachers.openai_compat import keep_top_k
+    from memdistill.generate.teachers.openai_compat import keep_top_k
 
     entries = [{"token_id": i, "logprob": v} for i, v in enumerate(values)]
     kept = keep_top_k(entries, chosen, k)

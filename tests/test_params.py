@@ -12,10 +12,10 @@ import annotated_types
 import pytest
 import yaml
 
-from memdistill import params
 from memdistill.cli import build_parser
 from memdistill.cli import main as cli_main
-from memdistill.errors import UserError
+from memdistill.core import params
+from memdistill.core.errors import UserError
 from stages import stage_configs
 from stages.convert import ConvertConfig
 from stages.generate import GenerateConfig

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 import yaml
 
-from memdistill.plots import MAX_POINTS, PLOTS, PlotSpec, render_plots, render_svg
+from memdistill.stats.plots import MAX_POINTS, PLOTS, PlotSpec, render_plots, render_svg
 from stages.stats import StatsConfig, run
 from tests.conftest import REPO_ROOT
 from tests.test_stats import MIN_PROB_MASS, write_dataset
@@ -62,7 +62,7 @@ TABLES = {
 
 def test_svgs_are_the_same_in_another_process() -> None:
     """Nothing random (pygal's uuid4 chart id) or hash-ordered leaks into the bytes."""
-    code = "import sys; from memdistill.plots import render_plots; from tests.test_plots import TABLES; sys.stdout.write(repr(render_plots(TABLES)))"
+    code = "import sys; from memdistill.stats.plots import render_plots; from tests.test_plots import TABLES; sys.stdout.write(repr(render_plots(TABLES)))"
     env = dict(os.environ, PYTHONHASHSEED="12345")
     other = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True).stdout
     assert other == repr(render_plots(TABLES))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memdistill.teachers.prefix_plan import common_prefix_length, plan_prefix_reuse, prefill_tokens
+from memdistill.generate.teachers.prefix_plan import common_prefix_length, plan_prefix_reuse, prefill_tokens
 
 # Few distinct tokens and a shared stem make long common prefixes likely, as in prompts built from one memory.
 token_lists = st.lists(st.integers(0, 3), min_size=1, max_size=12)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from memdistill import models
-from memdistill.generation import generate_dataset
-from memdistill.progress import SampleProgress, StepCounter
-from memdistill.teachers.base import Completion, TeacherRequest
+from memdistill.core import models
+from memdistill.generate.engine import generate_dataset
+from memdistill.generate.progress import SampleProgress, StepCounter
+from memdistill.generate.teachers.base import Completion, TeacherRequest
 from tests.test_generate import prompts
 
 
@@ -97,8 +97,8 @@ def test_teacher_loading_draws_no_bars_of_its_own(monkeypatch: pytest.MonkeyPatc
 
 def test_local_teacher_reports_every_generated_token() -> None:
     """The embedded teacher streams one report per decoding step: they add up to its output tokens."""
-    from memdistill.teachers.base import SamplingParams
-    from memdistill.teachers.local import LocalTeacher
+    from memdistill.generate.teachers.base import SamplingParams
+    from memdistill.generate.teachers.local import LocalTeacher
 
     teacher = LocalTeacher("smollm2-135m-instruct", SamplingParams(max_tokens=5, top_logprobs=2), batch_size=2)
     reports: list[int] = []

@@ -1,4 +1,4 @@
-"""Prompt rendering (the HistoryAgent shape), the agent's system prompt and the token counters (memdistill/prompts.py)."""
+"""Prompt rendering (the HistoryAgent shape), the agent's system prompt and the token counters (memdistill/snapshots/prompts.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-
-from memdistill.errors import UserError
-from memdistill.prompts import (
+from memdistill.core.errors import UserError
+from memdistill.snapshots.checkpoint import MemoryEntry
+from memdistill.snapshots.prompts import (
     DEFAULT_SYSTEM_PROMPT,
     FunctionCounter,
     Message,
@@ -22,7 +22,6 @@ from memdistill.prompts import (
     teacher_messages,
     view_cost,
 )
-from memdistill.snapshot import MemoryEntry
 
 
 def test_dict_content_renders_as_compact_json_with_unicode_kept() -> None:

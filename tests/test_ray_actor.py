@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from memdistill.executors.ray_generate import TeacherActor, decode_result, encode_result, in_prefix_order
-from memdistill.teachers.base import Failure, SamplingParams, TeacherRequest
-from memdistill.teachers.local import LocalTeacher
+from memdistill.generate.ray import TeacherActor, decode_result, encode_result, in_prefix_order
+from memdistill.generate.teachers.base import Failure, SamplingParams, TeacherRequest
+from memdistill.generate.teachers.local import LocalTeacher
 from tests.echo_teacher import EchoTeacher, echo_completion
 
 

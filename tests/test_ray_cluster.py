@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from ray.cluster_utils import Cluster
 
-from memdistill.executors.ray_runtime import host_and_port
-from memdistill.generation import generate_dataset
-from memdistill.teachers.base import SamplingParams
-from memdistill.teachers.local import LocalTeacher
+from memdistill.core.ray_runtime import host_and_port
+from memdistill.generate.engine import generate_dataset
+from memdistill.generate.teachers.base import SamplingParams
+from memdistill.generate.teachers.local import LocalTeacher
 from stages import convert as convert_stage
 from tests.conftest import write_jsonl
 from tests.test_generate import prompt_rows, prompts

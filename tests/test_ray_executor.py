@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 import ray
 
-from memdistill.errors import UserError
-from memdistill.executors.ray_generate import RayTeacherPool
-from memdistill.generation import generate_dataset
-from memdistill.response_store import STORE_FILE
-from memdistill.shards import part_files
-from memdistill.teachers.base import SamplingParams
-from memdistill.teachers.local import LocalTeacher
+from memdistill.core.errors import UserError
+from memdistill.core.shards import part_files
+from memdistill.generate.engine import generate_dataset
+from memdistill.generate.ray import RayTeacherPool
+from memdistill.generate.response_store import STORE_FILE
+from memdistill.generate.teachers.base import SamplingParams
+from memdistill.generate.teachers.local import LocalTeacher
 from stages import convert as convert_stage
 from stages import generate as generate_stage
 from tests.conftest import REPO_ROOT, write_jsonl

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memdistill.errors import UserError
-from memdistill.redact import REDACTION_MARKER, Redactor, compile_linear, replace_all
+from memdistill.core.errors import UserError
+from memdistill.snapshots.redact import REDACTION_MARKER, Redactor, compile_linear, replace_all
 
 EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
 KEY = r"sk-[A-Za-z0-9_-]{16,}"

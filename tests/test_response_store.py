@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from memdistill.response_store import IDENTITY_FIELDS, STORE_FILE, ResponseStore, request_key, run_id
-from memdistill.teachers.base import Completion, SamplingParams
+from memdistill.generate.response_store import IDENTITY_FIELDS, STORE_FILE, ResponseStore, request_key, run_id
+from memdistill.generate.teachers.base import Completion, SamplingParams
 
 TEACHER = {"backend": "openai", "flavor": "vllm", "model": "m", "base_url": "http://a/v1", **SamplingParams().to_dict()}
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -11,18 +11,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from memdistill import params
-from memdistill.errors import UserError
-from memdistill.executors.sharded_convert import plan_units, spans_per_file
-from memdistill.generation import generate_dataset
-from memdistill.inspection import read_record, render_file_summary
-from memdistill.shards import part_files
-from memdistill.stats import compute_stats
+from memdistill.convert.sharded import plan_units, spans_per_file
+from memdistill.core import params
+from memdistill.core.errors import UserError
+from memdistill.core.shards import part_files
+from memdistill.generate.engine import generate_dataset
+from memdistill.stats.figures import compute_stats
+from memdistill.stats.inspect import read_record, render_file_summary
 from stages import convert as convert_stage
 from tests.conftest import write_jsonl
+from tests.echo_teacher import EchoTeacher
 from tests.test_convert import mixed_records
 from tests.test_generate import prompts, read_lines
-from tests.echo_teacher import EchoTeacher
 
 
 def dataset_records(vocab: dict[str, int], count: int) -> list[dict]:
@@ -40,7 +40,7 @@ def dataset_records(vocab: dict[str, int], count: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def vocab() -> dict[str, int]:
-    from memdistill.token_ids import load_text_tokenizer
+    from memdistill.convert.token_ids import load_text_tokenizer
 
     return load_text_tokenizer("smollm2-135m-instruct").vocab
 
@@ -246,7 +246,7 @@ def test_sharded_convert_keeps_rejected_samples_out_of_every_part_and_lists_them
 def test_every_part_holds_the_metadata_struct(tmp_path: Path, vocab: dict[str, int]) -> None:
     import pyarrow.parquet as pq
 
-    from memdistill.cartridges_io import METADATA_TYPE
+    from memdistill.convert.cartridges_io import METADATA_TYPE
 
     source = write_jsonl(tmp_path / "dataset.jsonl", dataset_records(vocab, 7))
     convert(source, tmp_path / "sharded.parquet", shards=3)
@@ -261,8 +261,8 @@ def test_sharded_convert_writes_the_whole_outputs_figures_and_stats_reads_them(
 ) -> None:
     from dataclasses import asdict
 
-    from memdistill import stats
-    from memdistill.convert_figures import read_figures
+    from memdistill.convert.figures import read_figures
+    from memdistill.stats import figures as stats
 
     rows = dataset_records(vocab, 9)
     without_logprobs(rows[4])

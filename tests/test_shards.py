@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from memdistill.errors import UserError
-from memdistill.shards import (
+from memdistill.core.errors import UserError
+from memdistill.core.shards import (
     atomic_directory,
     part_files,
     part_name,

@@ -1,4 +1,4 @@
-"""Snapshot discovery and parsing (memdistill/snapshot.py)."""
+"""Snapshot discovery and parsing (memdistill/snapshots/checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from memdistill.errors import UserError
-from memdistill.snapshot import find_snapshot, load_observations, load_snapshot, parse_entries
+from memdistill.core.errors import UserError
+from memdistill.snapshots.checkpoint import find_snapshot, load_observations, load_snapshot, parse_entries
 from tests.conftest import write_jsonl
 
 
@@ -123,7 +123,7 @@ def test_unknown_entry_types_are_counted_and_named_in_one_warning(tmp_path: Path
             {"type": "Obsrevation", "content": "q3"},
         ],
     )
-    with caplog.at_level(logging.WARNING, logger="memdistill.snapshot"):
+    with caplog.at_level(logging.WARNING, logger="memdistill.snapshots.checkpoint"):
         snapshot = load_snapshot(path)
     assert len(snapshot.samples) == 1 and len(snapshot.entries) == 5  # kept in the memory, no sample of their own
     (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -131,7 +131,7 @@ def test_unknown_entry_types_are_counted_and_named_in_one_warning(tmp_path: Path
     assert "3 entries" in message and "'Obsrevation' x2 (first at line 3, did you mean Observation?)" in message
     assert "'Thought' x1 (first at line 4)" in message and "Thought' x1 (first at line 4, did" not in message
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="memdistill.snapshot"):
+    with caplog.at_level(logging.WARNING, logger="memdistill.snapshots.checkpoint"):
         found = load_observations(write_jsonl(tmp_path / "obs.jsonl", [{"content": "x"}, {"type": "Obsrevation", "content": "y"}]), 5)
     assert len(found) == 1
     (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -140,7 +140,7 @@ def test_unknown_entry_types_are_counted_and_named_in_one_warning(tmp_path: Path
 
 def test_known_types_in_any_case_give_no_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = write_jsonl(tmp_path / "memory_1.jsonl", [{"type": " OBSERVATION", "content": "q"}, {"type": "feedback", "content": "ok"}])
-    with caplog.at_level(logging.WARNING, logger="memdistill.snapshot"):
+    with caplog.at_level(logging.WARNING, logger="memdistill.snapshots.checkpoint"):
         load_snapshot(path)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 

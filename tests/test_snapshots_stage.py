@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memdistill.cli import main as cli_main
-from memdistill.errors import UserError
-from memdistill.prompts import FunctionCounter, Message, estimate_tokens, render_entry, teacher_messages
-from memdistill.snapshot import load_snapshot
-from memdistill.prompt_rows import iter_prompt_rows, select_samples
+from memdistill.core.errors import UserError
+from memdistill.snapshots.checkpoint import load_snapshot
+from memdistill.snapshots.prompts import FunctionCounter, Message, estimate_tokens, render_entry, teacher_messages
+from memdistill.snapshots.rows import iter_prompt_rows, select_samples
 from stages.snapshots import SnapshotsConfig, run
 from tests.conftest import write_jsonl
 
@@ -441,7 +441,7 @@ def test_cli_flags_override_params(checkpoint: Path, tmp_path: Path, capsys: pyt
 
 def test_example_checkpoint_with_the_embedded_tokenizer(example_checkpoint: Path, tmp_path: Path) -> None:
     """The real teacher tokenizer: every prompt fits and the count matches the chat-templated prompt."""
-    from memdistill.models import load_tokenizer
+    from memdistill.core.models import load_tokenizer
 
     output = tmp_path / "prompts.jsonl"
     cfg = config(example_checkpoint, max_prompt_tokens=300, tokenizer="smollm2-135m-instruct", max_samples=3, sample_selection="last")

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memdistill.cartridges_io import OutMessage
-from memdistill.errors import UserError
-from memdistill.prompts import student_messages, teacher_messages
-from memdistill.split import in_validation, observation_digest, observation_text
-from memdistill.token_ids import load_text_tokenizer
+from memdistill.convert.cartridges_io import OutMessage
+from memdistill.convert.split import in_validation, observation_digest, observation_text
+from memdistill.convert.token_ids import load_text_tokenizer
+from memdistill.core.errors import UserError
+from memdistill.snapshots.prompts import student_messages, teacher_messages
 from stages import convert as convert_stage
 
 from .conftest import write_jsonl

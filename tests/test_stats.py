@@ -29,19 +29,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memdistill import cli
-from memdistill.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop, RowMetadata
-from memdistill.errors import UserError
-from memdistill.logprobs import keep_counts
-from memdistill.report import headline_metrics
-from memdistill.stats import (
-    DEFAULT_MASS_THRESHOLDS,
-    compute_stats,
-    extreme_samples,
-    jsonl_figures,
-    parquet_entry_bytes,
-    project_parquet_bytes,
-    render_summary,
-)
+from memdistill.convert.cartridges_io import CartridgesWriter, OutMessage, OutRow, OutTop, RowMetadata
+from memdistill.convert.mass import keep_counts
+from memdistill.core.errors import UserError
+from memdistill.stats.figures import DEFAULT_MASS_THRESHOLDS, compute_stats, project_parquet_bytes
+from memdistill.stats.file_figures import jsonl_figures, parquet_entry_bytes
+from memdistill.stats.report import headline_metrics
+from memdistill.stats.summary import extreme_samples, render_summary
 from stages.stats import StatsConfig, load_config, run
 
 TEACHER = {"backend": "local", "model": "smollm2-135m-instruct", "max_tokens": 3, "top_logprobs": 4}
@@ -290,7 +284,7 @@ def test_token_without_alternatives_counts_its_chosen_token_as_the_one_entry(tmp
     st.lists(st.sampled_from([0.3, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0]), min_size=1, max_size=4),
 )
 def test_mass_curve_agrees_with_converts_keep_counts(rows: list[list[float]], thresholds: list[float]) -> None:
-    """The polars curve and the numpy rule convert applies (memdistill.logprobs.keep_counts) agree."""
+    """The polars curve and the numpy rule convert applies (memdistill.convert.mass.keep_counts) agree."""
     K = max(len(r) for r in rows)
     dense = np.full((len(rows), K), -np.inf)
     for t, probs in enumerate(rows):
@@ -500,7 +494,7 @@ def test_stats_over_a_real_convert_output(tmp_path: Path) -> None:
     Token F's unrecoverable alternative (-1, p 0.21) leaves its row: the rest (0.765) never reaches 0.9, so
     all three remaining are kept (one more than the JSONL's rule) and the parquet holds no -1 at all.
     """
-    from memdistill.conversion import convert_file
+    from memdistill.convert.conversion import convert_file
 
     jsonl, _ = write_dataset(tmp_path)
     parquet = tmp_path / "converted.parquet"

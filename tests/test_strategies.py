@@ -9,11 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memdistill.errors import UserError
-from memdistill.feedback import FeedbackReader
-from memdistill.snapshot import MemoryEntry, Snapshot, split_samples
-from memdistill.strategies import MemoryView, StrategyParams, build_memory_plans, build_memory_view, get_strategy, strategy_names
-from memdistill.strategies.failure_focus import rank_samples
+from memdistill.core.errors import UserError
+from memdistill.snapshots.checkpoint import MemoryEntry, Snapshot, split_samples
+from memdistill.snapshots.feedback import FeedbackReader
+from memdistill.snapshots.strategies import (
+    MemoryView,
+    StrategyParams,
+    build_memory_plans,
+    build_memory_view,
+    get_strategy,
+    strategy_names,
+)
+from memdistill.snapshots.strategies.failure_focus import rank_samples
 
 # index: entry                        sample
 HISTORY = [
@@ -242,7 +249,7 @@ def test_random_sampling_views_hold_whole_samples_never_the_own_one(
 
 @given(st.integers(0, 80), st.data())
 def test_other_samples_is_the_list_without_the_own_sample(count: int, data: st.DataObject) -> None:
-    from memdistill.strategies.random_sampling import OtherSamples
+    from memdistill.snapshots.strategies.random_sampling import OtherSamples
 
     own = data.draw(st.none() | st.integers(0, max(0, count - 1))) if count else None
     others = OtherSamples(count, own)
@@ -260,7 +267,7 @@ def test_random_sampling_draws_what_the_list_of_others_gave(count: int, size: in
     for each observation (so rows stay byte-identical for the same seed), small memories and large."""
     import random
 
-    from memdistill.strategies.random_sampling import OtherSamples, draw_subsets
+    from memdistill.snapshots.strategies.random_sampling import OtherSamples, draw_subsets
 
     own = data.draw(st.none() | st.integers(0, count - 1))
     listed = [i for i in range(count) if i != own]
@@ -270,7 +277,7 @@ def test_random_sampling_draws_what_the_list_of_others_gave(count: int, size: in
 
 def test_random_sampling_never_walks_the_whole_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each observation draws by index: nothing per observation walks the memory's samples."""
-    from memdistill.strategies import random_sampling
+    from memdistill.snapshots.strategies import random_sampling
 
     def no_walk(self: object) -> object:
         raise AssertionError("walked every sample")

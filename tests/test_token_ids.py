@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from memdistill.logprobs import MISSING_ID
-from memdistill.token_ids import OUT_OF_RANGE_ID, TextTokenizer, TokenIdResolver, byte_to_unicode, load_text_tokenizer, vocabulary_bytes
+from memdistill.convert.mass import MISSING_ID
+from memdistill.convert.token_ids import (
+    OUT_OF_RANGE_ID,
+    TextTokenizer,
+    TokenIdResolver,
+    byte_to_unicode,
+    load_text_tokenizer,
+    vocabulary_bytes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +144,7 @@ def test_every_vocabulary_id_round_trips(resolver: TokenIdResolver) -> None:
 
 
 def test_bare_tokenizer_encodes_like_transformers() -> None:
-    from memdistill.models import load_tokenizer
+    from memdistill.core.models import load_tokenizer
 
     texts = ["Hello world!", "  spaced\n\nlines\tand tabs", "émoji 🙂 and 数字 42", ""]
     fast = load_text_tokenizer("smollm2-135m-instruct")

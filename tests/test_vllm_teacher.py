@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from memdistill.errors import UserError
-from memdistill.generation import generate_dataset
-from memdistill.teachers.base import Completion, Failure, SamplingParams, TeacherRequest
-from memdistill.teachers.vllm_inprocess import VLLMTeacher, position_entries
+from memdistill.core.errors import UserError
+from memdistill.generate.engine import generate_dataset
+from memdistill.generate.teachers.base import Completion, Failure, SamplingParams, TeacherRequest
+from memdistill.generate.teachers.vllm_inprocess import VLLMTeacher, position_entries
 from tests.test_generate import prompts, read_lines
 
 VOCAB = 50

@@ -17,8 +17,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from memdistill import shards
-from memdistill.errors import UserError
+from memdistill.core import shards
+from memdistill.core.errors import UserError
 
 FOOTER_KEY = "memdistill.gain"
 STATUSES = ("measured", "empty", "rejected", "not_measured")

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from memdistill import shards
-from memdistill.conversion import ConvertSummary, RowConverter, iter_records
-from memdistill.errors import UserError
-from memdistill.logprobs import FlatLogprobs, reconstruct
-from memdistill.prompt_file import PromptRow, read_prompts
+from memdistill.convert.conversion import ConvertSummary, RowConverter, iter_records
+from memdistill.convert.mass import FlatLogprobs, reconstruct
+from memdistill.core import shards
+from memdistill.core.errors import UserError
+from memdistill.core.prompt_file import PromptRow, read_prompts
 
 # Prompt metadata generate copies into each dataset row unchanged (it replaces these three itself).
 _OWN_KEYS = {"sample_idx", "metrics", "teacher"}
@@ -165,6 +165,6 @@ def _fill_completion(sample: Sample, row: Any) -> None:
 
 def reading_converter(model: str, append_eot: bool) -> RowConverter:
     """Convert's row reader keeping every recorded entry (min_prob_mass 1), never failing on a bad sample."""
-    from memdistill.token_ids import load_text_tokenizer
+    from memdistill.convert.token_ids import load_text_tokenizer
 
     return RowConverter(load_text_tokenizer(model), 1.0, False, ConvertSummary(tokenizer=model), append_eot)

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from memdistill import fileio, shards
-from memdistill.errors import UserError
+from memdistill.core import fileio, shards
+from memdistill.core.errors import UserError
+from memdistill.core.models import chat_prompt_ids, is_embedded, load_tokenizer
 from memdistill.gain import math as gain_math
 from memdistill.gain.engines import SCORING_BACKENDS, GainScorer, ScoreRequest, ScoringSettings, make_scorer
 from memdistill.gain.gain_file import GainRow, GainSummary, GainWriter
 from memdistill.gain.inputs import Pairing, Sample, Teacher, first_teacher, read_samples, reading_converter
-from memdistill.models import chat_prompt_ids, is_embedded, load_tokenizer
 
 log = logging.getLogger(__name__)
 

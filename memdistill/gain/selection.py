@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from memdistill.errors import UserError
+from memdistill.core.errors import UserError
 from memdistill.gain.gain_file import read_gains
 
 

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from memdistill import params
-from memdistill.conversion import convert_file
-from memdistill.errors import UserError
+from memdistill.convert.conversion import convert_file
+from memdistill.core import params
+from memdistill.core.errors import UserError
 from stages.snapshots import SnapshotsConfig
 from stages.snapshots import run as run_snapshots
 

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from memdistill.generation import generate_dataset
-from memdistill.prompt_file import read_prompts
-from memdistill.response_store import STORE_FILE
-from memdistill.teachers.base import SamplingParams
-from memdistill.teachers.openai_compat import OpenAITeacher
+from memdistill.core.prompt_file import read_prompts
+from memdistill.generate.engine import generate_dataset
+from memdistill.generate.response_store import STORE_FILE
+from memdistill.generate.teachers.base import SamplingParams
+from memdistill.generate.teachers.openai_compat import OpenAITeacher
 from tests.conftest import write_jsonl
 from tests.fake_teacher_server import FakeTeacherServer, expected_response
 from tests.reliability.harness import CLI, cli_env, run_cli

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from memdistill.errors import UserError
+from memdistill.core.errors import UserError
+from memdistill.core.models import EMBEDDED_MODEL, is_embedded, load_embedded_model
 from memdistill.gain.engines.base import ScoreRequest, ScoreResult, ScoringSettings
-from memdistill.models import EMBEDDED_MODEL, is_embedded, load_embedded_model
 
 
 class LocalScorer:

@@ -16,11 +16,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memdistill.errors import UserError
+from memdistill.core.errors import UserError
 from memdistill.gain.engines.base import ScoreRequest, ScoreResult, ScoringSettings
 from memdistill.gain.engines.prompt_logprobs import ScoringMismatch, completion_positions, refuse_tempered, score_result
-from memdistill.teachers.base import Failure, SamplingParams
-from memdistill.teachers.openai_compat import Endpoint, OpenAITeacher, TransientError
+from memdistill.generate.teachers.base import Failure, SamplingParams
+from memdistill.generate.teachers.openai_compat import Endpoint, OpenAITeacher, TransientError
 
 log = logging.getLogger(__name__)
 

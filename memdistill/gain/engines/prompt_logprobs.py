@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from memdistill.errors import UserError
+from memdistill.core.errors import UserError
 from memdistill.gain.engines.base import ScoreRequest, ScoreResult, ScoringSettings
 
 

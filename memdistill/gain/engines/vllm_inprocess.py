@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from memdistill.errors import UserError
+from memdistill.core.errors import UserError
+from memdistill.core.models import EMBEDDED_MODEL, is_embedded
 from memdistill.gain.engines.base import ScoreRequest, ScoreResult, ScoringSettings
 from memdistill.gain.engines.prompt_logprobs import ScoringMismatch, completion_positions, refuse_tempered, score_result
-from memdistill.models import EMBEDDED_MODEL, is_embedded
-from memdistill.teachers.vllm_inprocess import _import_vllm, engine_args
+from memdistill.generate.teachers.vllm_inprocess import _import_vllm, engine_args
 
 PER_ID = "per-id"
 TOP_K = "top-k"

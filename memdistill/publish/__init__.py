@@ -1,0 +1,1 @@
+"""Handing the dataset on: `memdistill push` to the Hugging Face Hub and `memdistill dvc-push`."""

@@ -1,0 +1,1 @@
+"""The stats stage: figures, plots, the summary report, the dataset card, and `memdistill inspect`."""

@@ -1,5 +1,0 @@
-"""Teachers behind one interface (`Teacher`), selected by backend name."""
-
-from memdistill.teachers.base import Completion, Failure, SamplingParams, Teacher, TeacherRequest
-
-__all__ = ["Completion", "Failure", "SamplingParams", "Teacher", "TeacherRequest"]
