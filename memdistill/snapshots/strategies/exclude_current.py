@@ -10,15 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from memdistill.snapshots.checkpoint import Sample, Snapshot
-from memdistill.snapshots.strategies.base import (
-    MemoryPlan,
-    StrategyParams,
-    ViewFunction,
-    is_own,
-    oldest_first_then,
-    register,
-    snapshot_units,
-)
+from memdistill.snapshots.strategies.base import MemoryPlan, StrategyParams, ViewFunction, is_own, oldest_first_then, register, snapshot_units
 
 
 @register

@@ -12,14 +12,7 @@ from typing import Any
 
 from memdistill.core.errors import UserError
 from memdistill.snapshots.checkpoint import Sample, Snapshot
-from memdistill.snapshots.strategies.base import (
-    MemoryPlan,
-    StrategyParams,
-    ViewFunction,
-    oldest_first_then,
-    register,
-    snapshot_units,
-)
+from memdistill.snapshots.strategies.base import MemoryPlan, StrategyParams, ViewFunction, oldest_first_then, register, snapshot_units
 
 
 @register
