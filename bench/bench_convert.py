@@ -1,10 +1,15 @@
-"""convert vs a straightforward baseline on synthetic data: time, peak memory, file size, identical kept ids.
+"""convert vs the parse floor and a straightforward baseline on synthetic data: time, peak memory, file size,
+identical kept ids.
 
-Each converter runs in its own subprocess, from loading the tokenizer to the closed parquet file. Linux
+Three runs on the same file, each in its own subprocess: `floor`, pyarrow's JSON reader streaming the file
+with convert's explicit schema and nothing else (what any converter that reads JSON with arrow pays);
+`memdistill`, convert end to end (loading the tokenizer to the closed parquet file); `baseline`, the
+seed's straightforward converter (bench/convert_baseline.py). Linux
 carries the parent's RSS at fork into a child's ru_maxrss, so the parent stays small (the synthetic file
 is written by a subprocess too) and the child also reports VmHWM, its own high-water mark.
 
     python -m bench.bench_convert                      # 1M top-k entries, decoded strings
+    python -m bench.bench_convert --entries 10000000   # where conversion, not start-up, dominates
     python -m bench.bench_convert --entries 200000 --bytes
 """
 
@@ -28,7 +33,9 @@ MODEL = "smollm2-135m-instruct"
 def run_one(kind: str, source: Path, output: Path, min_prob_mass: float) -> dict[str, float]:
     """Convert in this process and report wall/CPU seconds and peak RSS."""
     wall, cpu = time.perf_counter(), time.process_time()
-    if kind == "memdistill":
+    if kind == "floor":
+        parse_only(source)
+    elif kind == "memdistill":
         from memdistill.convert.conversion import convert_file
         from memdistill.core.fileio import arrow_without_pandas
 
@@ -46,8 +53,19 @@ def run_one(kind: str, source: Path, output: Path, min_prob_mass: float) -> dict
         "cpu_s": time.process_time() - cpu,
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "hwm_mib": hwm,
-        "file_mib": output.stat().st_size / 2**20,
+        "file_mib": output.stat().st_size / 2**20 if output.exists() else 0.0,
     }
+
+
+def parse_only(source: Path) -> int:
+    """Stream `source` through pyarrow's JSON reader with convert's schema and block size; rows read."""
+    import pyarrow.json as pj
+
+    from memdistill.convert.conversion import ARROW_BLOCK_BYTES, _arrow_schema
+
+    options = pj.ParseOptions(explicit_schema=_arrow_schema(), unexpected_field_behavior="ignore")
+    reader = pj.open_json(source, read_options=pj.ReadOptions(block_size=ARROW_BLOCK_BYTES), parse_options=options)
+    return sum(batch.num_rows for batch in reader)
 
 
 def measure(kind: str, source: Path, output: Path, min_prob_mass: float) -> dict[str, float]:
@@ -75,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--min-prob-mass", type=float, default=0.99)
     parser.add_argument("--repeat", type=int, default=1, help="runs per converter; the fastest is reported")
-    parser.add_argument("--child", choices=["memdistill", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["floor", "memdistill", "baseline"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         logging.disable(logging.WARNING)
@@ -90,15 +108,16 @@ def main(argv: list[str] | None = None) -> int:
             command = [sys.executable, "-m", "bench.synthetic", "--entries", str(args.entries), "--output", str(source)]
             subprocess.run(command + ([] if args.bytes else ["--no-bytes"]), check=True, capture_output=True)
         results = {}
-        for kind in ("baseline", "memdistill"):
+        for kind in ("floor", "memdistill", "baseline"):
             runs = [measure(kind, source, work / f"{kind}.parquet", args.min_prob_mass) for _ in range(args.repeat)]
             results[kind] = min(runs, key=lambda r: r["wall_s"])
         identical = kept_ids(work / "baseline.parquet") == kept_ids(work / "memdistill.parquet")
-    base, ours = results["baseline"], results["memdistill"]
+    base, ours, floor = results["baseline"], results["memdistill"], results["floor"]
     print(f"input: {source.name if args.input else f'synthetic, {args.entries:,} top-k entries, bytes={args.bytes}'}; min_prob_mass {args.min_prob_mass}")
     print(f"{'':12} {'wall s':>8} {'cpu s':>8} {'maxrss MiB':>11} {'VmHWM MiB':>10} {'file MiB':>9}")
     for kind, r in results.items():
         print(f"{kind:12} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} {r['peak_mib']:11.1f} {r['hwm_mib']:10.1f} {r['file_mib']:9.2f}")
+    print(f"convert / parse floor: {ours['wall_s'] / floor['wall_s']:.2f}x wall")
     print(
         f"speed-up {base['wall_s'] / ours['wall_s']:.1f}x wall, {base['cpu_s'] / ours['cpu_s']:.1f}x cpu; "
         f"peak memory {ours['peak_mib'] / base['peak_mib']:.2f} of baseline; file {ours['file_mib'] / base['file_mib']:.2f} of baseline; "
