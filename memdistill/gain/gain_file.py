@@ -50,7 +50,8 @@ class GainRow:
 
 @dataclass
 class GainSummary:
-    """What the stage did, counted; logged and stored in the footer."""
+    """What the stage did, counted; logged and stored in the footer (no timings: the same inputs write the
+    same bytes)."""
 
     engine: dict[str, Any] = field(default_factory=dict)
     not_measured: str | None = None  # why, when no engine scored the dataset
@@ -60,7 +61,6 @@ class GainSummary:
     rejected: int = 0
     missing_entries: int = 0
     scored_tokens: int = 0
-    wall_seconds: float = 0.0
 
     def count(self, row: GainRow) -> None:
         self.samples += 1

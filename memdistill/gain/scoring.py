@@ -154,6 +154,6 @@ def run_gain(prompts: Path, dataset: Path, output: Path, options: GainOptions) -
             _write_parts(output, dataset, rows_of, summary)
     finally:
         scorer.close()
-    summary.wall_seconds = round(time.perf_counter() - started, 3)
-    log.info("gain: %s", ", ".join(f"{k}={v}" for k, v in summary.to_dict().items() if k != "engine"))
+    figures = {k: v for k, v in summary.to_dict().items() if k != "engine"}
+    log.info("gain: %s", ", ".join(f"{k}={v}" for k, v in {**figures, "wall_seconds": round(time.perf_counter() - started, 3)}.items()))
     return summary
