@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -232,13 +232,16 @@ class TopKReference(LocalScorer):
         super().__init__(model, settings)
         self.k = k
 
-    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
-        results = []
+    def _score_batch(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """One prefill per batch (LocalScorer.score batches them), then each request's rows as vLLM returns them."""
+        logq = self.completion_logq(requests).numpy()
+        results, offset = [], 0
         for request in requests:
-            logq = self.completion_logq([request]).numpy() if request.completion_ids else np.zeros((0, 1))
-            best = np.argpartition(-logq, min(self.k, logq.shape[1]) - 1, axis=1)[:, :self.k]
+            rows = logq[offset:offset + len(request.completion_ids)]
+            offset += len(request.completion_ids)
+            best = np.argpartition(-rows, self.k - 1, axis=1)[:, :self.k] if self.k < rows.shape[1] else np.argsort(-rows, axis=1)
             entries = [{**{int(i): float(row[i]) for i in ids}, int(own): float(row[own])}
-                       for row, ids, own in zip(logq, best, request.completion_ids)]
+                       for row, ids, own in zip(rows, best, request.completion_ids)]
             results.append(score_result(request, entries, self.k))
         return results
 

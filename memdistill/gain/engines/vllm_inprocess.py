@@ -127,8 +127,9 @@ class VLLMScorer:
                 results[i] = score_result(request, [], 1)
         if scored:
             # A per-id row holds the teacher's K ids and the completion's; top-K asks for prompt_logprobs ids.
-            width = self.settings.prompt_logprobs or teacher_width(requests)
-            self._load(max(width, teacher_width(requests)))
+            teacher = teacher_width(requests)
+            width = self.settings.prompt_logprobs or teacher
+            self._load(max(width, teacher))
             size = self.settings.batch_size
             for start in range(0, len(scored), size):
                 chunk = scored[start:start + size]
