@@ -101,6 +101,11 @@ class TextTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
 
+    @functools.cached_property
+    def byte_ids(self) -> dict[bytes, int]:
+        """Raw bytes -> id of every byte-level vocabulary entry (vocabulary_bytes), built once per tokenizer."""
+        return vocabulary_bytes(self.vocab)
+
     def decode_text(self, ids: Sequence[int]) -> str | None:
         """Text of `ids` without special tokens (what a server puts in `content`); None without a decoder."""
         if self.decode is None:
@@ -166,8 +171,10 @@ def text_tokenizer_from_folder(folder: Path, name: str = "") -> TextTokenizer:
                          decode, generation_eos_ids(folder), special)
 
 
+@functools.lru_cache(maxsize=4)
 def load_text_tokenizer(name_or_path: str) -> TextTokenizer:
-    """The embedded teacher's name, a local tokenizer folder, or a hub id (through transformers)."""
+    """The embedded teacher's name, a local tokenizer folder, or a hub id (through transformers); loaded once
+    per process (a sharded convert converts each part with the same tokenizer)."""
     if models.is_embedded(name_or_path):
         # The embedded tokenizer is materialised once into a transformers folder; read its tokenizer.json
         # directly, which keeps torch and transformers out of the convert process.
@@ -192,7 +199,7 @@ class TokenIdResolver:
         self.tokenizer = as_text_tokenizer(tokenizer)
         self.vocab = self.tokenizer.vocab
         self.limit = self.tokenizer.size
-        self.byte_ids = vocabulary_bytes(self.vocab)
+        self.byte_ids = self.tokenizer.byte_ids
         # token string -> id, and the `bytes` field it came with: an entry hits only with the same bytes.
         self._id_of: dict[str, int] = {}
         self._raw_of: dict[str, Any] = {}
