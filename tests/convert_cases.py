@@ -6,8 +6,8 @@ The file was written by the converter as it stood before the columnar engine bec
 holds an integer past 64 bits: the columnar reader's exact integer is recorded there (the per-row reader
 turned it into a float unless the line held a NaN). test_convert_golden.py checks that convert still writes
 exactly that, case by case. A
-digest covers every value of the written rows (read back), the parquet footer's counters and the rejects
-file; an error is kept as its message. Values, not file bytes, so a new pyarrow does not change them.
+digest covers every value of the written rows (read back), the parquet footer's counters, the rejects file
+and convert's figures; an error is kept as its message. Values, not file bytes, so a new pyarrow does not change them.
 
     python -m tests.convert_cases --write   # only to record a deliberate change of convert's output
 """
@@ -149,8 +149,8 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
-def digest_output(output: Path) -> str:
-    """sha256 of the written rows' values, the footer's counters and the rejects file."""
+def digest_output(output: Path, figures: str) -> str:
+    """sha256 of the written rows' values, the footer's counters, the rejects file and convert's figures."""
     from memdistill.convert.conversion import rejects_path
 
     parquet = pq.ParquetFile(output)
@@ -158,7 +158,7 @@ def digest_output(output: Path) -> str:
     rows = parquet.read().to_pylist()
     rejects = rejects_path(output)
     listed = rejects.read_text().replace(str(output.parent), "") if rejects.exists() else None
-    text = json.dumps({"rows": rows, "summary": footer, "rejects": listed},
+    text = json.dumps({"rows": rows, "summary": footer, "rejects": listed, "figures": json.loads(figures)},
                       sort_keys=True, default=repr, allow_nan=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -167,14 +167,20 @@ def run_case(folder: Path, records: list[dict[str, Any]], options: dict[str, Any
     """The case's digest, or its error message (the file's path left out)."""
     from memdistill.convert.conversion import convert_file
 
+    from memdistill.convert.figures import FiguresCollector
+
     source = write_records(folder / "in.jsonl", records)
     output = folder / "out.parquet"
     options = dict(options)
+    min_prob_mass = options.pop("min_prob_mass")
+    figures = FiguresCollector(min_prob_mass, (0.5, 0.9))
     try:
-        convert_file(source, output, MODEL, options.pop("min_prob_mass"), **options)
+        convert_file(source, output, MODEL, min_prob_mass, figures=figures, **options)
     except UserError as exc:
         return "error: " + str(exc).replace(str(source), "in.jsonl")
-    return digest_output(output)
+    counted = figures.finish(source, output)
+    counted.input_bytes = counted.parquet_bytes = 0  # sizes of files, not what was counted
+    return digest_output(output, counted.to_json())
 
 
 def all_cases() -> Iterator[tuple[str, list[dict[str, Any]], dict[str, Any]]]:
