@@ -61,9 +61,9 @@ def parse_only(source: Path) -> int:
     """Stream `source` through pyarrow's JSON reader with convert's schema and block size; rows read."""
     import pyarrow.json as pj
 
-    from memdistill.convert.conversion import ARROW_BLOCK_BYTES, _arrow_schema
+    from memdistill.convert.records import ARROW_BLOCK_BYTES, INPUT_SCHEMA
 
-    options = pj.ParseOptions(explicit_schema=_arrow_schema(), unexpected_field_behavior="ignore")
+    options = pj.ParseOptions(explicit_schema=INPUT_SCHEMA, unexpected_field_behavior="ignore")
     reader = pj.open_json(source, read_options=pj.ReadOptions(block_size=ARROW_BLOCK_BYTES), parse_options=options)
     return sum(batch.num_rows for batch in reader)
 

@@ -9,8 +9,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from memdistill.convert.conversion import ConvertSummary, HeldOut, convert_file
+from memdistill.convert.conversion import HeldOut, convert_file
 from memdistill.convert.figures import DEFAULT_MASS_THRESHOLDS, FiguresCollector, figures_path, write_figures
+from memdistill.convert.outcomes import ConvertSummary
 from memdistill.convert.split import validation_path
 from memdistill.core import fileio, params, shards
 from memdistill.core.errors import UserError
@@ -78,14 +79,6 @@ def gain_selection(config: ConvertConfig, gain: Path | None) -> GainSelection | 
             raise UserError("convert.min_memory_gain needs the gain stage's file: pass --gain data/gain.parquet")
         return None
     return GainSelection.load(gain, config.min_memory_gain)
-
-
-def run(config: ConvertConfig, input_path: Path, output: Path, figures: Path | None = None, gain: Path | None = None) -> ConvertSummary:
-    """Convert, then write the figures `stats` reads (default: beside the output, see convert_figures.py)."""
-    figures = figures or figures_path(output)
-    fileio.refuse_input_as_output(output, input_path)
-    fileio.refuse_input_as_output(figures, input_path)
-    selection = gain_selection(config, gain)
 
 
 def run(

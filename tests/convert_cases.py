@@ -2,10 +2,10 @@
 and what convert made of each, kept in tests/data/convert_golden.json.
 
 The file was written by the converter as it stood before the columnar engine became the only one
-(2026-12-07), where its two readers, per row and columnar, agreed on every case but the eight whose metadata
-holds an integer past 64 bits: the columnar reader's exact integer is recorded there (the per-row reader
-turned it into a float unless the line held a NaN). test_convert_golden.py checks that convert still writes
-exactly that, case by case. A
+(2026-12-07), where its two readers, per row and columnar, agreed on every case but those whose metadata
+holds an integer past 64 bits: the exact integer is recorded there (the per-row reader turned it into a
+float unless the line held a NaN; the engine keeps it whole whichever way it reads the line).
+test_convert_golden.py checks that convert still writes exactly that, case by case. A
 digest covers every value of the written rows (read back), the parquet footer's counters, the rejects file
 and convert's figures; an error is kept as its message. Values, not file bytes, so a new pyarrow does not change them.
 
@@ -166,7 +166,6 @@ def digest_output(output: Path, figures: str) -> str:
 def run_case(folder: Path, records: list[dict[str, Any]], options: dict[str, Any]) -> str:
     """The case's digest, or its error message (the file's path left out)."""
     from memdistill.convert.conversion import convert_file
-
     from memdistill.convert.figures import FiguresCollector
 
     source = write_records(folder / "in.jsonl", records)

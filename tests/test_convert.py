@@ -370,9 +370,9 @@ def test_empty_completion_that_stopped_gets_only_the_end_of_turn(tmp_path: Path,
 
 def test_text_memo_overflow_keeps_cached_texts(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
     """Regression: clearing the text memo when it overflows must not lose texts already counted as cached."""
-    from memdistill.convert import conversion
+    from memdistill.convert import engine
 
-    monkeypatch.setattr(conversion, "TEXT_MEMO_SIZE", 3)
+    monkeypatch.setattr(engine, "TEXT_MEMO_SIZE", 3)
     # Same system prompt on every row, a new user text each time: the memo overflows on the third row
     # while the system prompt is still cached.
     rows = [record([item(("4", 0.9, vocab["4"]), [("4", 0.9, vocab["4"])])], finish_reason="length", index=i) for i in range(6)]
@@ -385,34 +385,53 @@ def test_text_memo_overflow_keeps_cached_texts(tmp_path: Path, vocab: dict[str, 
         assert list(row["messages"][1]["token_ids"]) == tokenizer.encode(f"What is {i} + 2?")
 
 
-# ------------------------------------------------------------------------- columnar reader == per-row
+# ------------------------------------------------------------- one engine, two ways a block reaches it
+
+ROUTES = ("arrow", "checked")
+
+
+def use_route(monkeypatch, route: str) -> None:
+    """"arrow": blocks as pyarrow's JSON reader gives them; "checked": every block through the record-by-record
+    check, which hands the engine its records normalised (what a block arrow cannot take goes through)."""
+    from memdistill.convert import conversion, records
+
+    def unreadable(lines, options):
+        raise records.Unreadable("checked route")
+
+    monkeypatch.setattr(conversion, "parse_lines", unreadable if route == "checked" else records.parse_lines)
 
 
 def convert_both(source: Path, tmp_path: Path, monkeypatch, **kwargs) -> tuple[bytes, bytes]:
-    """The parquet bytes written by the columnar reader and by the per-row reader for the same input."""
+    """The parquet bytes written for the same input by the arrow route and by the checked route."""
     from memdistill.convert import conversion
 
     written = []
-    for columnar in (True, False):
-        monkeypatch.setattr(conversion, "COLUMNAR", columnar)
-        out = tmp_path / f"columnar_{columnar}.parquet"
+    for route in ROUTES:
+        use_route(monkeypatch, route)
+        out = tmp_path / f"{route}.parquet"
         conversion.convert_file(source, out, MODEL, 0.99, **kwargs)
         written.append(out.read_bytes())
+    use_route(monkeypatch, "arrow")
     return written[0], written[1]
 
 
-def columnar_rows(source: Path) -> int:
-    """Converts the whole file with the columnar reader alone (raises _Fallback if it would not take it)."""
-    from memdistill.convert import conversion
+def checked_blocks(monkeypatch) -> list[str]:
+    """Where each block the engine could not take began (appended as convert runs)."""
+    from memdistill.convert import checks
 
-    converter = conversion.RowConverter(load_text_tokenizer(MODEL), 0.99, False, conversion.ConvertSummary())
-    lines = [line for line in source.read_bytes().splitlines() if line.strip()]
-    rows = conversion.ColumnarReader(converter).convert_block(lines, [f"{source}:{i}" for i in range(len(lines))])
-    return len(rows) + len(converter.rejects)
+    seen: list[str] = []
+    normalised = checks.RecordChecker.normalised
+
+    def counting(checker, block):
+        seen.append(block.wheres[0])
+        return normalised(checker, block)
+
+    monkeypatch.setattr(checks.RecordChecker, "normalised", counting)
+    return seen
 
 
 def special_records(vocab: dict[str, int]) -> list[dict]:
-    """Shapes the columnar reader must take exactly: missing logprobs, empty top_logprobs, a chosen token
+    """Shapes the engine takes as arrow reads them: missing logprobs, empty top_logprobs, a chosen token
     outside its top-k, end-of-turn carried by token_ids, -inf entries, no system_prompt, no metadata,
     a token string that is the word "metadata", bytes on some entries only."""
     four, the = vocab["4"], vocab["Ġthe"]
@@ -430,17 +449,20 @@ def special_records(vocab: dict[str, int]) -> list[dict]:
 
 
 @pytest.mark.parametrize("fixture", ["mixed", "seed", "special"])
-def test_columnar_reader_writes_the_same_bytes_as_the_per_row_reader(tmp_path: Path, vocab: dict[str, int], monkeypatch, fixture: str) -> None:
+def test_the_engine_takes_these_blocks_as_arrow_reads_them_and_normalised_the_same(tmp_path: Path, vocab: dict[str, int], monkeypatch, fixture: str) -> None:
     records = {"mixed": mixed_records(vocab), "seed": [SEED_RECORD, SEED_RECORD], "special": special_records(vocab)}[fixture]
     source = write_jsonl(tmp_path / "in.jsonl", records)
-    assert columnar_rows(source) == len(records)  # taken whole by the columnar reader, no fallback
-    columnar, per_row = convert_both(source, tmp_path, monkeypatch)
-    assert columnar == per_row
+    arrow, checked = convert_both(source, tmp_path, monkeypatch)
+    assert arrow == checked
+    seen = checked_blocks(monkeypatch)
+    convert_file(source, tmp_path / "again.parquet", MODEL, 0.99)
+    assert seen == [] and (tmp_path / "again.parquet").read_bytes() == arrow  # taken whole, no record checked
 
 
-def test_columnar_blocks_fall_back_per_block_and_keep_errors(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
-    """Lines the columnar reader does not take (a nested "metadata" key, a number as system_prompt, a
-    huge int) are redone by the per-row reader, block by block; bad lines keep their file:line errors."""
+def test_lines_arrow_does_not_take_are_checked_per_block_and_keep_errors(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
+    """Lines arrow does not take (logprobs as a bare list, a number as system_prompt, a token that is not a
+    string) are checked record by record, block by block, then converted by the same engine; a nested
+    "metadata" key and a huge int are read on the arrow route. Bad lines keep their file:line errors."""
     from memdistill.convert import conversion
 
     monkeypatch.setattr(conversion, "BLOCK_BYTES", 1)  # one line per block
@@ -450,12 +472,17 @@ def test_columnar_blocks_fall_back_per_block_and_keep_errors(tmp_path: Path, voc
     numeric = {**json.loads(json.dumps(good[1])), "system_prompt": 7}
     huge = json.loads(json.dumps(good[2]))
     huge["metadata"]["big"] = 2**70
-    source = write_jsonl(tmp_path / "in.jsonl", [good[0], odd, numeric, huge, good[3]])
-    columnar, per_row = convert_both(source, tmp_path, monkeypatch)
-    assert columnar == per_row
-    rows = read_like_cartridges(tmp_path / "columnar_True.parquet")
+    bare = json.loads(json.dumps(good[3]))
+    bare["messages"][2]["logprobs"] = bare["messages"][2]["logprobs"]["content"]
+    bare["messages"][2]["logprobs"][0]["top_logprobs"][0]["token"] = 5  # not a string: read as absent
+    source = write_jsonl(tmp_path / "in.jsonl", [good[0], odd, numeric, huge, bare])
+    seen = checked_blocks(monkeypatch)
+    summary = convert_file(source, tmp_path / "o.parquet", MODEL, 0.99, max_unmapped_rate=1.0)
+    assert seen == [f"{source}:3", f"{source}:5"] and summary.dropped_alternatives == 1
+    rows = read_like_cartridges(tmp_path / "o.parquet")
     assert rows[2]["system_prompt"] == "7" and json.loads(rows[1]["metadata"]["json"])["nested"] == {"metadata": {"x": 1}}
-
+    assert json.loads(rows[3]["metadata"]["json"])["big"] == 2**70
+    assert len(rows[4]["messages"][2]["token_ids"]) == 1 and rows[4]["messages"][2]["top_logprobs"] is not None
     text = source.read_text()
     for bad, message in [
         (text.replace("-0.35667494393873245", "NaN", 1), r"bad.jsonl:1: messages\[2\].logprobs.content\[0\].logprob: logprob is NaN"),
@@ -464,8 +491,8 @@ def test_columnar_blocks_fall_back_per_block_and_keep_errors(tmp_path: Path, voc
         (text + "\n" + json.dumps(good[0]).replace('"role": "user"', '"role": 3') + "\n", r"bad.jsonl:7: messages\[1\]: expected an object with a 'role'"),
     ]:
         (tmp_path / "bad.jsonl").write_text(bad)
-        for columnar in (True, False):
-            monkeypatch.setattr(conversion, "COLUMNAR", columnar)
+        for route in ROUTES:
+            use_route(monkeypatch, route)
             with pytest.raises(UserError, match=message):
                 conversion.convert_file(tmp_path / "bad.jsonl", tmp_path / "bad.parquet", MODEL, 0.99)
             assert not (tmp_path / "bad.parquet").exists()
@@ -494,22 +521,24 @@ _ROW = st.fixed_dictionaries(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(_ROW, min_size=1, max_size=4))
-def test_columnar_and_per_row_readers_agree_on_random_records(tmp_path: Path, monkeypatch, rows: list[dict]) -> None:
-    """Same bytes written, or the same error, whichever reader runs (arrow takes some lines, not others)."""
+def test_both_routes_into_the_engine_agree_on_random_records(tmp_path: Path, monkeypatch, rows: list[dict]) -> None:
+    """Same bytes written, or the same error, whether arrow reads the block or the records are checked one by
+    one and normalised (arrow takes some lines, not others)."""
     from memdistill.convert import conversion
 
     source = tmp_path / "random.jsonl"
     source.write_text("".join(json.dumps(row, allow_nan=True) + "\n" for row in rows), encoding="utf-8")
     outcomes = []
-    for columnar in (True, False):
-        monkeypatch.setattr(conversion, "COLUMNAR", columnar)
-        out = tmp_path / f"random_{columnar}.parquet"
+    for route in ROUTES:
+        use_route(monkeypatch, route)
+        out = tmp_path / f"random_{route}.parquet"
         try:
             conversion.convert_file(source, out, MODEL, 0.9, max_unmapped_rate=1.0)
             outcomes.append(out.read_bytes())
             out.unlink()
         except UserError as exc:
             outcomes.append(str(exc))
+    use_route(monkeypatch, "arrow")
     assert outcomes[0] == outcomes[1]
 
 
@@ -586,7 +615,6 @@ def test_ids_that_do_not_decode_to_the_content_are_rejected(tmp_path: Path) -> N
 @pytest.mark.parametrize("bad_id", [999999, -5, -1, 2**70])
 @pytest.mark.parametrize("where", ["alternative", "chosen", "token_ids"])
 def test_ids_outside_the_vocabulary_name_file_line_and_field(tmp_path: Path, vocab: dict[str, int], monkeypatch, bad_id: int, where: str) -> None:
-    from memdistill.convert import conversion
 
     four, the = vocab["4"], vocab["Ġthe"]
     good = record([item(("4", 0.9, four), [("4", 0.9, four), (" the", 0.1, the)])], finish_reason="length")
@@ -601,22 +629,21 @@ def test_ids_outside_the_vocabulary_name_file_line_and_field(tmp_path: Path, voc
     else:
         bad["messages"][2]["token_ids"] = [bad_id]
     source, out = _bad(tmp_path, json.dumps(good) + "\n" + json.dumps(bad) + "\n")
-    for columnar in (True, False):
-        monkeypatch.setattr(conversion, "COLUMNAR", columnar)
+    for route in ROUTES:
+        use_route(monkeypatch, route)
         with pytest.raises(UserError, match=rf"bad.jsonl:2: {field}: id .*outside the vocabulary \[0, 49152\)"):
             convert_file(source, out, MODEL, 0.99)
         assert not out.exists()
 
 
 def test_duplicate_ids_in_one_row_are_an_error(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
-    from memdistill.convert import conversion
 
     four, the = vocab["4"], vocab["Ġthe"]
     dup = record([item(("4", 0.9, four), [("4", 0.5, four), (" the", 0.1, the)]),
                   item(("4", 0.9, four), [("4", 0.5, four), (" the", 0.1, the), ("4", 0.3, four)])], finish_reason="length")
     source, out = _bad(tmp_path, json.dumps(dup) + "\n")
-    for columnar in (True, False):
-        monkeypatch.setattr(conversion, "COLUMNAR", columnar)
+    for route in ROUTES:
+        use_route(monkeypatch, route)
         with pytest.raises(UserError, match=r"bad.jsonl:1: messages\[2\].logprobs.content\[1\].top_logprobs\[2\].token_id: id \d+ appears twice"):
             convert_file(source, out, MODEL, 0.99)
         assert not out.exists()
@@ -626,18 +653,21 @@ def test_no_end_of_turn_is_made_up_after_a_generation_config_eos(tmp_path: Path,
     """Llama-3.1 lists <|eot_id|> and <|eom_id|> in generation_config.eos_token_id; either ends the turn."""
     import dataclasses
 
-    from memdistill.convert import conversion
+    from memdistill.convert.conversion import iter_outcomes
+    from memdistill.convert.engine import Engine, end_of_turn_ids
+    from memdistill.convert.outcomes import ConvertSummary
 
     tokenizer = load_text_tokenizer(MODEL)
     eom = vocab["<|endoftext|>"]  # stands in for <|eom_id|>: an id only the generation config names
-    assert eom not in conversion.RowConverter(tokenizer, 0.99, False, conversion.ConvertSummary()).eot_ids
+    assert eom not in end_of_turn_ids(tokenizer)
     llama_like = dataclasses.replace(tokenizer, generation_eos_ids=(IM_END, eom), eos_token_id=None)
-    converter = conversion.RowConverter(llama_like, 0.99, False, conversion.ConvertSummary())
-    assert converter.eot_ids[:2] == [IM_END, eom]
+    engine = Engine(llama_like, 0.99, False, ConvertSummary())
+    assert engine.eot_ids[:2] == [IM_END, eom]
     four = vocab["4"]
-    row = converter.row(record([item(("4", 0.9, four), [("4", 0.9, four)]), item(("x", 0.9, eom), [("x", 0.9, eom)])],
-                               token_ids=[four, eom], content="4"), "in.jsonl:1")
-    assert row.messages[2].token_ids.tolist() == [four, eom] and converter.summary.eot_appended == 0
+    source = write_jsonl(tmp_path / "in.jsonl", [record([item(("4", 0.9, four), [("4", 0.9, four)]), item(("x", 0.9, eom), [("x", 0.9, eom)])],
+                                                        token_ids=[four, eom], content="4")])
+    [row] = list(iter_outcomes(source, engine))
+    assert row.messages[2].token_ids.tolist() == [four, eom] and engine.summary.eot_appended == 0
 
 
 def test_tokasaurus_eos_at_max_tokens_reported_as_length_ends_the_turn(tmp_path: Path, vocab: dict[str, int]) -> None:
@@ -662,15 +692,14 @@ def test_metadata_is_a_struct_with_typed_fields_and_the_whole_json(tmp_path: Pat
 
 
 def test_a_file_mixing_raw_and_tempered_logprobs_is_refused(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
-    from memdistill.convert import conversion
 
     four = vocab["4"]
     rows = [record([item(("4", 0.9, four), [("4", 0.9, four)])], finish_reason="length", index=i) for i in range(3)]
     for row, mode in zip(rows, ["tempered", "tempered", "raw"]):
         row["metadata"]["teacher"]["logprobs"] = mode
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    for columnar in (True, False):
-        monkeypatch.setattr(conversion, "COLUMNAR", columnar)
+    for route in ROUTES:
+        use_route(monkeypatch, route)
         with pytest.raises(UserError, match=r"in.jsonl:3: metadata.teacher.logprobs is 'raw' but .*in.jsonl:1 is 'tempered'"):
             convert_file(source, tmp_path / "o.parquet", MODEL, 0.99)
         assert not (tmp_path / "o.parquet").exists()
@@ -682,7 +711,7 @@ def test_a_file_mixing_raw_and_tempered_logprobs_is_refused(tmp_path: Path, voca
 @settings(max_examples=200, deadline=None)
 @given(rows=st.lists(st.lists(st.integers(-1, 6), max_size=6), max_size=6))
 def test_first_duplicate_finds_the_first_repeated_id_of_a_row(rows: list[list[int]]) -> None:
-    from memdistill.convert.conversion import drop_unrecovered, first_duplicate
+    from memdistill.convert.checks import first_duplicate
 
     row_of = np.array([r for r, ids in enumerate(rows) for _ in ids], dtype=np.int64)
     ids = np.array([i for r in rows for i in r], dtype=np.int64)
@@ -693,17 +722,13 @@ def test_first_duplicate_finds_the_first_repeated_id_of_a_row(rows: list[list[in
             break
         seen.add((row, token_id))
     assert first_duplicate(row_of, ids) == expected
-    lp = -np.arange(ids.size, dtype=np.float64)
-    kept_rows, kept_lp, kept_ids, dropped = drop_unrecovered(row_of, lp, ids)
-    assert dropped == int((ids == -1).sum()) and (kept_ids != -1).all()
-    assert kept_rows.tolist() == row_of[ids != -1].tolist() and kept_lp.tolist() == lp[ids != -1].tolist()
 
 
-# ------------------------------------------------------------------ the block path (whole-block arrays)
+# ------------------------------------------------------------------ the engine's block arrays
 
 
 def block_records(vocab: dict[str, int]) -> list[dict]:
-    """Records every one of which the block path takes: token strings and ids mixed, an alternative whose
+    """Records the engine takes as arrow reads them: token strings and ids mixed, an alternative whose
     id cannot be recovered (dropped), an empty top-k, a chosen token outside its top-k, stop with and
     without the end-of-turn, several messages per record, rows of different widths."""
     the, a, four = vocab["Ġthe"], vocab["Ġa"], vocab["4"]
@@ -720,43 +745,39 @@ def block_records(vocab: dict[str, int]) -> list[dict]:
     return rows
 
 
-def test_block_path_converts_whole_blocks_to_the_per_row_bytes(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
-    """Clean blocks go through the whole-block arrays, never message by message, and write the bytes the
-    per-row reader writes (drops, end-of-turn rows, empty rows, per-message K, summary counts)."""
-    from memdistill.convert import conversion
-
-    def per_message(*args, **kwargs):
-        raise AssertionError("a clean block went message by message")
-
+def test_blocks_convert_whole_with_their_counts(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
+    """Clean blocks go through the engine's arrays as arrow reads them, nothing checked record by record,
+    and write what the checked route writes (drops, end-of-turn rows, empty rows, per-message K, counts)."""
     source = write_jsonl(tmp_path / "in.jsonl", block_records(vocab) * 3)
-    monkeypatch.setattr(conversion.ColumnarReader, "_assemble_row", per_message)
-    monkeypatch.setattr(conversion, "COLUMNAR", True)
-    block = conversion.convert_file(source, tmp_path / "block.parquet", MODEL, 0.99, max_unmapped_rate=1.0)
-    monkeypatch.setattr(conversion, "COLUMNAR", False)
-    per_row = conversion.convert_file(source, tmp_path / "row.parquet", MODEL, 0.99, max_unmapped_rate=1.0)
-    assert (tmp_path / "block.parquet").read_bytes() == (tmp_path / "row.parquet").read_bytes()
-    assert block.to_dict() == per_row.to_dict()
-    assert block.dropped_alternatives == 6 and block.eot_appended > 0 and block.rows_without_alternatives == 3
+    seen = checked_blocks(monkeypatch)
+    summary = convert_file(source, tmp_path / "block.parquet", MODEL, 0.99, max_unmapped_rate=1.0)
+    assert seen == []
+    assert convert_both(source, tmp_path, monkeypatch, max_unmapped_rate=1.0) == ((tmp_path / "block.parquet").read_bytes(),) * 2
+    assert summary.dropped_alternatives == 6 and summary.eot_appended > 0 and summary.rows_without_alternatives == 3
 
 
-def test_block_with_a_message_needing_its_own_rules_goes_message_by_message(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
-    """One message with given token_ids, or a chosen token that cannot be recovered, sends its block
-    through the per-message code: same bytes and rejects as the per-row reader."""
+def test_messages_with_rules_of_their_own_convert_in_the_same_block(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
+    """Given token_ids (with the end-of-turn), a chosen token that cannot be recovered (rejected), no logprobs
+    at all (rejected): the same block, the same arrays, nothing checked record by record."""
     from memdistill.convert import conversion
 
     records = block_records(vocab)
     records.insert(1, record([item(("no-such-token\u2603", 0.9), [])], index=9))
     records.append(record([item(("4", 0.9, vocab["4"]), [])], token_ids=[vocab["4"], IM_END], index=10))
+    records.append(record(None, index=11))
     source = write_jsonl(tmp_path / "in.jsonl", records)
-    columnar, per_row = convert_both(source, tmp_path, monkeypatch, max_unmapped_rate=1.0)
-    assert columnar == per_row
-    rejects = conversion.rejects_path(tmp_path / "columnar_True.parquet").read_text()
+    seen = checked_blocks(monkeypatch)
+    summary = convert_file(source, tmp_path / "o.parquet", MODEL, 0.99, max_unmapped_rate=1.0)
+    assert seen == [] and summary.rejected_by_reason == {"chosen_not_recovered": 1, "no_logprobs": 1}
+    rows = read_like_cartridges(tmp_path / "o.parquet")
+    assert list(rows[-1]["messages"][2]["token_ids"]) == [vocab["4"], IM_END]
+    rejects = conversion.rejects_path(tmp_path / "o.parquet").read_text()
     assert '"kind":"chosen_not_recovered"' in rejects.replace(" ", "")
 
 
 def test_figures_are_counted_per_record_across_a_block(tmp_path: Path, vocab: dict[str, int], monkeypatch) -> None:
     """A block converts all its records before its rows are written: each record's curve counts still go
-    to its own row, and a rejected record in the block forgets only its own (columnar == per-row)."""
+    to its own row, and a rejected record in the block forgets only its own (both routes agree)."""
     from memdistill.convert import conversion
     from memdistill.convert.figures import FiguresCollector
 
@@ -765,10 +786,10 @@ def test_figures_are_counted_per_record_across_a_block(tmp_path: Path, vocab: di
     for name, chosen in (("clean", block_records(vocab)), ("with_reject", records)):
         source = write_jsonl(tmp_path / f"{name}.jsonl", chosen)
         figures = []
-        for columnar in (True, False):
-            monkeypatch.setattr(conversion, "COLUMNAR", columnar)
+        for route in ROUTES:
+            use_route(monkeypatch, route)
             collector = FiguresCollector(0.99, (0.5, 0.9))
-            conversion.convert_file(source, tmp_path / f"{name}_{columnar}.parquet", MODEL, 0.99, max_unmapped_rate=1.0, figures=collector)
+            conversion.convert_file(source, tmp_path / f"{name}_{route}.parquet", MODEL, 0.99, max_unmapped_rate=1.0, figures=collector)
             figures.append(collector.figures)
         assert figures[0] == figures[1]
         assert figures[0].recorded_tokens_per_row == [2, 2, 1, 3]

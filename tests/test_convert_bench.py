@@ -52,29 +52,34 @@ def test_synthetic_ids_are_the_true_ids(tmp_path: Path, vocabulary) -> None:
 
 
 @pytest.mark.parametrize("with_bytes", [True, False])
-def test_columnar_reader_matches_per_row_reader_on_synthetic_data(tmp_path: Path, vocabulary, monkeypatch, with_bytes: bool) -> None:
-    """Byte-identical parquet from both readers, over several blocks, and no block left to the fallback."""
-    from memdistill.convert import conversion
+def test_synthetic_blocks_convert_whole_and_as_checked_records_alike(tmp_path: Path, vocabulary, monkeypatch, with_bytes: bool) -> None:
+    """Byte-identical parquet whether arrow reads the blocks or every record is checked and normalised first,
+    over several blocks; on the arrow route no block is left to the check."""
+    from memdistill.convert import checks, conversion, records
 
     source = tmp_path / "synthetic.jsonl"
     write_synthetic(source, SyntheticSpec(entries=6000, mean_tokens=30, with_bytes=with_bytes, seed=7), vocabulary)
     monkeypatch.setattr(conversion, "BLOCK_BYTES", 20_000)  # a handful of lines per block
-    blocks, fallbacks = [], []
-    convert_block = conversion.ColumnarReader.convert_block
+    blocks, checked = [], []
+    parse_lines, normalised = records.parse_lines, checks.RecordChecker.normalised
 
-    def counting(reader, lines, wheres):
+    def counting(lines, options):
         blocks.append(len(lines))
-        try:
-            return convert_block(reader, lines, wheres)
-        except conversion._Fallback:
-            fallbacks.append(wheres[0])
-            raise
+        return parse_lines(lines, options)
 
-    monkeypatch.setattr(conversion.ColumnarReader, "convert_block", counting)
-    monkeypatch.setattr(conversion, "COLUMNAR", True)
-    convert_file(source, tmp_path / "columnar.parquet", MODEL, 0.99)
-    assert len(blocks) > 2 and fallbacks == []
-    monkeypatch.undo()
-    monkeypatch.setattr(conversion, "COLUMNAR", False)
-    convert_file(source, tmp_path / "per_row.parquet", MODEL, 0.99)
-    assert (tmp_path / "columnar.parquet").read_bytes() == (tmp_path / "per_row.parquet").read_bytes()
+    def counting_checks(checker, block):
+        checked.append(block.wheres[0])
+        return normalised(checker, block)
+
+    monkeypatch.setattr(conversion, "parse_lines", counting)
+    monkeypatch.setattr(checks.RecordChecker, "normalised", counting_checks)
+    convert_file(source, tmp_path / "arrow.parquet", MODEL, 0.99)
+    assert len(blocks) > 2 and checked == []
+
+    def unreadable(lines, options):
+        raise records.Unreadable("checked route")
+
+    monkeypatch.setattr(conversion, "parse_lines", unreadable)
+    convert_file(source, tmp_path / "checked.parquet", MODEL, 0.99)
+    assert len(checked) > 2
+    assert (tmp_path / "arrow.parquet").read_bytes() == (tmp_path / "checked.parquet").read_bytes()

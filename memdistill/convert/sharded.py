@@ -28,17 +28,17 @@ import numpy as np
 
 from memdistill.convert.conversion import (
     ConvertedPart,
-    ConvertSummary,
     HeldOut,
     check_converted,
     convert_part,
     keep_split_or_rejoin,
     log_converted,
-    recorded_teacher_model,
     rejects_path,
     write_rejects,
 )
 from memdistill.convert.figures import ConvertFigures, FiguresCollector, held_out_last
+from memdistill.convert.outcomes import ConvertSummary
+from memdistill.convert.records import recorded_teacher_model
 from memdistill.core import fileio
 from memdistill.core.errors import UserError
 from memdistill.core.shards import LineSpan, atomic_directory, part_files, part_name, split_lines, total_bytes

@@ -94,6 +94,8 @@ class TextTokenizer:
     unk_token_id: int | None = None
     # ids -> text (special tokens kept); None: ids recovered from strings cannot be checked, so none are.
     decode: Callable[[list[int]], str] | None = None
+    # the same for many id lists in one call (the tokenizer's own batch decode)
+    decode_batch: Callable[[list[list[int]]], list[str]] | None = None
     # Every id of the model's generation_config.json `eos_token_id` (a list for Llama-3.1).
     generation_eos_ids: tuple[int, ...] = ()
     special_ids: frozenset[int] = frozenset()
@@ -140,8 +142,9 @@ def text_tokenizer_from_transformers(tokenizer: Any, name: str = "") -> TextToke
     except Exception:  # noqa: BLE001 - a tokenizer-only repository has no generation config; eos_token_id is enough
         pass
     special = frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", []))
+    decode_batch = lambda lists: tokenizer.batch_decode(lists, skip_special_tokens=False, clean_up_tokenization_spaces=False)  # noqa: E731
     return TextTokenizer(name or getattr(tokenizer, "name_or_path", ""), vocab, size, tokenizer.eos_token_id, encode,
-                         tokenizer.unk_token_id, decode, eos, special)
+                         tokenizer.unk_token_id, decode, decode_batch, eos, special)
 
 
 def text_tokenizer_from_folder(folder: Path, name: str = "") -> TextTokenizer:
@@ -165,10 +168,13 @@ def text_tokenizer_from_folder(folder: Path, name: str = "") -> TextTokenizer:
     def decode(ids: list[int]) -> str:
         return backend.decode(ids, skip_special_tokens=False)
 
+    def decode_batch(lists: list[list[int]]) -> list[str]:
+        return backend.decode_batch(lists, skip_special_tokens=False)
+
     unk = getattr(backend.model, "unk_token", None)
     special = frozenset(token_id for token_id, token in backend.get_added_tokens_decoder().items() if token.special)
     return TextTokenizer(name or str(folder), vocab, size, eos, encode, vocab.get(unk) if isinstance(unk, str) else None,
-                         decode, generation_eos_ids(folder), special)
+                         decode, decode_batch, generation_eos_ids(folder), special)
 
 
 @functools.lru_cache(maxsize=4)

@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from memdistill.convert.conversion import ConvertSummary, RowConverter, iter_records
+from memdistill.convert.conversion import iter_outcomes
+from memdistill.convert.engine import Engine
 from memdistill.convert.mass import FlatLogprobs, reconstruct
+from memdistill.convert.outcomes import ConvertSummary, SampleRejected
+from memdistill.convert.records import iter_records
 from memdistill.core import shards
 from memdistill.core.errors import UserError
 from memdistill.core.prompt_file import PromptRow, read_prompts
@@ -134,19 +137,21 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def read_samples(pairing: Pairing, converter: RowConverter | None, part: Path) -> Iterator[Sample]:
-    """Every sample of one dataset file (or part), checked against the prompts; with `converter`, its completion
+def read_samples(pairing: Pairing, engine: Engine | None, part: Path) -> Iterator[Sample]:
+    """Every sample of one dataset file (or part), checked against the prompts; with `engine`, its completion
     and top-k as convert reads them (without one, e.g. for a teacher that cannot score, only the keys)."""
+    outcomes = iter_outcomes(part, engine) if engine is not None else None
     for where, record in iter_records(part):
         key, _, prompt = pairing.check(where, record)
         sample = Sample(key, where, prompt.student_messages)
-        if converter is not None:
-            before = len(converter.rejects)
-            row = converter.row(record, where)
-            if row is None:
-                sample.rejected = converter.rejects[before]["reason"] if len(converter.rejects) > before else "rejected"
+        if outcomes is not None:
+            outcome = next(outcomes)
+            if isinstance(outcome, SampleRejected):
+                sample.rejected = outcome.reason
+            elif outcome is None:
+                sample.rejected = "rejected"
             else:
-                _fill_completion(sample, row)
+                _fill_completion(sample, outcome)
         yield sample
 
 
@@ -163,8 +168,8 @@ def _fill_completion(sample: Sample, row: Any) -> None:
     sample.teacher_lp, sample.teacher_ids = lp.astype(np.float64), ids
 
 
-def reading_converter(model: str, append_eot: bool) -> RowConverter:
-    """Convert's row reader keeping every recorded entry (min_prob_mass 1), never failing on a bad sample."""
+def reading_converter(model: str, append_eot: bool) -> Engine:
+    """Convert's engine keeping every recorded entry (min_prob_mass 1), never failing on a bad sample."""
     from memdistill.convert.token_ids import load_text_tokenizer
 
-    return RowConverter(load_text_tokenizer(model), 1.0, False, ConvertSummary(tokenizer=model), append_eot)
+    return Engine(load_text_tokenizer(model), 1.0, False, ConvertSummary(tokenizer=model), append_eot)
