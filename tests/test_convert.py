@@ -395,7 +395,7 @@ def use_route(monkeypatch, route: str) -> None:
     check, which hands the engine its records normalised (what a block arrow cannot take goes through)."""
     from memdistill.convert import conversion, records
 
-    def unreadable(lines, options):
+    def unreadable(chunk, options):
         raise records.Unreadable("checked route")
 
     monkeypatch.setattr(conversion, "parse_lines", unreadable if route == "checked" else records.parse_lines)

@@ -63,9 +63,9 @@ def test_synthetic_blocks_convert_whole_and_as_checked_records_alike(tmp_path: P
     blocks, checked = [], []
     parse_lines, normalised = records.parse_lines, checks.RecordChecker.normalised
 
-    def counting(lines, options):
-        blocks.append(len(lines))
-        return parse_lines(lines, options)
+    def counting(chunk, options):
+        blocks.append(len(chunk.lines))
+        return parse_lines(chunk, options)
 
     def counting_checks(checker, block):
         checked.append(block.wheres[0])
@@ -76,7 +76,7 @@ def test_synthetic_blocks_convert_whole_and_as_checked_records_alike(tmp_path: P
     convert_file(source, tmp_path / "arrow.parquet", MODEL, 0.99)
     assert len(blocks) > 2 and checked == []
 
-    def unreadable(lines, options):
+    def unreadable(chunk, options):
         raise records.Unreadable("checked route")
 
     monkeypatch.setattr(conversion, "parse_lines", unreadable)

@@ -3,8 +3,8 @@
 Blocks of records (records.py: JSONL read a chunk of whole lines at a time and parsed by pyarrow's JSON
 reader, parquet a batch at a time) go through the one engine (engine.py, assemble.py); a block it cannot
 take goes through the record-by-record check (checks.py), which words the error or hands the block back
-normalised for the engine. While the engine converts one JSONL block, the next is parsed on another
-thread. Rows are written one row group at a time, so peak memory depends on the block and
+normalised for the engine. While the engine converts one JSONL block, the next ones are parsed on worker
+threads. Rows are written one row group at a time, so peak memory depends on the block and
 `rows_per_group`, never on the file size.
 """
 
@@ -32,6 +32,7 @@ from memdistill.convert.records import (
     BLOCK_BYTES,
     INPUT_SCHEMA,
     Block,
+    Chunk,
     Unreadable,
     jsonl_chunks,
     line_metadata,
@@ -48,6 +49,8 @@ from memdistill.core.shards import LineSpan
 from memdistill.gain.selection import GainSelection
 
 log = logging.getLogger(__name__)
+# JSONL blocks parsed at once (each by one thread) while the engine converts the one before them.
+PARSE_THREADS = 2
 
 
 def rejects_path(output: Path) -> Path:
@@ -55,44 +58,48 @@ def rejects_path(output: Path) -> Path:
     return output.with_name(output.name + ".rejects.jsonl")
 
 
-def _parsed_chunk(chunk: bytes, first: int, path: Path, parse_options: Any) -> tuple[list[bytes], list[str], Any]:
-    """A chunk's lines, their names and their arrow table (None: arrow does not take them); on a worker thread."""
-    lines, wheres = split_lines(chunk, first, path)
-    if not lines:
-        return lines, wheres, None
+def _parsed_chunk(data: bytes, parse_options: Any) -> tuple[Chunk, Any]:
+    """A chunk's lines and their arrow table (None: arrow does not take them); on a worker thread."""
+    chunk = split_lines(data)
+    if not chunk.lines:
+        return chunk, None
     try:
-        return lines, wheres, parse_lines(lines, parse_options)
+        return chunk, parse_lines(chunk, parse_options)
     except Unreadable:
-        return lines, wheres, None
+        return chunk, None
 
 
 def _jsonl_blocks(path: Path, span: LineSpan | None) -> Iterator[Block]:
-    """The blocks of a JSONL file (or one span of it), each parsed on a worker thread while the one before it
-    converts; a block arrow does not take has no table."""
+    """The blocks of a JSONL file (or one span of it), PARSE_THREADS of them parsed at once on worker threads
+    (one thread each) while the engine converts the block before them; a block arrow does not take has no
+    table. Parsing releases the GIL, so the parse and the engine share the cores."""
     import pyarrow.json as pj
 
     parse_options = pj.ParseOptions(explicit_schema=INPUT_SCHEMA, unexpected_field_behavior="ignore")
-    with ThreadPoolExecutor(1, thread_name_prefix="convert-parse") as pool:
+    first_line = span.first_line if span is not None else 1
+    with ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="convert-parse") as pool:
         pending: deque[Future] = deque()
         chunks = jsonl_chunks(path, BLOCK_BYTES, span)
         while True:
-            for chunk, first in chunks:
-                pending.append(pool.submit(_parsed_chunk, chunk, first, path, parse_options))
-                if len(pending) > 1:
+            for data in chunks:
+                pending.append(pool.submit(_parsed_chunk, data, parse_options))
+                if len(pending) > PARSE_THREADS:
                     break
             if not pending:
                 return
-            lines, wheres, table = pending.popleft().result()
-            if not lines:
+            chunk, table = pending.popleft().result()
+            wheres = [f"{path}:{first_line + number}" for number in chunk.numbers]
+            first_line += chunk.line_count
+            if not chunk.lines:
                 continue
             metadata: list[dict[str, Any]] = []
             if table is not None:
                 present = table.column("metadata").is_valid().to_numpy(zero_copy_only=False)
                 try:
-                    metadata = [line_metadata(line, bool(flag)) for line, flag in zip(lines, present)]
+                    metadata = [line_metadata(line, bool(flag)) for line, flag in zip(chunk.lines, present)]
                 except (Unreadable, ValueError):
                     table = None
-            yield Block(table, metadata, wheres, lines=lines)
+            yield Block(table, metadata, wheres, lines=chunk.lines)
 
 
 def iter_outcomes(path: Path, engine: Engine, span: LineSpan | None = None) -> Iterator[OutRow | SampleRejected | None]:
