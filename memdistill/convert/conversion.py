@@ -112,7 +112,7 @@ def iter_outcomes(path: Path, engine: Engine, span: LineSpan | None = None) -> I
     checker = RecordChecker(engine)
     blocks = parquet_blocks(path) if fileio.is_parquet(path) else _jsonl_blocks(path, span)
     # Arrow's default allocator (mimalloc) keeps freed blocks mapped: ~50 MB more peak RSS per run; the
-    # system allocator returns them, so peak memory stays that of one block. Restored afterwards.
+    # system allocator returns them, so peak memory stays that of the blocks in flight. Restored afterwards.
     previous_pool = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
