@@ -331,7 +331,9 @@ class Engine:
         """Per record of the block: its row, the rejection that kept it out, or None (below
         convert.min_memory_gain). Raises `Unconvertible` before counting anything when the block needs the
         record-by-record check, UserError for a mixed logprob contract or a rejection under `strict`."""
-        return self._assemble(self._prepare(table), metadata, wheres)
+        from memdistill.convert.assemble import assemble_block  # it imports this module
+
+        return assemble_block(self, self._prepare(table), metadata, wheres)
 
     def _prepare(self, table: Any) -> Prepared:
         import pyarrow as pa
@@ -374,8 +376,3 @@ class Engine:
             system_prompts=table.column("system_prompt").to_pylist(),
             types=table.column("type").to_pylist(),
         )
-
-    def _assemble(self, p: Prepared, metadata: list[dict[str, Any]], wheres: list[str]) -> list[OutRow | SampleRejected | None]:
-        from memdistill.convert.assemble import assemble_block
-
-        return assemble_block(self, p, metadata, wheres)

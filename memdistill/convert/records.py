@@ -189,6 +189,7 @@ class Chunk:
 
 
 def split_lines(chunk: bytes) -> Chunk:
+    """A chunk of whole lines as `Chunk`: one split; stripping and joining again only when some line needs it."""
     parts = chunk.split(b"\n")
     if parts[-1] == b"":
         parts.pop()
